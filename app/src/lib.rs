@@ -1,0 +1,10 @@
+//! Courier's application crate: the broker connection, the worker runtime,
+//! and the pieces the `worker`, `producer` and `bot` binaries share.
+
+pub mod broker;
+pub mod check;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
+
+pub use worker::{WorkerError, run_worker};

@@ -1,0 +1,180 @@
+//! `BotApi`: the Telegram Bot API, through teloxide.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use settings::TelegramSettings;
+use shaku::{Component, Interface};
+use teloxide::prelude::Requester;
+use teloxide::types::ChatId;
+use teloxide::{ApiError, Bot, RequestError};
+
+use crate::error::{Component as Part, StartupError, scrub};
+
+/// A message the Bot API accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// The chat it went to.
+    pub chat_id: i64,
+    /// Telegram's id of the message (0 when only logged).
+    pub message_id: i32,
+}
+
+/// Why a Bot API call failed, split by what the caller should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BotError {
+    /// Telegram said "too many requests": try again after `retry_after`.
+    #[error("telegram rate limit: retry after {retry_after:?}")]
+    RateLimited {
+        /// The wait Telegram asked for.
+        retry_after: Duration,
+    },
+    /// The network or Telegram itself failed: worth retrying.
+    #[error("telegram unavailable: {0}")]
+    Unavailable(String),
+    /// Telegram refused the request (blocked by the user, chat not found,
+    /// bad request, wrong token): retrying will not help.
+    #[error("telegram refused: {0}")]
+    Rejected(String),
+}
+
+impl BotError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Rejected(_))
+    }
+}
+
+/// What tasks use to talk to Telegram users.
+#[async_trait]
+pub trait BotApi: Interface {
+    /// Sends a text message to a chat.
+    async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError>;
+
+    /// Checks the token and the API (`getMe`); returns the bot's username,
+    /// or a description of why nothing is checked.
+    async fn check(&self) -> Result<String, BotError>;
+}
+
+/// The real [`BotApi`]: teloxide's `Bot`, or, with no token configured, a
+/// stand-in that logs each message instead of sending it (the quick start
+/// needs no Telegram account).
+#[derive(Component, Clone, Default)]
+#[shaku(interface = BotApi)]
+pub struct TelegramBot {
+    /// `None` means log-only.
+    pub(crate) bot: Option<Bot>,
+    /// The token, to scrub it from error messages (teloxide may echo URLs).
+    #[shaku(default)]
+    pub(crate) token: String,
+}
+
+// Written by hand: teloxide's `Bot` would print the token.
+impl std::fmt::Debug for TelegramBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = if self.bot.is_some() {
+            "telegram"
+        } else {
+            "log-only"
+        };
+        f.debug_struct("TelegramBot").field("mode", &mode).finish()
+    }
+}
+
+impl TelegramBot {
+    /// Builds the bot from settings; makes no request (see [`BotApi::check`]).
+    pub fn from_settings(settings: &TelegramSettings) -> Result<Self, StartupError> {
+        let Some(token) = &settings.token else {
+            return Ok(Self::log_only());
+        };
+        let misconfigured = |reason: String| StartupError::Misconfigured {
+            component: Part::Telegram,
+            reason,
+        };
+        let api_url = settings.api_url.parse().map_err(|err| {
+            misconfigured(format!("telegram.api_url {:?}: {err}", settings.api_url))
+        })?;
+        let client = teloxide::net::default_reqwest_settings()
+            .timeout(settings.request_timeout)
+            .build()
+            .map_err(|err| misconfigured(format!("HTTP client: {err}")))?;
+        let bot = Bot::with_client(token.expose(), client).set_api_url(api_url);
+        Ok(Self {
+            bot: Some(bot),
+            token: token.expose().to_owned(),
+        })
+    }
+
+    /// A bot that only logs; what `development` runs with no token.
+    pub fn log_only() -> Self {
+        Self::default()
+    }
+
+    /// Whether messages really go to Telegram.
+    pub fn is_live(&self) -> bool {
+        self.bot.is_some()
+    }
+
+    fn map_error(&self, err: RequestError) -> BotError {
+        let text = |e: &dyn std::fmt::Display| scrub(&e.to_string(), &[&self.token]);
+        match err {
+            RequestError::RetryAfter(secs) => BotError::RateLimited {
+                retry_after: secs.duration(),
+            },
+            RequestError::Network(e) => BotError::Unavailable(text(&e)),
+            RequestError::Io(e) => BotError::Unavailable(text(&e)),
+            RequestError::InvalidJson { source, .. } => BotError::Unavailable(text(&source)),
+            RequestError::Api(ApiError::Unknown(description)) if is_server_side(&description) => {
+                BotError::Unavailable(description)
+            }
+            other => BotError::Rejected(text(&other)),
+        }
+    }
+}
+
+/// Telegram reports 5xx trouble only through the description.
+fn is_server_side(description: &str) -> bool {
+    let d = description.to_ascii_lowercase();
+    [
+        "internal server error",
+        "bad gateway",
+        "service unavailable",
+        "gateway timeout",
+        "restart",
+    ]
+    .iter()
+    .any(|needle| d.contains(needle))
+}
+
+#[async_trait]
+impl BotApi for TelegramBot {
+    async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
+        let Some(bot) = &self.bot else {
+            tracing::info!(
+                chat_id,
+                text,
+                "telegram (log-only, no token): message not sent"
+            );
+            return Ok(SentMessage {
+                chat_id,
+                message_id: 0,
+            });
+        };
+        let message = bot
+            .send_message(ChatId(chat_id), text)
+            .await
+            .map_err(|e| self.map_error(e))?;
+        Ok(SentMessage {
+            chat_id: message.chat.id.0,
+            message_id: message.id.0,
+        })
+    }
+
+    async fn check(&self) -> Result<String, BotError> {
+        let Some(bot) = &self.bot else {
+            return Ok("no token: messages are logged, not sent".to_owned());
+        };
+        let me = bot.get_me().await.map_err(|e| self.map_error(e))?;
+        Ok(format!("@{}", me.username()))
+    }
+}

@@ -1,0 +1,174 @@
+//! `ResultStore`: each task's status and result, in Redis with a TTL.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8_redis::RedisConnectionManager;
+use bb8_redis::bb8::{self, Pool};
+use bb8_redis::redis::{self, AsyncCommands};
+use settings::RedisSettings;
+use shaku::{Component, Interface};
+
+use crate::error::{Component as Part, StartupError, url_password};
+use crate::record::ResultRecord;
+
+/// A result-store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis could not be reached or refused the command.
+    #[error("result store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record is not a Courier/taskiq record.
+    #[error("result record for {task_id:?} is unreadable: {reason}")]
+    Corrupt {
+        /// Whose record.
+        task_id: String,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+/// Where task statuses and results live.
+#[async_trait]
+pub trait ResultStore: Interface {
+    /// Writes (replaces) the record of `task_id`, restarting its TTL.
+    async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError>;
+
+    /// Reads the record of `task_id`; `None` if there is none (or it expired).
+    async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How long a record lives after its last write.
+    fn ttl(&self) -> Duration;
+}
+
+/// The real [`ResultStore`]: Redis through a bb8 pool.
+#[derive(Component, Clone)]
+#[shaku(interface = ResultStore)]
+pub struct RedisResultStore {
+    pub(crate) pool: Pool<RedisConnectionManager>,
+    /// Record lifetime, whole seconds (Redis `EX`).
+    #[shaku(default)]
+    pub(crate) ttl: Duration,
+    /// Prepended to task ids to form keys.
+    #[shaku(default)]
+    pub(crate) key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisResultStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisResultStore")
+            .field("ttl", &self.ttl)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+impl RedisResultStore {
+    /// Wraps a pool.
+    pub fn new(
+        pool: Pool<RedisConnectionManager>,
+        ttl: Duration,
+        key_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            pool,
+            ttl,
+            key_prefix: key_prefix.into(),
+        }
+    }
+
+    /// Opens the pool described by `settings` and checks it with `PING`.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, StartupError> {
+        let secret = url_password(settings.url.expose()).unwrap_or_default();
+        let fail = |err: &dyn std::fmt::Display| {
+            StartupError::unreachable(Part::Redis, settings.url.redacted(), err, &[&secret])
+        };
+        let manager =
+            RedisConnectionManager::new(settings.url.expose()).map_err(|err| fail(&err))?;
+        // One direct connection first: bb8 would hide the cause behind "timed out".
+        let mut probe = tokio::time::timeout(
+            settings.connect_timeout,
+            bb8::ManageConnection::connect(&manager),
+        )
+        .await
+        .map_err(|_| {
+            fail(&format!(
+                "no connection within {:?}",
+                settings.connect_timeout
+            ))
+        })?
+        .map_err(|err| fail(&err))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut probe)
+            .await
+            .map_err(|err| fail(&err))?;
+        let pool = Pool::builder()
+            .max_size(settings.pool_size)
+            .connection_timeout(settings.connect_timeout)
+            .build_unchecked(manager);
+        Ok(Self::new(
+            pool,
+            settings.result_ttl,
+            settings.key_prefix.clone(),
+        ))
+    }
+
+    /// The Redis key of `task_id`.
+    pub fn key(&self, task_id: &str) -> String {
+        format!("{}{task_id}", self.key_prefix)
+    }
+
+    async fn conn(&self) -> Result<bb8::PooledConnection<'_, RedisConnectionManager>, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| StoreError::Unavailable(err.to_string()))
+    }
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+#[async_trait]
+impl ResultStore for RedisResultStore {
+    async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
+        let bytes = record
+            .to_msgpack()
+            .map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
+        let mut conn = self.conn().await?;
+        let () = conn
+            .set_ex(self.key(task_id), bytes, self.ttl.as_secs().max(1))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let bytes: Option<Vec<u8>> = conn.get(self.key(task_id)).await.map_err(unavailable)?;
+        bytes
+            .map(|b| ResultRecord::from_msgpack(&b))
+            .transpose()
+            .map_err(|err| StoreError::Corrupt {
+                task_id: task_id.to_owned(),
+                reason: err.to_string(),
+            })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}

@@ -1,0 +1,169 @@
+//! Test doubles for users' tests: swap them in with shaku's
+//! `with_component_override`, or take the whole set from [`mock_container`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::components::bot::{BotApi, BotError, SentMessage};
+use crate::components::db::{Db, SqlxDb};
+use crate::components::result_store::{ResultStore, StoreError};
+use crate::container::AppModule;
+use crate::record::ResultRecord;
+
+/// A message the [`RecordingBot`] was asked to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedMessage {
+    /// The chat.
+    pub chat_id: i64,
+    /// The text.
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct BotLog {
+    sent: Vec<RecordedMessage>,
+    /// Errors to return, one per call, before sending works again.
+    failures: VecDeque<BotError>,
+}
+
+/// A [`BotApi`] that keeps every message instead of sending it.
+///
+/// Clones share one log, so keep a clone to inspect after boxing one into
+/// the container.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingBot {
+    log: Arc<Mutex<BotLog>>,
+}
+
+impl RecordingBot {
+    /// A bot with an empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every message sent so far, in order.
+    pub fn sent(&self) -> Vec<RecordedMessage> {
+        self.lock().sent.clone()
+    }
+
+    /// Makes the next call fail with `error` (queued; one error per call).
+    pub fn fail_next(&self, error: BotError) {
+        self.lock().failures.push_back(error);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BotLog> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl BotApi for RecordingBot {
+    async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
+        let mut log = self.lock();
+        if let Some(err) = log.failures.pop_front() {
+            return Err(err);
+        }
+        log.sent.push(RecordedMessage {
+            chat_id,
+            text: text.to_owned(),
+        });
+        let message_id = i32::try_from(log.sent.len()).unwrap_or(i32::MAX);
+        Ok(SentMessage {
+            chat_id,
+            message_id,
+        })
+    }
+
+    async fn check(&self) -> Result<String, BotError> {
+        Ok("recording bot".to_owned())
+    }
+}
+
+/// A [`ResultStore`] in memory. TTLs are remembered but never expire.
+#[derive(Debug, Clone)]
+pub struct InMemoryResultStore {
+    records: Arc<Mutex<HashMap<String, ResultRecord>>>,
+    ttl: Duration,
+}
+
+impl Default for InMemoryResultStore {
+    fn default() -> Self {
+        Self {
+            records: Arc::default(),
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl InMemoryResultStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every record, by task id.
+    pub fn records(&self) -> HashMap<String, ResultRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl ResultStore for InMemoryResultStore {
+    async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(task_id.to_owned(), record.clone());
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
+        Ok(self
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(task_id)
+            .cloned())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// Handles to the doubles inside a [`mock_container`].
+#[derive(Debug, Clone)]
+pub struct Mocks {
+    /// The in-memory SQLite database (a real database).
+    pub db: SqlxDb,
+    /// The bot that records messages.
+    pub bot: RecordingBot,
+    /// The in-memory result store.
+    pub store: InMemoryResultStore,
+}
+
+/// A container of test doubles, built through shaku overrides: SQLite in
+/// memory, a recording bot and an in-memory result store. No server needed.
+pub async fn mock_container() -> Result<(Arc<AppModule>, Mocks), crate::DbError> {
+    let mocks = Mocks {
+        db: SqlxDb::sqlite_in_memory().await?,
+        bot: RecordingBot::new(),
+        store: InMemoryResultStore::new(),
+    };
+    let module = AppModule::builder()
+        .with_component_override::<dyn Db>(Box::new(mocks.db.clone()))
+        .with_component_override::<dyn BotApi>(Box::new(mocks.bot.clone()))
+        .with_component_override::<dyn ResultStore>(Box::new(mocks.store.clone()))
+        .build();
+    Ok((Arc::new(module), mocks))
+}

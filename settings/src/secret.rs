@@ -1,0 +1,143 @@
+//! Wrappers that keep secrets out of `Debug` output and logs.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+/// A secret string (a bot token, a password): `Debug` prints `***`.
+///
+/// There is deliberately no `Display`: the only way to the value is
+/// [`Secret::expose`], so a secret never reaches a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must hand it to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
+/// A connection URL that may carry a password (`redis://:pw@host`).
+///
+/// `Debug` and `Display` show it with the password (and a token-only user
+/// such as NATS' `nats://token@host`) replaced by `***`, so it is safe in
+/// logs and error messages; [`SecretUrl::expose`] gives the real URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The URL with its credentials, for the client that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    /// The scheme (`redis`, `postgres`, `sqlite`...), if the URL has one.
+    pub fn scheme(&self) -> Option<&str> {
+        self.0.split_once(':').map(|(scheme, _)| scheme)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
+/// Replaces the password of a URL with `***`; a URL that does not parse is
+/// hidden whole, since its credentials cannot be located.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Cannot fail: a URL with a password has a host.
+                let _ = url.set_password(Some("***"));
+            } else if !url.username().is_empty() && url.scheme().starts_with("nats") {
+                // NATS reads a lone user part as a token.
+                let _ = url.set_username("***");
+            }
+            url.to_string()
+        }
+        Err(_) if !raw.contains('@') => raw.to_owned(),
+        Err(_) => "*** (unparsable URL)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_masked() {
+        let secret = Secret::new("123:abc");
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(secret.expose(), "123:abc");
+    }
+
+    #[test]
+    fn url_password_is_masked() {
+        let url = SecretUrl::new("postgres://app:hunter2@db:5432/app");
+        assert_eq!(url.redacted(), "postgres://app:***@db:5432/app");
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        assert_eq!(url.scheme(), Some("postgres"));
+    }
+
+    #[test]
+    fn nats_token_is_masked() {
+        let url = SecretUrl::new("nats://s3cret@127.0.0.1:4222");
+        assert!(!url.redacted().contains("s3cret"), "{}", url.redacted());
+    }
+
+    #[test]
+    fn url_without_credentials_is_unchanged() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn unparsable_url_with_credentials_is_hidden() {
+        assert!(!redact_url("::bad:pw@x").contains("pw"));
+    }
+}

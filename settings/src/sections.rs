@@ -1,0 +1,107 @@
+//! The typed sections of [`crate::Settings`], one struct per table.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Secret, SecretUrl, duration};
+
+/// How tasks travel over NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsMode {
+    /// A JetStream stream and durable consumer: at-least-once, survives restarts.
+    Jetstream,
+    /// Core NATS with a queue group: at-most-once; a task in flight during a
+    /// crash or restart is lost. For those who accept that.
+    Core,
+}
+
+/// The broker: where tasks are published and pulled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL; may carry a user and password or a token.
+    pub url: SecretUrl,
+    /// JetStream or core NATS.
+    pub mode: NatsMode,
+    /// The JetStream stream that holds queued tasks.
+    pub stream: String,
+    /// The subject tasks are published to (queues are `<subject>.<queue>`).
+    pub subject: String,
+    /// The durable consumer every worker process binds to.
+    pub durable: String,
+    /// Where messages that will never succeed are copied, with the reason.
+    pub dead_letter_subject: String,
+    /// How long the server waits for an ack before it redelivers.
+    #[serde(with = "duration")]
+    pub ack_wait: Duration,
+    /// The server's delivery limit for one message.
+    pub max_deliver: i64,
+    /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
+    #[serde(with = "duration")]
+    pub duplicate_window: Duration,
+    /// The largest task envelope (bytes) a worker accepts.
+    pub max_payload: usize,
+    /// How long to wait for the server at start-up.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+/// The result store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL; may carry a password.
+    pub url: SecretUrl,
+    /// How long a result record lives after its last write.
+    #[serde(with = "duration")]
+    pub result_ttl: Duration,
+    /// Prepended to the task id to form the key (empty, like taskiq-redis).
+    pub key_prefix: String,
+    /// Connections in the pool (they are multiplexed, so few are needed).
+    pub pool_size: u32,
+    /// How long to wait for a connection.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+/// The application database that tasks use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://...` or `sqlite:...` URL.
+    pub url: SecretUrl,
+    /// Pool size; bounds how many tasks hold a session at once.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+/// The Telegram Bot API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramSettings {
+    /// The bot token; without one, messages are logged instead of sent.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Base URL of the Bot API (a local server, or a fake one in tests).
+    pub api_url: String,
+    /// Refuse to start without a token (on in `production`).
+    pub require_token: bool,
+    /// Timeout of one Bot API request.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+}
+
+/// The worker process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// At most this many tasks run at once in one process.
+    pub concurrency: usize,
+    /// How long running tasks may take to finish after a shutdown signal.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}

@@ -1,0 +1,185 @@
+//! Start-up validation: every value is checked once, and each problem names
+//! its key and the layer it came from.
+
+use std::fmt;
+
+use figment::Figment;
+
+use crate::{NatsSettings, Settings, redact_url};
+
+/// One invalid value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The dotted key, e.g. `redis.result_ttl`.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub reason: String,
+    /// Which layer supplied the value (a file, the environment, the defaults).
+    pub origin: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (set in {})", self.key, self.reason, self.origin)
+    }
+}
+
+struct Checker<'a> {
+    figment: &'a Figment,
+    found: Vec<Invalid>,
+}
+
+impl Checker<'_> {
+    fn check(&mut self, ok: bool, key: &str, reason: impl FnOnce() -> String) {
+        if !ok {
+            let origin = self
+                .figment
+                .find_metadata(key)
+                .map(|meta| match &meta.source {
+                    Some(source) => format!("{} {source}", meta.name),
+                    None => meta.name.to_string(),
+                })
+                .unwrap_or_else(|| "no layer: the value is not set".to_owned());
+            self.found.push(Invalid {
+                key: key.to_owned(),
+                reason: reason(),
+                origin,
+            });
+        }
+    }
+
+    fn url(&mut self, key: &str, raw: &str, schemes: &[&str]) {
+        let scheme = raw.split_once(':').map(|(scheme, _)| scheme);
+        let ok = scheme.is_some_and(|s| schemes.contains(&s)) && url::Url::parse(raw).is_ok();
+        self.check(ok, key, || {
+            format!(
+                "{:?} is not a valid URL; expected one starting with {}",
+                redact_url(raw),
+                schemes.join(":// or ") + "://"
+            )
+        });
+    }
+
+    fn name(&mut self, key: &str, value: &str, what: &str, forbidden: &[char]) {
+        let bad = value.is_empty()
+            || value
+                .chars()
+                .any(|c| c.is_whitespace() || forbidden.contains(&c));
+        self.check(!bad, key, || {
+            format!("{value:?} is not a valid {what} (non-empty, no spaces or {forbidden:?})")
+        });
+    }
+}
+
+/// Checks every value of `settings`; `figment` is asked where each came from.
+pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
+    let mut c = Checker {
+        figment,
+        found: Vec::new(),
+    };
+    nats(&mut c, &settings.nats);
+
+    let redis = &settings.redis;
+    c.url(
+        "redis.url",
+        redis.url.expose(),
+        &["redis", "rediss", "redis+unix", "unix"],
+    );
+    c.check(redis.result_ttl.as_secs() >= 1, "redis.result_ttl", || {
+        "must be at least 1s; Redis expiry is in whole seconds and a TTL of zero would keep nothing"
+            .to_owned()
+    });
+    c.check(redis.pool_size >= 1, "redis.pool_size", || {
+        "must be at least 1".to_owned()
+    });
+
+    let db = &settings.database;
+    let db_url = db.url.expose();
+    let sqlite_ok = db_url.starts_with("sqlite:") && db_url.len() > "sqlite:".len();
+    if !sqlite_ok {
+        c.url(
+            "database.url",
+            db_url,
+            &["postgres", "postgresql", "sqlite"],
+        );
+    }
+    c.check(db.max_connections >= 1, "database.max_connections", || {
+        "must be at least 1".to_owned()
+    });
+
+    let tg = &settings.telegram;
+    c.url("telegram.api_url", &tg.api_url, &["http", "https"]);
+    match &tg.token {
+        None => c.check(!tg.require_token, "telegram.token", || {
+            format!(
+                "is required in profile {:?} (telegram.require_token); put it in settings/.secrets.toml or COURIER_TELEGRAM__TOKEN",
+                settings.profile
+            )
+        }),
+        Some(token) => c.check(
+            token.expose().split_once(':').is_some_and(|(id, rest)| {
+                !id.is_empty() && id.chars().all(|ch| ch.is_ascii_digit()) && !rest.is_empty()
+            }),
+            "telegram.token",
+            || "does not look like a bot token (expected \"<digits>:<secret>\"; the value is not shown)".to_owned(),
+        ),
+    }
+
+    let worker = &settings.worker;
+    c.check(worker.concurrency >= 1, "worker.concurrency", || {
+        "must be at least 1".to_owned()
+    });
+    c.found
+}
+
+fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
+    c.url("nats.url", nats.url.expose(), &["nats", "tls", "ws", "wss"]);
+    c.name(
+        "nats.stream",
+        &nats.stream,
+        "stream name",
+        &['.', '*', '>', '/', '\\'],
+    );
+    c.name(
+        "nats.durable",
+        &nats.durable,
+        "consumer name",
+        &['.', '*', '>', '/', '\\'],
+    );
+    c.name(
+        "nats.subject",
+        &nats.subject,
+        "subject without wildcards",
+        &['*', '>'],
+    );
+    c.name(
+        "nats.dead_letter_subject",
+        &nats.dead_letter_subject,
+        "subject without wildcards",
+        &['*', '>'],
+    );
+    let dead_letter_in_stream = nats.dead_letter_subject == nats.subject
+        || nats
+            .dead_letter_subject
+            .starts_with(&format!("{}.", nats.subject));
+    c.check(!dead_letter_in_stream, "nats.dead_letter_subject", || {
+        format!(
+            "must lie outside the task subject {:?}, or dead letters would be run again",
+            nats.subject
+        )
+    });
+    c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || {
+        "must be more than zero".to_owned()
+    });
+    c.check(nats.max_deliver >= 1, "nats.max_deliver", || {
+        "must be at least 1".to_owned()
+    });
+    c.check(
+        !nats.duplicate_window.is_zero(),
+        "nats.duplicate_window",
+        || "must be more than zero".to_owned(),
+    );
+    c.check(nats.max_payload >= 1024, "nats.max_payload", || {
+        "must be at least 1024 bytes".to_owned()
+    });
+}
