@@ -1,1 +1,75 @@
-//! placeholder
+//! Helpers shared by Courier's integration tests: service probes that say
+//! how to start what is missing, unique names per test, a fake Telegram
+//! Bot API, and the workspace binaries as child processes.
+
+pub mod fake_telegram;
+pub mod process;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use settings::Settings;
+
+/// The local PostgreSQL (trust auth) the tests use.
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The local Redis.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The local NATS with JetStream.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A local service a test needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    /// NATS with JetStream on 4222.
+    Nats,
+    /// Redis on 6379.
+    Redis,
+    /// PostgreSQL on 5432.
+    Postgres,
+}
+
+impl Service {
+    fn probe(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Nats => (
+                "127.0.0.1:4222",
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log   (or: docker compose -f docker/compose.yml up -d nats)",
+            ),
+            Self::Redis => (
+                "127.0.0.1:6379",
+                "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log   (or: docker compose -f docker/compose.yml up -d redis)",
+            ),
+            Self::Postgres => (
+                "127.0.0.1:5432",
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start   (or: docker compose -f docker/compose.yml up -d postgres)",
+            ),
+        }
+    }
+}
+
+/// Panics with the command that starts `service` if it is not listening:
+/// a test never skips silently.
+pub fn require(service: Service) {
+    let (addr, how) = service.probe();
+    let reachable = addr
+        .parse()
+        .ok()
+        .and_then(|sock| TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok())
+        .is_some();
+    assert!(reachable, "{service:?} is not reachable at {addr}; start it with:\n  {how}");
+}
+
+/// A name no other test (or earlier run) uses: `<prefix>_<pid>_<time>_<n>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}_{}_{nanos}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `test` profile from the compiled-in defaults only (no settings
+/// folder), with the process' `COURIER_*` variables on top.
+pub fn test_settings() -> Settings {
+    Settings::load_from(Path::new("/nonexistent-courier-settings"), "test").expect("the built-in test profile is valid")
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Courier's one test command: formatting, lints, and every test against the
+# real services. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Fail at once, saying how to start it, if a service the tests need is down.
+need() {
+  local name=$1 port=$2 how=$3
+  if ! timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+    echo "test.sh: $name is not reachable on 127.0.0.1:$port. Start it with:" >&2
+    echo "  $how" >&2
+    echo "  (or all of them: docker compose -f docker/compose.yml up -d)" >&2
+    exit 1
+  fi
+}
+need NATS 4222 "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
+need Redis 6379 "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
+need PostgreSQL 5432 "pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== compose files"
+if command -v docker-compose >/dev/null 2>&1; then
+  docker-compose -f docker/compose.yml config --quiet && echo "docker/compose.yml: valid"
+elif docker compose version >/dev/null 2>&1; then
+  docker compose -f docker/compose.yml config --quiet && echo "docker/compose.yml: valid"
+else
+  echo "NOT CHECKED: no docker-compose client here (apt-get install docker-compose)"
+fi
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
