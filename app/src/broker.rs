@@ -24,53 +24,24 @@ pub enum BrokerError {
 }
 
 /// Connects to the server in `settings`, once, within `connect_timeout`.
-pub async fn connect(
-    settings: &NatsSettings,
-    name: &str,
-) -> Result<async_nats::Client, BrokerError> {
-    let unreachable = |reason: String| BrokerError::Unreachable {
-        url: settings.url.redacted(),
-        reason,
-    };
-    let options = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(settings.connect_timeout);
-    let client = tokio::time::timeout(
-        settings.connect_timeout,
-        options.connect(settings.url.expose()),
-    )
-    .await
-    .map_err(|_| {
-        unreachable(format!(
-            "no connection within {:?}",
-            settings.connect_timeout
-        ))
-    })?
-    .map_err(|err| unreachable(settings::redact_url(&err.to_string())))?;
+pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, BrokerError> {
+    let unreachable = |reason: String| BrokerError::Unreachable { url: settings.url.redacted(), reason };
+    let options = async_nats::ConnectOptions::new().name(name).connection_timeout(settings.connect_timeout);
+    let client = tokio::time::timeout(settings.connect_timeout, options.connect(settings.url.expose()))
+        .await
+        .map_err(|_| unreachable(format!("no connection within {:?}", settings.connect_timeout)))?
+        .map_err(|err| unreachable(settings::redact_url(&err.to_string())))?;
     Ok(client)
 }
 
 /// Asks the server for JetStream's account info (raw, so it works with
 /// nats-server 2.9, whose reply async-nats 0.51 cannot parse).
-pub async fn check_jetstream(
-    client: &async_nats::Client,
-    settings: &NatsSettings,
-) -> Result<(), BrokerError> {
-    let no_js = |reason: String| BrokerError::NoJetStream {
-        url: settings.url.redacted(),
-        reason,
-    };
-    let reply = tokio::time::timeout(
-        settings.connect_timeout,
-        client.request("$JS.API.INFO", "".into()),
-    )
-    .await
-    .map_err(|_| no_js("no reply to $JS.API.INFO".to_owned()))?
-    .map_err(|err| no_js(err.to_string()))?;
+pub async fn check_jetstream(client: &async_nats::Client, settings: &NatsSettings) -> Result<(), BrokerError> {
+    let no_js = |reason: String| BrokerError::NoJetStream { url: settings.url.redacted(), reason };
+    let reply = tokio::time::timeout(settings.connect_timeout, client.request("$JS.API.INFO", "".into()))
+        .await
+        .map_err(|_| no_js("no reply to $JS.API.INFO".to_owned()))?
+        .map_err(|err| no_js(err.to_string()))?;
     let body = String::from_utf8_lossy(&reply.payload);
-    if body.contains("\"error\"") {
-        Err(no_js(body.into_owned()))
-    } else {
-        Ok(())
-    }
+    if body.contains("\"error\"") { Err(no_js(body.into_owned())) } else { Ok(()) }
 }

@@ -33,16 +33,11 @@ pub async fn check_all(settings: &Settings) -> Vec<CheckLine> {
             Ok(client) => {
                 let js = broker::check_jetstream(&client, &settings.nats).await;
                 let _ = client.drain().await;
-                js.map(|()| "JetStream enabled".to_owned())
-                    .map_err(|err| err.to_string())
+                js.map(|()| "JetStream enabled".to_owned()).map_err(|err| err.to_string())
             }
             Err(err) => Err(err.to_string()),
         };
-        CheckLine {
-            component: "nats".to_owned(),
-            target: settings.nats.url.redacted(),
-            outcome,
-        }
+        CheckLine { component: "nats".to_owned(), target: settings.nats.url.redacted(), outcome }
     };
     let (nats, components) = tokio::join!(nats, di::check_components(settings));
     let mut lines = vec![nats];

@@ -21,10 +21,7 @@ pub enum WorkerError {
 /// Runs a worker until `shutdown` resolves: connects NATS, builds the
 /// container (one log line per component), serves, then closes the
 /// container and drains NATS.
-pub async fn run_worker(
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), WorkerError> {
+pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
     broker::check_jetstream(&nats, &settings.nats).await?;

@@ -27,15 +27,9 @@ impl std::fmt::Debug for AppModule {
 
 /// What the runtime and tasks resolve components from: any module, real or
 /// made of test doubles, that has all of them.
-pub trait Container:
-    HasComponent<dyn Db> + HasComponent<dyn BotApi> + HasComponent<dyn ResultStore>
-{
-}
+pub trait Container: HasComponent<dyn Db> + HasComponent<dyn BotApi> + HasComponent<dyn ResultStore> {}
 
-impl<T> Container for T where
-    T: HasComponent<dyn Db> + HasComponent<dyn BotApi> + HasComponent<dyn ResultStore>
-{
-}
+impl<T> Container for T where T: HasComponent<dyn Db> + HasComponent<dyn BotApi> + HasComponent<dyn ResultStore> {}
 
 /// The built container plus what must be closed at shutdown.
 #[derive(Debug)]
@@ -48,12 +42,7 @@ pub struct AppContainer {
 impl AppContainer {
     /// A builder that connects every component from `settings`.
     pub fn builder(settings: &Settings) -> ContainerBuilder<'_> {
-        ContainerBuilder {
-            settings,
-            db: None,
-            bot: None,
-            store: None,
-        }
+        ContainerBuilder { settings, db: None, bot: None, store: None }
     }
 
     /// The module, to share with tasks.
@@ -126,9 +115,7 @@ impl ContainerBuilder<'_> {
             None => {
                 let db = SqlxDb::connect(&settings.database).await?;
                 tracing::info!(component = %Component::Database, backend = db.backend(), url = %settings.database.url, "connected");
-                builder = builder.with_component_parameters::<SqlxDb>(SqlxDbParameters {
-                    pool: db.pool.clone(),
-                });
+                builder = builder.with_component_parameters::<SqlxDb>(SqlxDbParameters { pool: db.pool.clone() });
                 real_db = Some(db);
             }
         }
@@ -137,13 +124,11 @@ impl ContainerBuilder<'_> {
             None => {
                 let store = RedisResultStore::connect(&settings.redis).await?;
                 tracing::info!(component = %Component::Redis, url = %settings.redis.url, ttl = ?settings.redis.result_ttl, "connected");
-                builder = builder.with_component_parameters::<RedisResultStore>(
-                    RedisResultStoreParameters {
-                        pool: store.pool,
-                        ttl: store.ttl,
-                        key_prefix: store.key_prefix,
-                    },
-                );
+                builder = builder.with_component_parameters::<RedisResultStore>(RedisResultStoreParameters {
+                    pool: store.pool,
+                    ttl: store.ttl,
+                    key_prefix: store.key_prefix,
+                });
             }
         }
         match self.bot {
@@ -156,16 +141,11 @@ impl ContainerBuilder<'_> {
                     reason: err.to_string(),
                 })?;
                 tracing::info!(component = %Component::Telegram, api_url = %settings.telegram.api_url, %status, "ready");
-                builder = builder.with_component_parameters::<TelegramBot>(TelegramBotParameters {
-                    bot: bot.bot,
-                    token: bot.token,
-                });
+                builder = builder
+                    .with_component_parameters::<TelegramBot>(TelegramBotParameters { bot: bot.bot, token: bot.token });
             }
         }
-        Ok(AppContainer {
-            module: Arc::new(builder.build()),
-            db: real_db,
-        })
+        Ok(AppContainer { module: Arc::new(builder.build()), db: real_db })
     }
 }
 
@@ -192,21 +172,11 @@ pub async fn check_components(settings: &Settings) -> Vec<ComponentCheck> {
             }
             Err(err) => Err(err),
         };
-        ComponentCheck {
-            component: Component::Database,
-            target: settings.database.url.redacted(),
-            outcome,
-        }
+        ComponentCheck { component: Component::Database, target: settings.database.url.redacted(), outcome }
     };
     let redis = async {
-        let outcome = RedisResultStore::connect(&settings.redis)
-            .await
-            .map(|_| "PING ok".to_owned());
-        ComponentCheck {
-            component: Component::Redis,
-            target: settings.redis.url.redacted(),
-            outcome,
-        }
+        let outcome = RedisResultStore::connect(&settings.redis).await.map(|_| "PING ok".to_owned());
+        ComponentCheck { component: Component::Redis, target: settings.redis.url.redacted(), outcome }
     };
     let telegram = async {
         let outcome = match TelegramBot::from_settings(&settings.telegram) {
@@ -217,11 +187,7 @@ pub async fn check_components(settings: &Settings) -> Vec<ComponentCheck> {
             }),
             Err(err) => Err(err),
         };
-        ComponentCheck {
-            component: Component::Telegram,
-            target: settings.telegram.api_url.clone(),
-            outcome,
-        }
+        ComponentCheck { component: Component::Telegram, target: settings.telegram.api_url.clone(), outcome }
     };
     let (db, redis, telegram) = tokio::join!(db, redis, telegram);
     vec![db, redis, telegram]

@@ -51,46 +51,27 @@ impl StartupError {
     /// The component at fault.
     pub fn component(&self) -> Component {
         match self {
-            Self::Unreachable { component, .. } | Self::Misconfigured { component, .. } => {
-                *component
-            }
+            Self::Unreachable { component, .. } | Self::Misconfigured { component, .. } => *component,
         }
     }
 
     /// An `Unreachable` error whose reason has every secret in `secrets` masked.
-    pub(crate) fn unreachable(
-        component: Component,
-        url: String,
-        reason: impl fmt::Display,
-        secrets: &[&str],
-    ) -> Self {
-        Self::Unreachable {
-            component,
-            url,
-            reason: scrub(&reason.to_string(), secrets),
-        }
+    pub(crate) fn unreachable(component: Component, url: String, reason: impl fmt::Display, secrets: &[&str]) -> Self {
+        Self::Unreachable { component, url, reason: scrub(&reason.to_string(), secrets) }
     }
 }
 
 /// Replaces each non-empty secret in `text` with `***`; client errors
 /// sometimes echo the URL or the token they were given.
 pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .filter(|s| s.len() >= 3)
-        .fold(text.to_owned(), |acc, secret| acc.replace(secret, "***"))
+    secrets.iter().filter(|s| s.len() >= 3).fold(text.to_owned(), |acc, secret| acc.replace(secret, "***"))
 }
 
 /// The password in a URL, if any (to scrub it from client errors).
 pub(crate) fn url_password(raw: &str) -> Option<String> {
     let (_, rest) = raw.split_once("://")?;
     let (userinfo, _) = rest.split_once('@')?;
-    Some(
-        userinfo
-            .split_once(':')
-            .map_or(userinfo, |(_, pw)| pw)
-            .to_owned(),
-    )
+    Some(userinfo.split_once(':').map_or(userinfo, |(_, pw)| pw).to_owned())
 }
 
 #[cfg(test)]
@@ -100,10 +81,7 @@ mod tests {
     #[test]
     fn scrub_masks_passwords_and_tokens() {
         let pw = url_password("redis://:hunter2@h:1").unwrap();
-        assert_eq!(
-            scrub("auth hunter2 failed for 123:tok", &[&pw, "123:tok"]),
-            "auth *** failed for ***"
-        );
+        assert_eq!(scrub("auth hunter2 failed for 123:tok", &[&pw, "123:tok"]), "auth *** failed for ***");
         assert_eq!(url_password("postgres://u:pw@h/db").as_deref(), Some("pw"));
         assert_eq!(url_password("redis://h:1"), None);
     }

@@ -14,9 +14,7 @@ pub mod testing;
 pub use components::bot::{BotApi, BotError, SentMessage, TelegramBot};
 pub use components::db::{Db, DbError, SqlxDb};
 pub use components::result_store::{RedisResultStore, ResultStore, StoreError};
-pub use container::{
-    AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components,
-};
+pub use container::{AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components};
 pub use error::{Component, StartupError};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 

@@ -48,11 +48,7 @@ pub struct TaskError {
 impl TaskError {
     /// An error of `kind` with one message.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            exc_type: kind.into(),
-            exc_message: vec![message.into()],
-            exc_module: "courier".to_owned(),
-        }
+        Self { exc_type: kind.into(), exc_message: vec![message.into()], exc_module: "courier".to_owned() }
     }
 
     /// The message, joined.
@@ -106,9 +102,7 @@ fn nil() -> rmpv::Value {
 
 /// The current time as Unix seconds with a fraction, as Python's `time.time()`.
 pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl ResultRecord {
@@ -131,12 +125,7 @@ impl ResultRecord {
     }
 
     /// A final success carrying `return_value`.
-    pub fn success(
-        task_name: impl Into<String>,
-        attempt: u32,
-        return_value: rmpv::Value,
-        execution_time: f64,
-    ) -> Self {
+    pub fn success(task_name: impl Into<String>, attempt: u32, return_value: rmpv::Value, execution_time: f64) -> Self {
         let mut record = Self::new(task_name, TaskStatus::Success, attempt);
         record.return_value = return_value;
         record.execution_time = execution_time;
@@ -145,12 +134,7 @@ impl ResultRecord {
     }
 
     /// A failure; final unless `status` is [`TaskStatus::Retrying`].
-    pub fn failure(
-        task_name: impl Into<String>,
-        status: TaskStatus,
-        attempt: u32,
-        error: TaskError,
-    ) -> Self {
+    pub fn failure(task_name: impl Into<String>, status: TaskStatus, attempt: u32, error: TaskError) -> Self {
         let mut record = Self::new(task_name, status, attempt);
         record.is_err = true;
         record.error = Some(error);
@@ -187,16 +171,10 @@ mod tests {
 
     #[test]
     fn failure_is_err_and_final() {
-        let record =
-            ResultRecord::failure("t", TaskStatus::Failed, 3, TaskError::new("Fatal", "no"));
+        let record = ResultRecord::failure("t", TaskStatus::Failed, 3, TaskError::new("Fatal", "no"));
         assert!(record.is_err);
         assert!(record.finished_at.is_some());
-        let retrying = ResultRecord::failure(
-            "t",
-            TaskStatus::Retrying,
-            1,
-            TaskError::new("Retryable", "later"),
-        );
+        let retrying = ResultRecord::failure("t", TaskStatus::Retrying, 1, TaskError::new("Retryable", "later"));
         assert!(retrying.finished_at.is_none());
         assert!(!TaskStatus::Retrying.is_final());
     }

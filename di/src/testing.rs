@@ -66,15 +66,9 @@ impl BotApi for RecordingBot {
         if let Some(err) = log.failures.pop_front() {
             return Err(err);
         }
-        log.sent.push(RecordedMessage {
-            chat_id,
-            text: text.to_owned(),
-        });
+        log.sent.push(RecordedMessage { chat_id, text: text.to_owned() });
         let message_id = i32::try_from(log.sent.len()).unwrap_or(i32::MAX);
-        Ok(SentMessage {
-            chat_id,
-            message_id,
-        })
+        Ok(SentMessage { chat_id, message_id })
     }
 
     async fn check(&self) -> Result<String, BotError> {
@@ -91,10 +85,7 @@ pub struct InMemoryResultStore {
 
 impl Default for InMemoryResultStore {
     fn default() -> Self {
-        Self {
-            records: Arc::default(),
-            ttl: Duration::from_secs(3600),
-        }
+        Self { records: Arc::default(), ttl: Duration::from_secs(3600) }
     }
 }
 
@@ -106,30 +97,19 @@ impl InMemoryResultStore {
 
     /// Every record, by task id.
     pub fn records(&self) -> HashMap<String, ResultRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.records.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
 #[async_trait]
 impl ResultStore for InMemoryResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(task_id.to_owned(), record.clone());
+        self.records.lock().unwrap_or_else(PoisonError::into_inner).insert(task_id.to_owned(), record.clone());
         Ok(())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(task_id)
-            .cloned())
+        Ok(self.records.lock().unwrap_or_else(PoisonError::into_inner).get(task_id).cloned())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -155,11 +135,8 @@ pub struct Mocks {
 /// A container of test doubles, built through shaku overrides: SQLite in
 /// memory, a recording bot and an in-memory result store. No server needed.
 pub async fn mock_container() -> Result<(Arc<AppModule>, Mocks), crate::DbError> {
-    let mocks = Mocks {
-        db: SqlxDb::sqlite_in_memory().await?,
-        bot: RecordingBot::new(),
-        store: InMemoryResultStore::new(),
-    };
+    let mocks =
+        Mocks { db: SqlxDb::sqlite_in_memory().await?, bot: RecordingBot::new(), store: InMemoryResultStore::new() };
     let module = AppModule::builder()
         .with_component_override::<dyn Db>(Box::new(mocks.db.clone()))
         .with_component_override::<dyn BotApi>(Box::new(mocks.bot.clone()))

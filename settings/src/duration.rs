@@ -18,9 +18,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
     match Raw::deserialize(deserializer)? {
         Raw::Seconds(secs) => Ok(Duration::from_secs(secs)),
         Raw::Text(text) => humantime::parse_duration(text.trim()).map_err(|err| {
-            de::Error::custom(format!(
-                "invalid duration {text:?} ({err}); write it like \"30s\", \"5m\" or \"500ms\""
-            ))
+            de::Error::custom(format!("invalid duration {text:?} ({err}); write it like \"30s\", \"5m\" or \"500ms\""))
         }),
     }
 }

@@ -19,9 +19,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 pub use secret::{Secret, SecretUrl, redact_url};
-pub use sections::{
-    DatabaseSettings, NatsMode, NatsSettings, RedisSettings, TelegramSettings, WorkerSettings,
-};
+pub use sections::{DatabaseSettings, NatsMode, NatsSettings, RedisSettings, TelegramSettings, WorkerSettings};
 pub use validate::Invalid;
 
 /// Prefix of every environment variable Courier reads.
@@ -77,8 +75,7 @@ pub struct Settings {
 impl Settings {
     /// Loads, merges and validates the settings from the process environment.
     pub fn load() -> Result<Self, SettingsError> {
-        let dir =
-            std::env::var_os(DIR_VAR).map_or_else(|| PathBuf::from("settings"), PathBuf::from);
+        let dir = std::env::var_os(DIR_VAR).map_or_else(|| PathBuf::from("settings"), PathBuf::from);
         let profile = std::env::var(PROFILE_VAR).unwrap_or_else(|_| DEFAULT_PROFILE.to_owned());
         Self::load_from(&dir, &profile)
     }
@@ -94,11 +91,7 @@ impl Settings {
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.profile = profile;
         let invalid = validate::validate(&settings, &figment);
-        if invalid.is_empty() {
-            Ok(settings)
-        } else {
-            Err(SettingsError::Invalid(invalid))
-        }
+        if invalid.is_empty() { Ok(settings) } else { Err(SettingsError::Invalid(invalid)) }
     }
 }
 
@@ -113,10 +106,5 @@ fn figment(dir: &Path) -> Figment {
             figment = figment.merge(Toml::file_exact(path).nested());
         }
     }
-    figment.merge(
-        Env::prefixed(ENV_PREFIX)
-            .ignore(&["ENV", "SETTINGS_DIR"])
-            .split("__")
-            .global(),
-    )
+    figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["ENV", "SETTINGS_DIR"]).split("__").global())
 }

@@ -129,10 +129,7 @@ mod tests {
 
     #[test]
     fn url_without_credentials_is_unchanged() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
     }
 

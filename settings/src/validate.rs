@@ -40,11 +40,7 @@ impl Checker<'_> {
                     None => meta.name.to_string(),
                 })
                 .unwrap_or_else(|| "no layer: the value is not set".to_owned());
-            self.found.push(Invalid {
-                key: key.to_owned(),
-                reason: reason(),
-                origin,
-            });
+            self.found.push(Invalid { key: key.to_owned(), reason: reason(), origin });
         }
     }
 
@@ -61,51 +57,30 @@ impl Checker<'_> {
     }
 
     fn name(&mut self, key: &str, value: &str, what: &str, forbidden: &[char]) {
-        let bad = value.is_empty()
-            || value
-                .chars()
-                .any(|c| c.is_whitespace() || forbidden.contains(&c));
-        self.check(!bad, key, || {
-            format!("{value:?} is not a valid {what} (non-empty, no spaces or {forbidden:?})")
-        });
+        let bad = value.is_empty() || value.chars().any(|c| c.is_whitespace() || forbidden.contains(&c));
+        self.check(!bad, key, || format!("{value:?} is not a valid {what} (non-empty, no spaces or {forbidden:?})"));
     }
 }
 
 /// Checks every value of `settings`; `figment` is asked where each came from.
 pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
-    let mut c = Checker {
-        figment,
-        found: Vec::new(),
-    };
+    let mut c = Checker { figment, found: Vec::new() };
     nats(&mut c, &settings.nats);
 
     let redis = &settings.redis;
-    c.url(
-        "redis.url",
-        redis.url.expose(),
-        &["redis", "rediss", "redis+unix", "unix"],
-    );
+    c.url("redis.url", redis.url.expose(), &["redis", "rediss", "redis+unix", "unix"]);
     c.check(redis.result_ttl.as_secs() >= 1, "redis.result_ttl", || {
-        "must be at least 1s; Redis expiry is in whole seconds and a TTL of zero would keep nothing"
-            .to_owned()
+        "must be at least 1s; Redis expiry is in whole seconds and a TTL of zero would keep nothing".to_owned()
     });
-    c.check(redis.pool_size >= 1, "redis.pool_size", || {
-        "must be at least 1".to_owned()
-    });
+    c.check(redis.pool_size >= 1, "redis.pool_size", || "must be at least 1".to_owned());
 
     let db = &settings.database;
     let db_url = db.url.expose();
     let sqlite_ok = db_url.starts_with("sqlite:") && db_url.len() > "sqlite:".len();
     if !sqlite_ok {
-        c.url(
-            "database.url",
-            db_url,
-            &["postgres", "postgresql", "sqlite"],
-        );
+        c.url("database.url", db_url, &["postgres", "postgresql", "sqlite"]);
     }
-    c.check(db.max_connections >= 1, "database.max_connections", || {
-        "must be at least 1".to_owned()
-    });
+    c.check(db.max_connections >= 1, "database.max_connections", || "must be at least 1".to_owned());
 
     let tg = &settings.telegram;
     c.url("telegram.api_url", &tg.api_url, &["http", "https"]);
@@ -126,60 +101,23 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
     }
 
     let worker = &settings.worker;
-    c.check(worker.concurrency >= 1, "worker.concurrency", || {
-        "must be at least 1".to_owned()
-    });
+    c.check(worker.concurrency >= 1, "worker.concurrency", || "must be at least 1".to_owned());
     c.found
 }
 
 fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     c.url("nats.url", nats.url.expose(), &["nats", "tls", "ws", "wss"]);
-    c.name(
-        "nats.stream",
-        &nats.stream,
-        "stream name",
-        &['.', '*', '>', '/', '\\'],
-    );
-    c.name(
-        "nats.durable",
-        &nats.durable,
-        "consumer name",
-        &['.', '*', '>', '/', '\\'],
-    );
-    c.name(
-        "nats.subject",
-        &nats.subject,
-        "subject without wildcards",
-        &['*', '>'],
-    );
-    c.name(
-        "nats.dead_letter_subject",
-        &nats.dead_letter_subject,
-        "subject without wildcards",
-        &['*', '>'],
-    );
-    let dead_letter_in_stream = nats.dead_letter_subject == nats.subject
-        || nats
-            .dead_letter_subject
-            .starts_with(&format!("{}.", nats.subject));
+    c.name("nats.stream", &nats.stream, "stream name", &['.', '*', '>', '/', '\\']);
+    c.name("nats.durable", &nats.durable, "consumer name", &['.', '*', '>', '/', '\\']);
+    c.name("nats.subject", &nats.subject, "subject without wildcards", &['*', '>']);
+    c.name("nats.dead_letter_subject", &nats.dead_letter_subject, "subject without wildcards", &['*', '>']);
+    let dead_letter_in_stream =
+        nats.dead_letter_subject == nats.subject || nats.dead_letter_subject.starts_with(&format!("{}.", nats.subject));
     c.check(!dead_letter_in_stream, "nats.dead_letter_subject", || {
-        format!(
-            "must lie outside the task subject {:?}, or dead letters would be run again",
-            nats.subject
-        )
+        format!("must lie outside the task subject {:?}, or dead letters would be run again", nats.subject)
     });
-    c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || {
-        "must be more than zero".to_owned()
-    });
-    c.check(nats.max_deliver >= 1, "nats.max_deliver", || {
-        "must be at least 1".to_owned()
-    });
-    c.check(
-        !nats.duplicate_window.is_zero(),
-        "nats.duplicate_window",
-        || "must be more than zero".to_owned(),
-    );
-    c.check(nats.max_payload >= 1024, "nats.max_payload", || {
-        "must be at least 1024 bytes".to_owned()
-    });
+    c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || "must be more than zero".to_owned());
+    c.check(nats.max_deliver >= 1, "nats.max_deliver", || "must be at least 1".to_owned());
+    c.check(!nats.duplicate_window.is_zero(), "nats.duplicate_window", || "must be more than zero".to_owned());
+    c.check(nats.max_payload >= 1024, "nats.max_payload", || "must be at least 1024 bytes".to_owned());
 }

@@ -92,7 +92,11 @@ async fn handle(
     let method = method.to_ascii_lowercase();
     let body = body.map_or(Value::Null, |Json(v)| v);
     let mut inner = inner.lock().unwrap_or_else(PoisonError::into_inner);
-    inner.requests.push(Request { token: bot.trim_start_matches("bot").to_owned(), method: method.clone(), body: body.clone() });
+    inner.requests.push(Request {
+        token: bot.trim_start_matches("bot").to_owned(),
+        method: method.clone(),
+        body: body.clone(),
+    });
     if let Some((status, reply)) = inner.scripted.get_mut(&method).and_then(VecDeque::pop_front) {
         return (status, Json(reply));
     }

@@ -53,11 +53,8 @@ impl Service {
 /// a test never skips silently.
 pub fn require(service: Service) {
     let (addr, how) = service.probe();
-    let reachable = addr
-        .parse()
-        .ok()
-        .and_then(|sock| TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok())
-        .is_some();
+    let reachable =
+        addr.parse().ok().and_then(|sock| TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()).is_some();
     assert!(reachable, "{service:?} is not reachable at {addr}; start it with:\n  {how}");
 }
 

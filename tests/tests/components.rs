@@ -8,8 +8,8 @@ use bb8_redis::redis::{self, AsyncCommands};
 use di::shaku::HasComponent;
 use di::testing::{InMemoryResultStore, RecordingBot, mock_container};
 use di::{
-    AppContainer, BotApi, BotError, Component, Db, RedisResultStore, ResultRecord, ResultStore, SqlxDb,
-    StartupError, TaskStatus, TelegramBot,
+    AppContainer, BotApi, BotError, Component, Db, RedisResultStore, ResultRecord, ResultStore, SqlxDb, StartupError,
+    TaskStatus, TelegramBot,
 };
 use it::fake_telegram::FakeTelegram;
 use it::{POSTGRES_URL, REDIS_URL, Service, require, test_settings, unique};
@@ -28,7 +28,8 @@ async fn db_on_postgres_runs_select() {
     let db = SqlxDb::connect(&settings.database).await.expect("connect to PostgreSQL");
     assert_eq!(db.backend(), "PostgreSQL");
     db.ping().await.expect("SELECT 1");
-    let n: i64 = di::sqlx::query_scalar("SELECT CAST($1 AS BIGINT) + 1").bind(41_i64).fetch_one(db.pool()).await.unwrap();
+    let n: i64 =
+        di::sqlx::query_scalar("SELECT CAST($1 AS BIGINT) + 1").bind(41_i64).fetch_one(db.pool()).await.unwrap();
     assert_eq!(n, 42);
     db.close().await;
     assert!(db.pool().is_closed());
@@ -151,7 +152,11 @@ async fn bot_errors_are_split_into_retryable_and_fatal() {
     assert!(matches!(e, BotError::Rejected(_)) && !e.is_retryable(), "{e:?}");
 
     // teloxide waits 10 s after any 5xx before it returns the error.
-    fake.script("sendMessage", 500, serde_json::json!({"ok": false, "error_code": 500, "description": "Internal Server Error"}));
+    fake.script(
+        "sendMessage",
+        500,
+        serde_json::json!({"ok": false, "error_code": 500, "description": "Internal Server Error"}),
+    );
     let e = bot.send_message(1, "x").await.unwrap_err();
     assert!(matches!(e, BotError::Unavailable(_)), "{e:?}");
 

@@ -145,7 +145,8 @@ fn validation_names_the_key_and_its_source() {
         let Err(SettingsError::Invalid(found)) = load(jail, "development") else {
             panic!("expected Invalid");
         };
-        let by_key = |key: &str| found.iter().find(|i| i.key == key).unwrap_or_else(|| panic!("{key} not reported: {found:?}"));
+        let by_key =
+            |key: &str| found.iter().find(|i| i.key == key).unwrap_or_else(|| panic!("{key} not reported: {found:?}"));
         assert!(by_key("redis.result_ttl").origin.contains("settings.toml"), "{:?}", by_key("redis.result_ttl"));
         assert!(by_key("worker.concurrency").origin.contains("COURIER_"), "{:?}", by_key("worker.concurrency"));
         assert!(by_key("redis.url").origin.contains("COURIER_"));

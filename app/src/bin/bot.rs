@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!(
-        "bot: not available yet; it arrives with the broker and bot issues (see ARCHITECTURE.md)"
-    );
+    eprintln!("bot: not available yet; it arrives with the broker and bot issues (see ARCHITECTURE.md)");
     ExitCode::from(2)
 }

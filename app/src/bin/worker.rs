@@ -54,11 +54,7 @@ async fn main() -> ExitCode {
             for line in &lines {
                 println!("{line}");
             }
-            if lines.iter().all(|line| line.outcome.is_ok()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            if lines.iter().all(|line| line.outcome.is_ok()) { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Mode::Run | Mode::ListTasks => match run_worker(settings, shutdown::signal()).await {
             Ok(()) => ExitCode::SUCCESS,

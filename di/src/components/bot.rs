@@ -72,11 +72,7 @@ pub struct TelegramBot {
 // Written by hand: teloxide's `Bot` would print the token.
 impl std::fmt::Debug for TelegramBot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mode = if self.bot.is_some() {
-            "telegram"
-        } else {
-            "log-only"
-        };
+        let mode = if self.bot.is_some() { "telegram" } else { "log-only" };
         f.debug_struct("TelegramBot").field("mode", &mode).finish()
     }
 }
@@ -87,22 +83,17 @@ impl TelegramBot {
         let Some(token) = &settings.token else {
             return Ok(Self::log_only());
         };
-        let misconfigured = |reason: String| StartupError::Misconfigured {
-            component: Part::Telegram,
-            reason,
-        };
-        let api_url = settings.api_url.parse().map_err(|err| {
-            misconfigured(format!("telegram.api_url {:?}: {err}", settings.api_url))
-        })?;
+        let misconfigured = |reason: String| StartupError::Misconfigured { component: Part::Telegram, reason };
+        let api_url = settings
+            .api_url
+            .parse()
+            .map_err(|err| misconfigured(format!("telegram.api_url {:?}: {err}", settings.api_url)))?;
         let client = teloxide::net::default_reqwest_settings()
             .timeout(settings.request_timeout)
             .build()
             .map_err(|err| misconfigured(format!("HTTP client: {err}")))?;
         let bot = Bot::with_client(token.expose(), client).set_api_url(api_url);
-        Ok(Self {
-            bot: Some(bot),
-            token: token.expose().to_owned(),
-        })
+        Ok(Self { bot: Some(bot), token: token.expose().to_owned() })
     }
 
     /// A bot that only logs; what `development` runs with no token.
@@ -118,9 +109,7 @@ impl TelegramBot {
     fn map_error(&self, err: RequestError) -> BotError {
         let text = |e: &dyn std::fmt::Display| scrub(&e.to_string(), &[&self.token]);
         match err {
-            RequestError::RetryAfter(secs) => BotError::RateLimited {
-                retry_after: secs.duration(),
-            },
+            RequestError::RetryAfter(secs) => BotError::RateLimited { retry_after: secs.duration() },
             RequestError::Network(e) => BotError::Unavailable(text(&e)),
             RequestError::Io(e) => BotError::Unavailable(text(&e)),
             RequestError::InvalidJson { source, .. } => BotError::Unavailable(text(&source)),
@@ -135,39 +124,20 @@ impl TelegramBot {
 /// Telegram reports 5xx trouble only through the description.
 fn is_server_side(description: &str) -> bool {
     let d = description.to_ascii_lowercase();
-    [
-        "internal server error",
-        "bad gateway",
-        "service unavailable",
-        "gateway timeout",
-        "restart",
-    ]
-    .iter()
-    .any(|needle| d.contains(needle))
+    ["internal server error", "bad gateway", "service unavailable", "gateway timeout", "restart"]
+        .iter()
+        .any(|needle| d.contains(needle))
 }
 
 #[async_trait]
 impl BotApi for TelegramBot {
     async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
         let Some(bot) = &self.bot else {
-            tracing::info!(
-                chat_id,
-                text,
-                "telegram (log-only, no token): message not sent"
-            );
-            return Ok(SentMessage {
-                chat_id,
-                message_id: 0,
-            });
+            tracing::info!(chat_id, text, "telegram (log-only, no token): message not sent");
+            return Ok(SentMessage { chat_id, message_id: 0 });
         };
-        let message = bot
-            .send_message(ChatId(chat_id), text)
-            .await
-            .map_err(|e| self.map_error(e))?;
-        Ok(SentMessage {
-            chat_id: message.chat.id.0,
-            message_id: message.id.0,
-        })
+        let message = bot.send_message(ChatId(chat_id), text).await.map_err(|e| self.map_error(e))?;
+        Ok(SentMessage { chat_id: message.chat.id.0, message_id: message.id.0 })
     }
 
     async fn check(&self) -> Result<String, BotError> {

@@ -29,9 +29,7 @@ pub trait Db: Interface {
 
     /// Runs `SELECT 1`, proving a connection can be taken and used.
     async fn ping(&self) -> Result<(), DbError> {
-        let one: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)")
-            .fetch_one(self.pool())
-            .await?;
+        let one: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)").fetch_one(self.pool()).await?;
         debug_assert_eq!(one, 1);
         Ok(())
     }
@@ -46,10 +44,7 @@ pub struct SqlxDb {
 
 impl std::fmt::Debug for SqlxDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlxDb")
-            .field("backend", &self.backend())
-            .field("size", &self.pool.size())
-            .finish()
+        f.debug_struct("SqlxDb").field("backend", &self.backend()).field("size", &self.pool.size()).finish()
     }
 }
 
@@ -68,29 +63,17 @@ impl SqlxDb {
             StartupError::unreachable(Part::Database, settings.url.redacted(), err, &secrets)
         };
         sqlx::any::install_default_drivers();
-        let mut options = AnyPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.connect_timeout);
+        let mut options =
+            AnyPoolOptions::new().max_connections(settings.max_connections).acquire_timeout(settings.connect_timeout);
         if is_sqlite_memory(url) {
             // Every connection to `sqlite::memory:` is a separate empty
             // database; one connection keeps one database, kept open forever.
-            options = options
-                .max_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
+            options = options.max_connections(1).idle_timeout(None).max_lifetime(None);
         }
-        let pool = tokio::time::timeout(
-            settings.connect_timeout + Duration::from_secs(1),
-            options.connect(url),
-        )
-        .await
-        .map_err(|_| {
-            fail(&format!(
-                "no connection within {:?}",
-                settings.connect_timeout
-            ))
-        })?
-        .map_err(|err| fail(&err))?;
+        let pool = tokio::time::timeout(settings.connect_timeout + Duration::from_secs(1), options.connect(url))
+            .await
+            .map_err(|_| fail(&format!("no connection within {:?}", settings.connect_timeout)))?
+            .map_err(|err| fail(&err))?;
         let db = Self { pool };
         db.ping().await.map_err(|err| fail(&err))?;
         Ok(db)
@@ -129,11 +112,7 @@ impl Db for SqlxDb {
 /// The backend name of a pool, from its connect options.
 fn backend_of(pool: &AnyPool) -> &'static str {
     let options = pool.connect_options();
-    if options.database_url.scheme().starts_with("sqlite") {
-        "SQLite"
-    } else {
-        "PostgreSQL"
-    }
+    if options.database_url.scheme().starts_with("sqlite") { "SQLite" } else { "PostgreSQL" }
 }
 
 fn is_sqlite_memory(url: &str) -> bool {

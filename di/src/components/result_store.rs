@@ -59,25 +59,14 @@ pub struct RedisResultStore {
 
 impl std::fmt::Debug for RedisResultStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisResultStore")
-            .field("ttl", &self.ttl)
-            .field("key_prefix", &self.key_prefix)
-            .finish()
+        f.debug_struct("RedisResultStore").field("ttl", &self.ttl).field("key_prefix", &self.key_prefix).finish()
     }
 }
 
 impl RedisResultStore {
     /// Wraps a pool.
-    pub fn new(
-        pool: Pool<RedisConnectionManager>,
-        ttl: Duration,
-        key_prefix: impl Into<String>,
-    ) -> Self {
-        Self {
-            pool,
-            ttl,
-            key_prefix: key_prefix.into(),
-        }
+    pub fn new(pool: Pool<RedisConnectionManager>, ttl: Duration, key_prefix: impl Into<String>) -> Self {
+        Self { pool, ttl, key_prefix: key_prefix.into() }
     }
 
     /// Opens the pool described by `settings` and checks it with `PING`.
@@ -86,34 +75,18 @@ impl RedisResultStore {
         let fail = |err: &dyn std::fmt::Display| {
             StartupError::unreachable(Part::Redis, settings.url.redacted(), err, &[&secret])
         };
-        let manager =
-            RedisConnectionManager::new(settings.url.expose()).map_err(|err| fail(&err))?;
+        let manager = RedisConnectionManager::new(settings.url.expose()).map_err(|err| fail(&err))?;
         // One direct connection first: bb8 would hide the cause behind "timed out".
-        let mut probe = tokio::time::timeout(
-            settings.connect_timeout,
-            bb8::ManageConnection::connect(&manager),
-        )
-        .await
-        .map_err(|_| {
-            fail(&format!(
-                "no connection within {:?}",
-                settings.connect_timeout
-            ))
-        })?
-        .map_err(|err| fail(&err))?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut probe)
+        let mut probe = tokio::time::timeout(settings.connect_timeout, bb8::ManageConnection::connect(&manager))
             .await
+            .map_err(|_| fail(&format!("no connection within {:?}", settings.connect_timeout)))?
             .map_err(|err| fail(&err))?;
+        let _: String = redis::cmd("PING").query_async(&mut probe).await.map_err(|err| fail(&err))?;
         let pool = Pool::builder()
             .max_size(settings.pool_size)
             .connection_timeout(settings.connect_timeout)
             .build_unchecked(manager);
-        Ok(Self::new(
-            pool,
-            settings.result_ttl,
-            settings.key_prefix.clone(),
-        ))
+        Ok(Self::new(pool, settings.result_ttl, settings.key_prefix.clone()))
     }
 
     /// The Redis key of `task_id`.
@@ -122,10 +95,7 @@ impl RedisResultStore {
     }
 
     async fn conn(&self) -> Result<bb8::PooledConnection<'_, RedisConnectionManager>, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|err| StoreError::Unavailable(err.to_string()))
+        self.pool.get().await.map_err(|err| StoreError::Unavailable(err.to_string()))
     }
 }
 
@@ -136,14 +106,9 @@ fn unavailable(err: redis::RedisError) -> StoreError {
 #[async_trait]
 impl ResultStore for RedisResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
-        let bytes = record
-            .to_msgpack()
-            .map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
+        let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
         let mut conn = self.conn().await?;
-        let () = conn
-            .set_ex(self.key(task_id), bytes, self.ttl.as_secs().max(1))
-            .await
-            .map_err(unavailable)?;
+        let () = conn.set_ex(self.key(task_id), bytes, self.ttl.as_secs().max(1)).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -153,18 +118,12 @@ impl ResultStore for RedisResultStore {
         bytes
             .map(|b| ResultRecord::from_msgpack(&b))
             .transpose()
-            .map_err(|err| StoreError::Corrupt {
-                task_id: task_id.to_owned(),
-                reason: err.to_string(),
-            })
+            .map_err(|err| StoreError::Corrupt { task_id: task_id.to_owned(), reason: err.to_string() })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        let _: String = redis::cmd("PING").query_async(&mut *conn).await.map_err(unavailable)?;
         Ok(())
     }
 
