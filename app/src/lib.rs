@@ -1,8 +1,9 @@
 //! Courier's application crate: the broker connection, the worker runtime,
-//! and the pieces the `worker`, `producer` and `bot` binaries share.
+//! the task lifecycle, and the pieces the `worker`, `producer` and `bot` binaries share.
 
 pub mod broker;
 pub mod check;
+pub mod lifecycle;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

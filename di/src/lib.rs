@@ -1,22 +1,45 @@
 //! Courier's framework core: the injectable components (`Db`, `BotApi`,
 //! `ResultStore`) with their real implementations and test doubles, the
-//! shaku module and its builder, and the result record.
+//! shaku module and its builder, the task contract and registry, the
+//! envelope and result-record codecs, and the one-step executor.
 //!
 //! **Architecture Invariant:** this crate never touches NATS and never reads
 //! configuration itself; it is handed [`settings::Settings`].
 
 pub mod components;
 pub mod container;
+pub mod context;
+pub mod enqueue;
+pub mod envelope;
 pub mod error;
+pub mod execute;
 pub mod record;
+pub mod registry;
+pub mod task;
 pub mod testing;
 
 pub use components::bot::{BotApi, BotError, SentMessage, TelegramBot};
 pub use components::db::{Db, DbError, SqlxDb};
 pub use components::result_store::{RedisResultStore, ResultStore, StoreError};
 pub use container::{AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components};
+pub use context::{DbSession, TaskContext};
+pub use enqueue::{EnqueueError, Enqueuer, InMemoryEnqueuer, NoEnqueuer};
+pub use envelope::{CodecError, Envelope};
 pub use error::{Component, StartupError};
+pub use execute::{Disposition, Execution, Executor, Outcome};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
+pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
+pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
 
-// Re-exported so tasks and tests use the very versions the components do.
-pub use {inventory, shaku, sqlx};
+// Re-exported so task crates use the very versions the runtime does.
+pub use {inventory, rmpv, shaku, sqlx};
+
+/// What a task file imports: `use di::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Failure, HookContext, HookResult, ResultExt, RetryPolicy, TaskContext, TaskOptions, TaskResult, register_hook,
+        register_task,
+    };
+    pub use serde::{Deserialize, Serialize};
+    pub use std::time::Duration;
+}

@@ -3,8 +3,10 @@
 
 use std::process::ExitCode;
 
-use courier::{check, run_worker, shutdown, telemetry};
+use courier::{check, lifecycle, run_worker, shutdown, telemetry};
+// Links the task plug-ins; without a name the linker drops their registrations.
 use settings::Settings;
+use tasks as _;
 
 const USAGE: &str = "usage: worker [--check | --list-tasks | --help]
 
@@ -38,7 +40,18 @@ async fn main() -> ExitCode {
         }
     };
     if let Mode::ListTasks = mode {
-        return ExitCode::SUCCESS;
+        return match lifecycle::load_registry() {
+            Ok(registry) => {
+                for name in registry.names() {
+                    println!("{name}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("worker: {err}");
+                ExitCode::from(2)
+            }
+        };
     }
     telemetry::init();
     let settings = match Settings::load() {

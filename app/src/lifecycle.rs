@@ -1,0 +1,74 @@
+//! Start-up and shutdown steps around the task loop: the registry check,
+//! migrations, and the registered hooks.
+
+use std::sync::Arc;
+
+use di::registry::{HookContext, HookDef, HookKind};
+use di::{Container, Db, Registry, RegistryError};
+
+/// A start-up step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// Two tasks share a name.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The schema could not be brought up to date.
+    #[error("migrations failed on {backend}: {reason}")]
+    Migrations {
+        /// `PostgreSQL` or `SQLite`.
+        backend: &'static str,
+        /// sqlx's error.
+        reason: String,
+    },
+    /// A start-up hook returned an error.
+    #[error("start-up hook {hook} (registered at {location}) failed: {reason}")]
+    Hook {
+        /// The hook's path.
+        hook: &'static str,
+        /// Its `register_hook!` line.
+        location: String,
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// Collects the registered tasks, refusing duplicate names.
+pub fn load_registry() -> Result<Registry, LifecycleError> {
+    Ok(Registry::from_inventory()?)
+}
+
+/// Brings the database schema of the shipped tasks up to date.
+pub async fn migrate(db: &dyn Db) -> Result<(), LifecycleError> {
+    tasks::MIGRATOR
+        .run(db.pool())
+        .await
+        .map_err(|e| LifecycleError::Migrations { backend: db.backend(), reason: e.to_string() })?;
+    tracing::info!(backend = db.backend(), migrations = tasks::MIGRATOR.iter().count(), "schema up to date");
+    Ok(())
+}
+
+/// Runs `hooks` in order; the first failure stops start-up with its name.
+pub async fn run_startup_hooks(
+    hooks: &[&'static HookDef],
+    container: Arc<dyn Container>,
+) -> Result<(), LifecycleError> {
+    for hook in hooks {
+        hook.run(HookContext::new(container.clone())).await.map_err(|e| LifecycleError::Hook {
+            hook: hook.name,
+            location: format!("{}:{}", hook.file, hook.line),
+            reason: e.to_string(),
+        })?;
+        tracing::info!(hook = hook.name, "start-up hook done");
+    }
+    Ok(())
+}
+
+/// Runs every shutdown hook; failures are logged, and the rest still run.
+pub async fn run_shutdown_hooks(container: Arc<dyn Container>) {
+    for hook in Registry::hooks(HookKind::Shutdown) {
+        match hook.run(HookContext::new(container.clone())).await {
+            Ok(()) => tracing::info!(hook = hook.name, "shutdown hook done"),
+            Err(e) => tracing::warn!(hook = hook.name, error = %e, "shutdown hook failed"),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The task envelope on the wire: a MessagePack map compatible with
+//! Taskiq's `TaskiqMessage` (DESIGN §5).
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// One task invocation as it travels from producer to worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Stable across redeliveries: the task's idempotency key.
+    pub task_id: String,
+    /// The registered task name.
+    pub task_name: String,
+    /// Free-form metadata (taskiq labels), copied into the result record.
+    #[serde(default)]
+    pub labels: BTreeMap<String, rmpv::Value>,
+    /// taskiq's label type hints; carried, not interpreted.
+    #[serde(default)]
+    pub labels_types: Option<BTreeMap<String, rmpv::Value>>,
+    /// Positional arguments (what a Python producer's `task.kiq(1, 2)` sends).
+    #[serde(default)]
+    pub args: Vec<rmpv::Value>,
+    /// Arguments by name; Rust producers put the argument struct here.
+    #[serde(default)]
+    pub kwargs: BTreeMap<String, rmpv::Value>,
+}
+
+/// Why bytes are not an envelope, or arguments not the task's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+impl Envelope {
+    /// An envelope for `task_name` with `args` encoded by field name.
+    pub fn new<A: Serialize>(task_id: String, task_name: &str, args: &A) -> Result<Self, CodecError> {
+        Ok(Self {
+            task_id,
+            task_name: task_name.to_owned(),
+            labels: BTreeMap::new(),
+            labels_types: None,
+            args: Vec::new(),
+            kwargs: encode_kwargs(args)?,
+        })
+    }
+
+    /// Encodes the envelope as a MessagePack map.
+    pub fn to_msgpack(&self) -> Result<Vec<u8>, CodecError> {
+        rmp_serde::to_vec_named(self).map_err(|e| CodecError(format!("cannot encode envelope: {e}")))
+    }
+
+    /// Decodes an envelope; any malformed input is an error, never a panic.
+    pub fn from_msgpack(bytes: &[u8]) -> Result<Self, CodecError> {
+        rmp_serde::from_slice(bytes).map_err(|e| CodecError(format!("not a task envelope: {e}")))
+    }
+
+    /// The task id of bytes that are not a whole envelope, if one can be
+    /// read, so the failure can still be recorded under it.
+    pub fn salvage_task_id(bytes: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            task_id: String,
+        }
+        rmp_serde::from_slice::<IdOnly>(bytes).ok().map(|v| v.task_id).filter(|id| !id.is_empty())
+    }
+
+    /// Decodes the arguments as `A`: from `kwargs` by field name, or from
+    /// positional `args` in field order.
+    pub fn decode_args<A: DeserializeOwned>(&self) -> Result<A, CodecError> {
+        let value = match (self.args.is_empty(), self.kwargs.is_empty()) {
+            (true, true) => {
+                // No arguments: a struct without fields, or `()`.
+                return rmpv::ext::from_value(rmpv::Value::Map(Vec::new()))
+                    .or_else(|_| rmpv::ext::from_value(rmpv::Value::Nil))
+                    .map_err(|e| CodecError(format!("arguments missing: {e}")));
+            }
+            (true, false) => {
+                rmpv::Value::Map(self.kwargs.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), v.clone())).collect())
+            }
+            (false, true) => rmpv::Value::Array(self.args.clone()),
+            (false, false) => {
+                return Err(CodecError(
+                    "both positional args and kwargs were sent; Courier tasks take one or the other".to_owned(),
+                ));
+            }
+        };
+        rmpv::ext::from_value(value).map_err(|e| CodecError(format!("arguments do not fit the task: {e}")))
+    }
+}
+
+/// Encodes a value as a MessagePack value with field names (a map for a
+/// struct), the form kept in `kwargs` and in `return_value`.
+pub fn encode_value<T: Serialize>(value: &T) -> Result<rmpv::Value, CodecError> {
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| CodecError(format!("cannot encode: {e}")))?;
+    rmpv::decode::read_value(&mut bytes.as_slice()).map_err(|e| CodecError(format!("cannot re-read: {e}")))
+}
+
+/// Decodes a value written by [`encode_value`] (a task's output, say).
+pub fn decode_value<T: DeserializeOwned>(value: rmpv::Value) -> Result<T, CodecError> {
+    rmpv::ext::from_value(value).map_err(|e| CodecError(format!("value does not fit the type: {e}")))
+}
+
+fn encode_kwargs<A: Serialize>(args: &A) -> Result<BTreeMap<String, rmpv::Value>, CodecError> {
+    match encode_value(args)? {
+        rmpv::Value::Nil => Ok(BTreeMap::new()),
+        rmpv::Value::Map(entries) => entries
+            .into_iter()
+            .map(|(k, v)| match k {
+                rmpv::Value::String(s) if s.as_str().is_some() => Ok((s.into_str().unwrap_or_default(), v)),
+                other => Err(CodecError(format!("argument names must be strings, found {other}"))),
+            })
+            .collect(),
+        other => Err(CodecError(format!("task arguments must be a struct with named fields, found {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Args {
+        chat_id: i64,
+        text: String,
+    }
+
+    #[test]
+    fn round_trip_by_kwargs() {
+        let env = Envelope::new("id-1".into(), "t", &Args { chat_id: 7, text: "x".into() }).unwrap();
+        let back = Envelope::from_msgpack(&env.to_msgpack().unwrap()).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.decode_args::<Args>().unwrap(), Args { chat_id: 7, text: "x".into() });
+    }
+
+    #[test]
+    fn positional_args_fill_fields_in_order() {
+        let mut env = Envelope::new("id".into(), "t", &()).unwrap();
+        env.args = vec![rmpv::Value::from(7), rmpv::Value::from("x")];
+        assert_eq!(env.decode_args::<Args>().unwrap(), Args { chat_id: 7, text: "x".into() });
+    }
+
+    #[test]
+    fn wrong_types_are_an_error() {
+        let mut env = Envelope::new("id".into(), "t", &()).unwrap();
+        env.kwargs.insert("chat_id".into(), rmpv::Value::from("seven"));
+        env.kwargs.insert("text".into(), rmpv::Value::from("x"));
+        let err = env.decode_args::<Args>().unwrap_err();
+        assert!(err.0.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors() {
+        for bytes in [&b""[..], &[0xc1], b"hello world", &[0x85, 0xa7]] {
+            assert!(Envelope::from_msgpack(bytes).is_err());
+        }
+        let good = Envelope::new("id-9".into(), "t", &()).unwrap().to_msgpack().unwrap();
+        assert!(Envelope::from_msgpack(&good[..good.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn task_id_is_salvaged_from_a_partial_envelope() {
+        let mut map = rmpv::Value::Map(vec![(rmpv::Value::from("task_id"), rmpv::Value::from("abc"))]);
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &map).unwrap();
+        assert!(Envelope::from_msgpack(&bytes).is_err(), "no task_name");
+        assert_eq!(Envelope::salvage_task_id(&bytes).as_deref(), Some("abc"));
+        map = rmpv::Value::from(5);
+        bytes.clear();
+        rmpv::encode::write_value(&mut bytes, &map).unwrap();
+        assert_eq!(Envelope::salvage_task_id(&bytes), None);
+    }
+
+    #[test]
+    fn map_claiming_four_billion_entries_does_not_allocate() {
+        // map32 header claiming 2^32-1 entries, then almost nothing.
+        let bomb = [0xdf, 0xff, 0xff, 0xff, 0xff, 0xa7, b't', b'a', b's', b'k', b'_', b'i', b'd'];
+        assert!(Envelope::from_msgpack(&bomb).is_err());
+        assert_eq!(Envelope::salvage_task_id(&bomb), None);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let mut bytes = vec![0x82, 0xa7];
+        bytes.extend_from_slice(b"task_id");
+        bytes.extend_from_slice(&[0xa1, b'x', 0xa4]);
+        bytes.extend_from_slice(b"args");
+        bytes.extend(std::iter::repeat_n(0x91, 100_000));
+        bytes.push(0xc0);
+        assert!(Envelope::from_msgpack(&bytes).is_err());
+    }
+}
