@@ -52,6 +52,8 @@ impl Envelope {
 
     /// Decodes an envelope; any malformed input is an error, never a panic.
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, CodecError> {
+        crate::shape::check(bytes, crate::shape::MAX_DEPTH)
+            .map_err(|e| CodecError(format!("not a task envelope: {e}")))?;
         rmp_serde::from_slice(bytes).map_err(|e| CodecError(format!("not a task envelope: {e}")))
     }
 
@@ -62,7 +64,11 @@ impl Envelope {
         struct IdOnly {
             task_id: String,
         }
-        rmp_serde::from_slice::<IdOnly>(bytes).ok().map(|v| v.task_id).filter(|id| !id.is_empty())
+        let whole = crate::shape::check(bytes, crate::shape::MAX_DEPTH)
+            .ok()
+            .and_then(|()| rmp_serde::from_slice::<IdOnly>(bytes).ok())
+            .map(|v| v.task_id);
+        whole.or_else(|| leading_task_id(bytes)).filter(|id| !id.is_empty())
     }
 
     /// Decodes the arguments as `A`: from `kwargs` by field name, or from
@@ -87,6 +93,20 @@ impl Envelope {
         };
         rmpv::ext::from_value(value).map_err(|e| CodecError(format!("arguments do not fit the task: {e}")))
     }
+}
+
+/// The task id of a map whose first entry is `task_id` (as Courier and
+/// taskiq write it), read without decoding the rest: a truncated envelope
+/// still names its task.
+fn leading_task_id(bytes: &[u8]) -> Option<String> {
+    let mut rd = bytes;
+    rmp::decode::read_map_len(&mut rd).ok()?;
+    let (key, rest) = rmp::decode::read_str_from_slice(rd).ok()?;
+    if key != "task_id" {
+        return None;
+    }
+    let (id, _) = rmp::decode::read_str_from_slice(rest).ok()?;
+    Some(id.to_owned())
 }
 
 /// Encodes a value as a MessagePack value with field names (a map for a
@@ -155,7 +175,9 @@ mod tests {
             assert!(Envelope::from_msgpack(bytes).is_err());
         }
         let good = Envelope::new("id-9".into(), "t", &()).unwrap().to_msgpack().unwrap();
-        assert!(Envelope::from_msgpack(&good[..good.len() - 3]).is_err());
+        let truncated = &good[..good.len() - 3];
+        assert!(Envelope::from_msgpack(truncated).is_err());
+        assert_eq!(Envelope::salvage_task_id(truncated).as_deref(), Some("id-9"));
     }
 
     #[test]

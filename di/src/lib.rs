@@ -15,6 +15,7 @@ pub mod error;
 pub mod execute;
 pub mod record;
 pub mod registry;
+pub mod shape;
 pub mod task;
 pub mod testing;
 

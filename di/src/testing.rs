@@ -80,12 +80,14 @@ impl BotApi for RecordingBot {
 #[derive(Debug, Clone)]
 pub struct InMemoryResultStore {
     records: Arc<Mutex<HashMap<String, ResultRecord>>>,
+    /// Every write in order, to check the sequence of statuses.
+    history: Arc<Mutex<Vec<(String, crate::TaskStatus)>>>,
     ttl: Duration,
 }
 
 impl Default for InMemoryResultStore {
     fn default() -> Self {
-        Self { records: Arc::default(), ttl: Duration::from_secs(3600) }
+        Self { records: Arc::default(), history: Arc::default(), ttl: Duration::from_secs(3600) }
     }
 }
 
@@ -93,6 +95,12 @@ impl InMemoryResultStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The statuses written for `task_id`, in order.
+    pub fn history(&self, task_id: &str) -> Vec<crate::TaskStatus> {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        history.iter().filter(|(id, _)| id == task_id).map(|(_, status)| *status).collect()
     }
 
     /// Every record, by task id.
@@ -104,6 +112,7 @@ impl InMemoryResultStore {
 #[async_trait]
 impl ResultStore for InMemoryResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
+        self.history.lock().unwrap_or_else(PoisonError::into_inner).push((task_id.to_owned(), record.status));
         self.records.lock().unwrap_or_else(PoisonError::into_inner).insert(task_id.to_owned(), record.clone());
         Ok(())
     }
@@ -143,4 +152,64 @@ pub async fn mock_container() -> Result<(Arc<AppModule>, Mocks), crate::DbError>
         .with_component_override::<dyn ResultStore>(Box::new(mocks.store.clone()))
         .build();
     Ok((Arc::new(module), mocks))
+}
+
+/// The real executor over a [`mock_container`], for testing tasks end to
+/// end without a broker: `runtime.run(tasks::x::TASK, &args).await`.
+#[derive(Debug)]
+pub struct TestRuntime {
+    /// The executor, as the worker uses it.
+    pub executor: crate::Executor,
+    /// The doubles inside its container.
+    pub mocks: Mocks,
+    /// Where follow-up tasks go.
+    pub enqueuer: crate::InMemoryEnqueuer,
+    /// The container.
+    pub module: Arc<AppModule>,
+}
+
+impl TestRuntime {
+    /// Doubles plus every task registered in this binary.
+    ///
+    /// # Panics
+    /// If two registered tasks share a name.
+    pub async fn new() -> Result<Self, crate::DbError> {
+        let (module, mocks) = mock_container().await?;
+        let registry = crate::Registry::from_inventory().unwrap_or_else(|e| panic!("{e}"));
+        let enqueuer = crate::InMemoryEnqueuer::new();
+        let executor = crate::Executor::new(Arc::new(registry), module.clone(), Arc::new(enqueuer.clone()), 1 << 20);
+        Ok(Self { executor, mocks, enqueuer, module })
+    }
+
+    /// Runs `task` once (attempt 1) with a fresh task id.
+    pub async fn run<A: serde::Serialize, O: serde::de::DeserializeOwned>(
+        &self,
+        task: crate::TaskRef<A, O>,
+        args: &A,
+    ) -> crate::Execution {
+        self.run_with_id(task, &crate::new_task_id(), args, 1).await
+    }
+
+    /// Runs `task` as attempt `attempt` under `task_id` (to test idempotency).
+    ///
+    /// # Panics
+    /// If the arguments cannot be encoded (a bug in the test).
+    pub async fn run_with_id<A: serde::Serialize, O: serde::de::DeserializeOwned>(
+        &self,
+        task: crate::TaskRef<A, O>,
+        task_id: &str,
+        args: &A,
+        attempt: u32,
+    ) -> crate::Execution {
+        let bytes = task.envelope_with_id(task_id.to_owned(), args).and_then(|e| e.to_msgpack()).expect("encodable");
+        self.run_bytes(&bytes, attempt).await
+    }
+
+    /// Runs raw envelope bytes (to test bad input).
+    ///
+    /// # Panics
+    /// Never in practice: the in-memory store does not fail.
+    pub async fn run_bytes(&self, bytes: &[u8], attempt: u32) -> crate::Execution {
+        self.executor.process(bytes, attempt).await.expect("the in-memory store does not fail")
+    }
 }

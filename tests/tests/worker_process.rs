@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use it::process::command;
-use it::{Service, require};
+use it::{PgSchema, Service, require};
 
 #[test]
 fn check_reports_every_component_and_exits_zero() {
@@ -39,9 +39,10 @@ fn unknown_profile_exits_non_zero_naming_it() {
 fn sigterm_stops_the_worker_cleanly() {
     require(Service::Nats);
     require(Service::Redis);
-    require(Service::Postgres);
+    let schema = tokio::runtime::Runtime::new().unwrap().block_on(PgSchema::create());
     let mut child = command("worker")
         .env("COURIER_ENV", "development")
+        .env("COURIER_DATABASE__URL", &schema.url)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -77,7 +78,21 @@ fn sigterm_stops_the_worker_cleanly() {
     };
     let log = reader.join().unwrap();
     assert_eq!(exit.code(), Some(0), "{log}");
-    for line in ["SIGTERM", "pool closed", "worker stopped"] {
+    for line in ["schema up to date", "SIGTERM", "pool closed", "worker stopped"] {
         assert!(log.contains(line), "`{line}` missing from the log:\n{log}");
     }
+}
+
+#[test]
+fn list_tasks_prints_one_name_per_line() {
+    let out = command("worker").arg("--list-tasks").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    for shipped in ["noop", "send_report", "test_di_task"] {
+        assert!(names.iter().any(|n| n == shipped), "{shipped} missing: {names:?}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, names, "sorted, no duplicates");
 }
