@@ -35,7 +35,12 @@ fi
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
+  # nextest does not run doctests (the typed-enqueue compile check is one).
+  cargo test --workspace --doc --quiet
   cargo nextest run --workspace --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
 fi
+
+echo "== drop-in: a new file in tasks/src is a new task"
+./scripts/check-dropin.sh

@@ -210,6 +210,25 @@ pub fn name_from_module_path(module_path: &'static str) -> &'static str {
 /// A typed handle to one task: its name plus its argument and output types,
 /// so enqueueing the wrong arguments does not compile. The registration
 /// macro defines one as `TASK` in the task's file.
+///
+/// ```
+/// use di::{TaskOptions, TaskRef};
+/// #[derive(serde::Serialize)]
+/// struct Args { chat_id: i64 }
+/// const TASK: TaskRef<Args, ()> = TaskRef::new("tasks::notify", TaskOptions::new());
+/// let envelope = TASK.envelope(&Args { chat_id: 1 }).unwrap();
+/// assert_eq!(envelope.task_name, "notify");
+/// ```
+/// Arguments of another type are a compile error:
+/// ```compile_fail
+/// use di::{TaskOptions, TaskRef};
+/// #[derive(serde::Serialize)]
+/// struct Args { chat_id: i64 }
+/// #[derive(serde::Serialize)]
+/// struct Other { name: String }
+/// const TASK: TaskRef<Args, ()> = TaskRef::new("tasks::notify", TaskOptions::new());
+/// let envelope = TASK.envelope(&Other { name: "x".into() });
+/// ```
 pub struct TaskRef<A, O> {
     module_path: &'static str,
     options: TaskOptions,
