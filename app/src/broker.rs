@@ -1,8 +1,12 @@
-//! The NATS side: connecting from settings and checking JetStream.
+//! The NATS side: connecting, checking JetStream, and the topology (task
+//! stream, dead-letter stream, durable consumer) built from settings.
 
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
 use settings::NatsSettings;
 
-/// A broker failure at start-up.
+/// A broker failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The server could not be reached or refused the credentials.
@@ -20,6 +24,26 @@ pub enum BrokerError {
         url: String,
         /// What the server said.
         reason: String,
+    },
+    /// A stream or consumer could not be created or read.
+    #[error("nats {what}: {reason}")]
+    Topology {
+        /// Which object (`stream COURIER`, `consumer courier-worker`).
+        what: String,
+        /// The server's error.
+        reason: String,
+    },
+    /// An existing stream cannot serve these settings.
+    #[error(
+        "stream {stream} exists with {found}, but settings ask for {wanted}; delete the stream or change nats.stream"
+    )]
+    StreamMismatch {
+        /// The stream.
+        stream: String,
+        /// What the server has.
+        found: String,
+        /// What settings need.
+        wanted: String,
     },
 }
 
@@ -44,4 +68,140 @@ pub async fn check_jetstream(client: &async_nats::Client, settings: &NatsSetting
         .map_err(|err| no_js(err.to_string()))?;
     let body = String::from_utf8_lossy(&reply.payload);
     if body.contains("\"error\"") { Err(no_js(body.into_owned())) } else { Ok(()) }
+}
+
+/// The subject a task of `queue` is published to.
+pub fn task_subject(settings: &NatsSettings, queue: Option<&str>) -> String {
+    match queue {
+        Some(queue) => format!("{}.{queue}", settings.subject),
+        None => settings.subject.clone(),
+    }
+}
+
+/// The stream that keeps dead letters.
+pub fn dead_letter_stream(settings: &NatsSettings) -> String {
+    format!("{}_DEAD", settings.stream)
+}
+
+/// Creates (or reuses) the task stream and the dead-letter stream. An
+/// existing task stream with another retention or storage is an error: a
+/// work queue cannot be served by a stream that keeps or forgets differently.
+pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) -> Result<stream::Stream, BrokerError> {
+    let wanted = stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![settings.subject.clone(), format!("{}.>", settings.subject)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    };
+    let topology =
+        |what: String| move |err: &dyn std::fmt::Display| BrokerError::Topology { what, reason: err.to_string() };
+    let mut task_stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| topology(format!("stream {}", settings.stream))(&e))?;
+    let found =
+        task_stream.info().await.map_err(|e| topology(format!("stream {}", settings.stream))(&e))?.config.clone();
+    if found.retention != wanted.retention || found.storage != wanted.storage {
+        return Err(BrokerError::StreamMismatch {
+            stream: settings.stream.clone(),
+            found: format!("retention {:?}, storage {:?}", found.retention, found.storage),
+            wanted: "retention WorkQueue, storage File".to_owned(),
+        });
+    }
+    if !found.subjects.iter().any(|s| s == &settings.subject) {
+        return Err(BrokerError::StreamMismatch {
+            stream: settings.stream.clone(),
+            found: format!("subjects {:?}", found.subjects),
+            wanted: format!("subject {:?}", settings.subject),
+        });
+    }
+    if found.duplicate_window != wanted.duplicate_window {
+        tracing::warn!(
+            stream = %settings.stream,
+            found = ?found.duplicate_window,
+            wanted = ?wanted.duplicate_window,
+            "the stream's duplicate window differs from nats.duplicate_window; the stream's is in force"
+        );
+    }
+    let dead = stream::Config {
+        name: dead_letter_stream(settings),
+        subjects: vec![settings.dead_letter_subject.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: settings.dead_letter_max_age,
+        ..Default::default()
+    };
+    js.get_or_create_stream(dead)
+        .await
+        .map_err(|e| topology(format!("stream {}", dead_letter_stream(settings)))(&e))?;
+    Ok(task_stream)
+}
+
+/// The durable consumer every worker binds to. `max_deliver` is raised to
+/// `min_deliveries` if settings give less, so the server never gives up on
+/// a message before its task's attempts are spent.
+pub fn consumer_config(settings: &NatsSettings, min_deliveries: i64) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(settings.durable.clone()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver.max(min_deliveries),
+        max_ack_pending: settings.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// Binds to (or creates) the durable consumer. An existing one whose
+/// configuration differs (a taskiq producer's `startup()` rewrites it) is
+/// used as it is, with a warning naming each difference: the worker counts
+/// attempts itself, so delivery stays correct.
+pub async fn ensure_consumer(
+    task_stream: &stream::Stream,
+    settings: &NatsSettings,
+    min_deliveries: i64,
+) -> Result<consumer::PullConsumer, BrokerError> {
+    let wanted = consumer_config(settings, min_deliveries);
+    let mut consumer: consumer::PullConsumer = task_stream
+        .get_or_create_consumer(&settings.durable, wanted.clone())
+        .await
+        .map_err(|e| BrokerError::Topology { what: format!("consumer {}", settings.durable), reason: e.to_string() })?;
+    let found = consumer
+        .info()
+        .await
+        .map_err(|e| BrokerError::Topology { what: format!("consumer {}", settings.durable), reason: e.to_string() })?
+        .config
+        .clone();
+    let differences = consumer_differences(&found, &wanted);
+    if !differences.is_empty() {
+        tracing::warn!(
+            consumer = %settings.durable,
+            differences = %differences.join(", "),
+            "the durable consumer's configuration differs from settings (was it created by a taskiq producer?); \
+             it is used as it is. Delete it while no worker runs to apply the settings"
+        );
+    }
+    Ok(consumer)
+}
+
+fn consumer_differences(found: &consumer::Config, wanted: &consumer::pull::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, found: String, wanted: String| {
+        if found != wanted {
+            out.push(format!("{name} {found} (settings: {wanted})"));
+        }
+    };
+    diff("ack_policy", format!("{:?}", found.ack_policy), format!("{:?}", wanted.ack_policy));
+    diff("ack_wait", format!("{:?}", found.ack_wait), format!("{:?}", wanted.ack_wait));
+    diff("max_deliver", found.max_deliver.to_string(), wanted.max_deliver.to_string());
+    diff("max_ack_pending", found.max_ack_pending.to_string(), wanted.max_ack_pending.to_string());
+    diff("filter_subject", format!("{:?}", found.filter_subject), format!("{:?}", wanted.filter_subject));
+    out
+}
+
+/// How often a running task tells the server it is still alive: a third
+/// of `ack_wait`, so two heartbeats may be lost before a redelivery.
+pub fn progress_interval(settings: &NatsSettings) -> Duration {
+    (settings.ack_wait / 3).max(Duration::from_millis(100))
 }

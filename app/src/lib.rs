@@ -4,8 +4,13 @@
 pub mod broker;
 pub mod check;
 pub mod lifecycle;
+pub mod producer;
+pub mod publish;
+pub mod serve;
+pub mod serve_core;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
 
+pub use producer::{Producer, ProducerError, TaskHandle};
 pub use worker::{WorkerError, run_worker};

@@ -12,3 +12,14 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Like [`init`], but `warn` by default: for command-line tools whose
+/// stdout is their output.
+pub fn init_quiet() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -138,6 +138,11 @@ impl Executor {
                 return Ok(execution);
             }
         };
+        // Fields the caller's span declared (`task.id`, `task.name`) are
+        // filled in as soon as they are known, for every log line below.
+        let span = tracing::Span::current();
+        span.record("task.id", envelope.task_id.as_str());
+        span.record("task.name", def.name());
         let mut running = ResultRecord::new(def.name(), TaskStatus::Running, attempt);
         running.labels = envelope.labels.clone();
         running.started_at = Some(running.updated_at);

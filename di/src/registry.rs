@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::container::Container;
 use crate::context::TaskContext;
-use crate::envelope::{Envelope, encode_value};
+use crate::envelope::{CodecError, Envelope, encode_value};
 use crate::task::{Failure, TaskOptions, TaskResult, name_from_module_path};
 use crate::{BotApi, Db, ResultStore};
 
@@ -38,6 +38,7 @@ pub struct TaskDef {
     /// Its options.
     pub options: TaskOptions,
     run: fn(TaskContext, &Envelope) -> TaskFuture,
+    check: fn(&Envelope) -> Result<(), CodecError>,
 }
 
 inventory::collect!(TaskDef);
@@ -50,8 +51,15 @@ impl TaskDef {
         line: u32,
         options: TaskOptions,
         run: fn(TaskContext, &Envelope) -> TaskFuture,
+        check: fn(&Envelope) -> Result<(), CodecError>,
     ) -> Self {
-        Self { module_path, file, line, options, run }
+        Self { module_path, file, line, options, run, check }
+    }
+
+    /// Checks that the envelope's arguments decode as this task's `Args`
+    /// (the CLI does this before publishing).
+    pub fn check_args(&self, envelope: &Envelope) -> Result<(), CodecError> {
+        (self.check)(envelope)
     }
 
     /// The registered name.
@@ -82,6 +90,11 @@ where
         let output = run(ctx, args).await.map_err(RunError::Failed)?;
         encode_value(&output).map_err(|e| RunError::Failed(Failure::fatal(format!("output: {e}"))))
     })
+}
+
+/// Checks arguments against a task's `Args` (used by the macro).
+pub fn check<A: DeserializeOwned>(envelope: &Envelope) -> Result<(), CodecError> {
+    envelope.decode_args::<A>().map(drop)
 }
 
 /// When a hook runs.

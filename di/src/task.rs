@@ -312,7 +312,7 @@ macro_rules! register_task {
                     $crate::registry::erase::<$args, $out, _>(ctx, envelope, $run)
                 }
                 erased
-            })
+            }, $crate::registry::check::<$args>)
         }
     };
 }

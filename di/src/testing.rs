@@ -117,6 +117,16 @@ impl ResultStore for InMemoryResultStore {
         Ok(())
     }
 
+    async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError> {
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        if records.contains_key(task_id) {
+            return Ok(false);
+        }
+        self.history.lock().unwrap_or_else(PoisonError::into_inner).push((task_id.to_owned(), record.status));
+        records.insert(task_id.to_owned(), record.clone());
+        Ok(true)
+    }
+
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
         Ok(self.records.lock().unwrap_or_else(PoisonError::into_inner).get(task_id).cloned())
     }

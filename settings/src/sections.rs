@@ -36,8 +36,15 @@ pub struct NatsSettings {
     /// How long the server waits for an ack before it redelivers.
     #[serde(with = "duration")]
     pub ack_wait: Duration,
-    /// The server's delivery limit for one message.
+    /// The server's delivery limit for one message (a backstop; the worker
+    /// counts attempts per task itself).
     pub max_deliver: i64,
+    /// Delivered-but-unacked messages the consumer allows (retries waiting
+    /// out a backoff count too).
+    pub max_ack_pending: i64,
+    /// How long dead letters are kept.
+    #[serde(with = "duration")]
+    pub dead_letter_max_age: Duration,
     /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
     #[serde(with = "duration")]
     pub duplicate_window: Duration,

@@ -118,6 +118,8 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     });
     c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || "must be more than zero".to_owned());
     c.check(nats.max_deliver >= 1, "nats.max_deliver", || "must be at least 1".to_owned());
+    c.check(nats.max_ack_pending >= 1, "nats.max_ack_pending", || "must be at least 1".to_owned());
+    c.check(!nats.dead_letter_max_age.is_zero(), "nats.dead_letter_max_age", || "must be more than zero".to_owned());
     c.check(!nats.duplicate_window.is_zero(), "nats.duplicate_window", || "must be more than zero".to_owned());
     c.check(nats.max_payload >= 1024, "nats.max_payload", || "must be at least 1024 bytes".to_owned());
 }

@@ -4,6 +4,7 @@
 
 pub mod fake_telegram;
 pub mod process;
+pub mod scope;
 
 use std::net::TcpStream;
 use std::path::Path;

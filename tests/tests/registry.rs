@@ -42,10 +42,14 @@ fn never(_ctx: TaskContext, _envelope: &Envelope) -> TaskFuture {
     Box::pin(async { Err(RunError::BadArguments("unused".into())) })
 }
 
-static FIRST: TaskDef = TaskDef::new("tasks::report", "tasks/src/report.rs", 40, TaskOptions::new(), never);
+fn check_none(_envelope: &Envelope) -> Result<(), di::CodecError> {
+    Ok(())
+}
+
+static FIRST: TaskDef = TaskDef::new("tasks::report", "tasks/src/report.rs", 40, TaskOptions::new(), never, check_none);
 static SECOND: TaskDef =
-    TaskDef::new("tasks::other", "tasks/src/other.rs", 12, TaskOptions::new().name("report"), never);
-static DISTINCT: TaskDef = TaskDef::new("tasks::fine", "tasks/src/fine.rs", 3, TaskOptions::new(), never);
+    TaskDef::new("tasks::other", "tasks/src/other.rs", 12, TaskOptions::new().name("report"), never, check_none);
+static DISTINCT: TaskDef = TaskDef::new("tasks::fine", "tasks/src/fine.rs", 3, TaskOptions::new(), never, check_none);
 
 #[test]
 fn duplicate_names_are_an_error_naming_both_places() {

@@ -34,6 +34,11 @@ pub trait ResultStore: Interface {
     /// Writes (replaces) the record of `task_id`, restarting its TTL.
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError>;
 
+    /// Writes the record only if `task_id` has none yet; true if written.
+    /// Producers record `queued` this way, so a re-published task id never
+    /// overwrites the result of the run that already happened.
+    async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError>;
+
     /// Reads the record of `task_id`; `None` if there is none (or it expired).
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError>;
 
@@ -110,6 +115,21 @@ impl ResultStore for RedisResultStore {
         let mut conn = self.conn().await?;
         let () = conn.set_ex(self.key(task_id), bytes, self.ttl.as_secs().max(1)).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError> {
+        let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
+        let mut conn = self.conn().await?;
+        let written: Option<String> = redis::cmd("SET")
+            .arg(self.key(task_id))
+            .arg(bytes)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.ttl.as_secs().max(1))
+            .query_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(written.is_some())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {

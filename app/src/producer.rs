@@ -1,0 +1,156 @@
+//! The producer client: typed enqueue over NATS, the `queued` record, and
+//! waiting for a result without hammering Redis.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use di::{Envelope, RedisResultStore, ResultRecord, ResultStore, TaskRef, TaskStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use settings::{NatsMode, Settings};
+
+use crate::broker::{self, BrokerError};
+use crate::publish::{PublishError, Published, Publisher};
+
+/// Why a producer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// NATS could not be reached or set up.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Redis could not be reached.
+    #[error(transparent)]
+    Startup(#[from] di::StartupError),
+    /// The task was not accepted by the broker.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The result store failed.
+    #[error(transparent)]
+    Store(#[from] di::StoreError),
+    /// The arguments could not be encoded.
+    #[error("cannot encode the arguments: {0}")]
+    Encode(#[from] di::CodecError),
+    /// No final result within the time allowed.
+    #[error("task {task_id} has no final result after {waited:?} (last status: {last:?})")]
+    Timeout {
+        /// The task.
+        task_id: String,
+        /// How long was waited.
+        waited: Duration,
+        /// The last status seen, if any.
+        last: Option<TaskStatus>,
+    },
+}
+
+/// Publishes tasks and reads their results. Cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    publisher: Publisher,
+    store: Arc<dyn ResultStore>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("publisher", &self.publisher).finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Connects to NATS (creating the streams if no worker has yet, so
+    /// nothing published is dropped) and to Redis.
+    pub async fn connect(settings: &Settings) -> Result<Self, ProducerError> {
+        let client = broker::connect(&settings.nats, "courier-producer").await?;
+        if settings.nats.mode == NatsMode::Jetstream {
+            broker::check_jetstream(&client, &settings.nats).await?;
+            broker::ensure_streams(&jetstream::new(client.clone()), &settings.nats).await?;
+        }
+        let store = RedisResultStore::connect(&settings.redis).await?;
+        Ok(Self::new(Publisher::new(client, settings.nats.clone()), Arc::new(store)))
+    }
+
+    /// A producer over existing parts.
+    pub fn new(publisher: Publisher, store: Arc<dyn ResultStore>) -> Self {
+        Self { publisher, store }
+    }
+
+    /// Enqueues `task` with `args`: records `queued`, publishes with the
+    /// task id as `Nats-Msg-Id`, and returns once the broker confirmed it.
+    pub async fn enqueue<A: Serialize, O: DeserializeOwned>(
+        &self,
+        task: TaskRef<A, O>,
+        args: &A,
+    ) -> Result<TaskHandle<O>, ProducerError> {
+        let envelope = task.envelope(args)?;
+        self.enqueue_envelope(&envelope, task.options().queue).await?;
+        Ok(TaskHandle { task_id: envelope.task_id, producer: self.clone(), _output: PhantomData })
+    }
+
+    /// Enqueues a ready envelope (the CLI's path from JSON).
+    pub async fn enqueue_envelope(&self, envelope: &Envelope, queue: Option<&str>) -> Result<Published, ProducerError> {
+        let mut queued = ResultRecord::new(envelope.task_name.clone(), TaskStatus::Queued, 0);
+        queued.labels = envelope.labels.clone();
+        // Never over a record that exists: the task id may have run already.
+        self.store.put_if_absent(&envelope.task_id, &queued).await?;
+        Ok(self.publisher.publish(envelope, queue).await?)
+    }
+
+    /// The record of `task_id`, if any.
+    pub async fn result(&self, task_id: &str) -> Result<Option<ResultRecord>, ProducerError> {
+        Ok(self.store.get(task_id).await?)
+    }
+
+    /// Waits until `task_id` has a final record (success or failed). Polls
+    /// with backoff: 1 ms, doubling to 50 ms, so short tasks are seen at
+    /// once and long ones cost Redis 20 reads a second at most.
+    pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultRecord, ProducerError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let mut last = None;
+        loop {
+            if let Some(record) = self.store.get(task_id).await? {
+                if record.status.is_final() {
+                    return Ok(record);
+                }
+                last = Some(record.status);
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(ProducerError::Timeout { task_id: task_id.to_owned(), waited, last });
+            }
+            tokio::time::sleep(pause.min(timeout - waited)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// The publisher (for replays and raw payloads).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+}
+
+/// A task that was enqueued: its id, and a typed way to its output.
+#[derive(Debug, Clone)]
+pub struct TaskHandle<O> {
+    /// The task id.
+    pub task_id: String,
+    producer: Producer,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O: DeserializeOwned> TaskHandle<O> {
+    /// Waits for the final record.
+    pub async fn wait(&self, timeout: Duration) -> Result<ResultRecord, ProducerError> {
+        self.producer.wait(&self.task_id, timeout).await
+    }
+
+    /// Waits and decodes the output; a failed task is `Ok(Err(record))`.
+    pub async fn output(&self, timeout: Duration) -> Result<Result<O, ResultRecord>, ProducerError> {
+        let record = self.wait(timeout).await?;
+        if record.status != TaskStatus::Success {
+            return Ok(Err(record));
+        }
+        Ok(Ok(di::envelope::decode_value(record.return_value)?))
+    }
+}

@@ -1,0 +1,164 @@
+//! Publishing: task envelopes (deduplicated by task id, confirmed by the
+//! server), follow-up tasks from inside tasks, and dead-letter copies.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_trait::async_trait;
+use bytes::Bytes;
+use di::{EnqueueError, Enqueuer, Envelope};
+use settings::{NatsMode, NatsSettings};
+
+use crate::broker;
+
+/// Header carrying why a message was dead-lettered.
+pub const REASON_HEADER: &str = "Courier-Reason";
+/// Header carrying the dead letter's task id (when one could be read).
+pub const TASK_ID_HEADER: &str = "Courier-Task-Id";
+/// Header carrying the dead letter's last attempt.
+pub const ATTEMPT_HEADER: &str = "Courier-Attempt";
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The envelope could not be encoded.
+    #[error("cannot encode the task: {0}")]
+    Encode(String),
+    /// The server did not accept or confirm the message.
+    #[error("nats did not accept the message on {subject}: {reason}")]
+    Rejected {
+        /// Where it was sent.
+        subject: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a publish achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored by the stream (JetStream) or flushed to the server (core).
+    Stored,
+    /// The stream already had this task id within its duplicate window.
+    Duplicate,
+}
+
+/// Publishes to the task subjects and the dead-letter subject.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: NatsSettings,
+}
+
+impl Publisher {
+    /// A publisher over an open connection.
+    pub fn new(client: async_nats::Client, settings: NatsSettings) -> Self {
+        Self { js: jetstream::new(client.clone()), client, settings }
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Publishes one envelope with `Nats-Msg-Id` = task id and waits for the
+    /// stream's ack (JetStream) or the server's flush (core NATS).
+    pub async fn publish(&self, envelope: &Envelope, queue: Option<&str>) -> Result<Published, PublishError> {
+        let bytes = envelope.to_msgpack().map_err(|e| PublishError::Encode(e.0))?;
+        let subject = broker::task_subject(&self.settings, queue);
+        let mut headers = HeaderMap::new();
+        // Labels travel as headers too, as taskiq-nats sends them.
+        for (key, value) in &envelope.labels {
+            if let Some(text) = value.as_str().filter(|_| valid_header_name(key)) {
+                headers.insert(key.as_str(), text);
+            }
+        }
+        self.send(subject, &envelope.task_id, headers, Bytes::from(bytes)).await
+    }
+
+    /// Publishes raw bytes (a replay, a test's hostile payload).
+    pub async fn send(
+        &self,
+        subject: String,
+        message_id: &str,
+        mut headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Published, PublishError> {
+        let rejected = |reason: String| PublishError::Rejected { subject: subject.clone(), reason };
+        match self.settings.mode {
+            NatsMode::Jetstream => {
+                headers.insert("Nats-Msg-Id", message_id);
+                let message = PublishMessage::build().payload(payload).headers(headers);
+                let ack = self
+                    .js
+                    .send_publish(subject.clone(), message)
+                    .await
+                    .map_err(|e| rejected(e.to_string()))?
+                    .await
+                    .map_err(|e| rejected(e.to_string()))?;
+                Ok(if ack.duplicate { Published::Duplicate } else { Published::Stored })
+            }
+            NatsMode::Core => {
+                self.client
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .map_err(|e| rejected(e.to_string()))?;
+                self.client.flush().await.map_err(|e| rejected(e.to_string()))?;
+                Ok(Published::Stored)
+            }
+        }
+    }
+
+    /// Copies a message that will never succeed to the dead-letter subject,
+    /// with the reason and what is known of the task in headers.
+    pub async fn dead_letter(
+        &self,
+        payload: Bytes,
+        reason: &str,
+        task_id: Option<&str>,
+        attempt: u32,
+        dedup_key: &str,
+    ) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(REASON_HEADER, one_line(reason).as_str());
+        headers.insert(ATTEMPT_HEADER, attempt.to_string().as_str());
+        if let Some(id) = task_id {
+            headers.insert(TASK_ID_HEADER, one_line(id).as_str());
+        }
+        self.send(self.settings.dead_letter_subject.clone(), &format!("dead:{dedup_key}"), headers, payload).await
+    }
+}
+
+/// Header values cannot hold line breaks; reasons are shortened too.
+fn one_line(text: &str) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    flat.chars().take(1000).collect()
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// The [`Enqueuer`] tasks get in a worker: publishes through NATS.
+#[derive(Debug, Clone)]
+pub struct NatsEnqueuer {
+    publisher: Publisher,
+}
+
+impl NatsEnqueuer {
+    /// An enqueuer over `publisher`.
+    pub fn new(publisher: Publisher) -> Self {
+        Self { publisher }
+    }
+}
+
+#[async_trait]
+impl Enqueuer for NatsEnqueuer {
+    async fn enqueue(&self, envelope: Envelope, queue: Option<&str>) -> Result<(), EnqueueError> {
+        match self.publisher.publish(&envelope, queue).await {
+            Ok(_) => Ok(()),
+            Err(PublishError::Encode(e)) => Err(EnqueueError::Encode(e)),
+            Err(e) => Err(EnqueueError::Broker(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One test's private corner of the shared NATS and Redis: unique stream,
+//! subjects, durable, dead-letter stream and key prefix, removed on drop;
+//! and a worker (in-process or as a child process) using them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bb8_redis::redis::{self, AsyncCommands};
+use courier::Producer;
+use futures_util::StreamExt;
+use settings::{SecretUrl, Settings};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{NATS_URL, REDIS_URL, Service, require, test_settings, unique};
+
+/// A test's private names and settings.
+#[derive(Debug)]
+pub struct Scope {
+    /// Settings pointing at this scope's names (`test` profile: SQLite in memory).
+    pub settings: Settings,
+}
+
+/// A dead letter as stored in the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The original bytes.
+    pub payload: Vec<u8>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The task id, when one could be read.
+    pub task_id: Option<String>,
+}
+
+impl Scope {
+    /// Fresh names; NATS and Redis must be running.
+    pub fn new() -> Self {
+        require(Service::Nats);
+        require(Service::Redis);
+        let id = unique("it").to_ascii_lowercase();
+        let mut settings = test_settings();
+        settings.nats.url = SecretUrl::new(NATS_URL);
+        settings.nats.stream = id.to_ascii_uppercase();
+        settings.nats.subject = format!("{id}.tasks");
+        settings.nats.dead_letter_subject = format!("{id}.dead");
+        settings.nats.durable = id.clone();
+        settings.nats.ack_wait = Duration::from_secs(5);
+        settings.redis.url = SecretUrl::new(REDIS_URL);
+        settings.redis.key_prefix = format!("{id}:");
+        settings.redis.result_ttl = Duration::from_secs(120);
+        settings.worker.concurrency = 8;
+        settings.worker.shutdown_timeout = Duration::from_secs(10);
+        Self { settings }
+    }
+
+    /// The environment variables that give a child process these settings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        [
+            ("COURIER_ENV", "test".to_owned()),
+            ("COURIER_NATS__URL", s.nats.url.expose().to_owned()),
+            ("COURIER_NATS__STREAM", s.nats.stream.clone()),
+            ("COURIER_NATS__SUBJECT", s.nats.subject.clone()),
+            ("COURIER_NATS__DEAD_LETTER_SUBJECT", s.nats.dead_letter_subject.clone()),
+            ("COURIER_NATS__DURABLE", s.nats.durable.clone()),
+            ("COURIER_NATS__ACK_WAIT", format!("{}ms", s.nats.ack_wait.as_millis())),
+            ("COURIER_REDIS__URL", s.redis.url.expose().to_owned()),
+            ("COURIER_REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
+            ("COURIER_REDIS__RESULT_TTL", format!("{}s", s.redis.result_ttl.as_secs())),
+            ("COURIER_DATABASE__URL", s.database.url.expose().to_owned()),
+            ("COURIER_WORKER__CONCURRENCY", s.worker.concurrency.to_string()),
+            ("COURIER_WORKER__SHUTDOWN_TIMEOUT", format!("{}s", s.worker.shutdown_timeout.as_secs())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// A producer for this scope.
+    pub async fn producer(&self) -> Producer {
+        Producer::connect(&self.settings).await.expect("producer connects")
+    }
+
+    /// Starts `run_worker` in this process; it serves until stopped.
+    pub async fn start_worker(&self) -> InProcessWorker {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let settings = self.settings.clone();
+        let task = tokio::spawn(courier::run_worker(settings, async move {
+            let _ = stopped.await;
+        }));
+        // Ready when the consumer exists (the worker creates it after the streams).
+        let js = self.jetstream().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(stream) = js.get_stream(&self.settings.nats.stream).await
+                && stream.consumer_info(&self.settings.nats.durable).await.is_ok()
+            {
+                break;
+            }
+            assert!(!task.is_finished(), "the worker stopped during start-up: {:?}", task.await);
+            assert!(tokio::time::Instant::now() < deadline, "the worker did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The consumer is created before the container: give the container a moment.
+        InProcessWorker { stop: Some(stop), task }
+    }
+
+    /// Starts `run_worker` in core NATS mode; ready once its queue-group
+    /// subscriptions exist (it has no consumer to wait for).
+    pub async fn start_worker_core(&self) -> InProcessWorker {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(courier::run_worker(self.settings.clone(), async move {
+            let _ = stopped.await;
+        }));
+        // Core NATS drops what is published before anyone subscribes:
+        // wait until a probe on the task subject is answered by the worker
+        // (a no-responders error means nobody listens yet).
+        let client = async_nats::connect(NATS_URL).await.expect("connect to NATS");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let probe = client.request(self.settings.nats.subject.clone(), "".into());
+            match tokio::time::timeout(Duration::from_millis(200), probe).await {
+                Ok(Err(e)) if matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) => {}
+                _ => break,
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the core worker did not subscribe");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        InProcessWorker { stop: Some(stop), task }
+    }
+
+    /// A JetStream context on the shared server.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(async_nats::connect(NATS_URL).await.expect("connect to NATS"))
+    }
+
+    /// Every dead letter stored so far.
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        let js = self.jetstream().await;
+        let name = courier::broker::dead_letter_stream(&self.settings.nats);
+        let Ok(mut stream) = js.get_stream(&name).await else { return Vec::new() };
+        let count = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+        let mut letters = Vec::new();
+        for seq in 1..=stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0) {
+            if let Ok(raw) = stream.get_raw_message(seq).await {
+                let header = |name: &str| raw.headers.get(name).map(|v| v.to_string());
+                letters.push(DeadLetter {
+                    payload: raw.payload.to_vec(),
+                    reason: header(courier::publish::REASON_HEADER).unwrap_or_default(),
+                    task_id: header(courier::publish::TASK_ID_HEADER),
+                });
+            }
+        }
+        assert_eq!(letters.len() as u64, count);
+        letters
+    }
+
+    /// Messages still in the task stream and the consumer's pending counts
+    /// (not yet delivered, delivered but unacked).
+    pub async fn backlog(&self) -> (u64, u64, usize) {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(&self.settings.nats.stream).await.expect("task stream");
+        let messages = stream.info().await.expect("stream info").state.messages;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&self.settings.nats.durable).await.expect("consumer");
+        let info = consumer.info().await.expect("consumer info");
+        (messages, info.num_pending, info.num_ack_pending)
+    }
+
+    /// Polls `check` every 20 ms until it returns `Some`, or panics with
+    /// `what` after `timeout`.
+    pub async fn eventually<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let nats = self.settings.nats.clone();
+        let prefix = self.settings.redis.key_prefix.clone();
+        // Drop may run inside a runtime: clean up on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                if let Ok(client) = async_nats::connect(NATS_URL).await {
+                    let js = jetstream::new(client);
+                    let _ = js.delete_stream(&nats.stream).await;
+                    let _ = js.delete_stream(courier::broker::dead_letter_stream(&nats)).await;
+                }
+                if let Ok(client) = redis::Client::open(REDIS_URL)
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> = conn.del(keys).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A worker running inside the test process.
+#[derive(Debug)]
+pub struct InProcessWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), courier::WorkerError>>,
+}
+
+impl InProcessWorker {
+    /// Signals shutdown and waits for `run_worker` to return.
+    pub async fn stop(mut self) -> Result<(), courier::WorkerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("the worker task panicked")
+    }
+}
+
+/// Counts how often each key was seen, across tasks of one test binary.
+#[derive(Debug, Default)]
+pub struct Counter(std::sync::Mutex<HashMap<String, u32>>);
+
+impl Counter {
+    /// Adds one for `key` and returns the new count.
+    pub fn bump(&self, key: &str) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// The count for `key`.
+    pub fn get(&self, key: &str) -> u32 {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or(0)
+    }
+}
+
+/// Helper for `futures_util::StreamExt` users in tests.
+pub async fn next_with_timeout<S: futures_util::Stream + Unpin>(stream: &mut S, timeout: Duration) -> Option<S::Item> {
+    tokio::time::timeout(timeout, stream.next()).await.ok().flatten()
+}
