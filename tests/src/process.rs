@@ -38,3 +38,75 @@ pub fn command(name: &str) -> Command {
     cmd.env("RUST_LOG", "info");
     cmd
 }
+
+/// A `worker` child process with its log captured to a file.
+#[derive(Debug)]
+pub struct ChildWorker {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl ChildWorker {
+    /// Starts `worker` with `env` and waits (up to 30 s) for `worker ready`.
+    pub fn start(env: &[(String, String)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", crate::unique("courier_worker")));
+        let file = std::fs::File::create(&log).expect("create the log file");
+        let mut cmd = command("worker");
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdout(std::process::Stdio::null()).stderr(file);
+        let child = cmd.spawn().expect("spawn the worker");
+        let mut worker = Self { child, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !worker.log().contains("worker ready") {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                panic!("the worker exited during start-up ({status}):\n{}", worker.log());
+            }
+            assert!(std::time::Instant::now() < deadline, "the worker did not become ready:\n{}", worker.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        worker
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait(timeout)
+    }
+
+    /// Waits (up to `timeout`) for the exit status.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the worker did not exit:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,63 @@
+//! Real `worker` processes: SIGTERM in the middle of a task, and two
+//! processes sharing one queue.
+
+use std::time::Duration;
+
+use di::TaskStatus;
+use it::process::ChildWorker;
+use it::scope::Scope;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn sigterm_during_a_task_finishes_it_acks_it_and_exits_zero() {
+    let scope = Scope::new();
+    let mut worker = ChildWorker::start(&scope.env());
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 1_500 }).await.unwrap();
+    scope
+        .eventually(WAIT, "the task to be running", || async {
+            let record = producer.result(&handle.task_id).await.unwrap();
+            (record.map(|r| r.status) == Some(TaskStatus::Running)).then_some(())
+        })
+        .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = worker.terminate(WAIT);
+        (status, worker.log())
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("task succeeded"), "{log}");
+    let record = producer.result(&handle.task_id).await.unwrap().unwrap();
+    assert_eq!(record.status, TaskStatus::Success, "the running task completed");
+    assert_eq!(scope.backlog().await, (0, 0, 0), "and its message was acked");
+}
+
+#[tokio::test]
+async fn two_worker_processes_share_one_queue() {
+    let mut scope = Scope::new();
+    scope.settings.worker.concurrency = 1;
+    let env = scope.env();
+    let mut first = ChildWorker::start(&env);
+    let mut second = ChildWorker::start(&env);
+    let producer = scope.producer().await;
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        handles.push(producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 50 }).await.unwrap());
+    }
+    for handle in &handles {
+        assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success, "task {} lost", handle.task_id);
+    }
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        assert_eq!(first.terminate(WAIT).code(), Some(0));
+        assert_eq!(second.terminate(WAIT).code(), Some(0));
+        (first.log().matches("task succeeded").count(), second.log().matches("task succeeded").count())
+    })
+    .await
+    .unwrap();
+    assert_eq!(a + b, 20, "every task ran exactly once");
+    assert!(a > 0 && b > 0, "both workers took tasks from the one queue ({a} and {b})");
+    assert_eq!(scope.backlog().await, (0, 0, 0));
+}
