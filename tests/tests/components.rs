@@ -80,14 +80,27 @@ async fn result_store_on_redis_writes_with_ttl() {
         s.redis.result_ttl = Duration::from_secs(90);
     });
     let store = RedisResultStore::connect(&settings.redis).await.expect("connect to Redis");
-    let record = ResultRecord::success("t", 1, rmpv::Value::from("done"), 0.25);
-    store.put("task-1", &record).await.unwrap();
-    assert_eq!(store.get("task-1").await.unwrap(), Some(record));
-    assert_eq!(store.get("missing").await.unwrap(), None);
-
     let client = redis::Client::open(REDIS_URL).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{prefix}task-1");
+    let status_key = format!("{prefix}task-1:status");
+
+    // Before the end, the record lives beside the taskiq key, which must not
+    // exist yet (taskiq reads "the key exists" as "finished").
+    let running = ResultRecord::new("t", TaskStatus::Running, 1);
+    store.put("task-1", &running).await.unwrap();
+    assert_eq!(store.get("task-1").await.unwrap(), Some(running));
+    assert!(!conn.exists::<_, bool>(&key).await.unwrap());
+    assert!(conn.exists::<_, bool>(&status_key).await.unwrap());
+    let queued = ResultRecord::new("t", TaskStatus::Queued, 0);
+    assert!(!store.put_if_absent("task-1", &queued).await.unwrap(), "never over an existing record");
+
+    let record = ResultRecord::success("t", 1, rmpv::Value::from("done"), 0.25);
+    store.put("task-1", &record).await.unwrap();
+    assert_eq!(store.get("task-1").await.unwrap(), Some(record));
+    assert!(!conn.exists::<_, bool>(&status_key).await.unwrap(), "the final write removes the status record");
+    assert_eq!(store.get("missing").await.unwrap(), None);
+
     let ttl: i64 = conn.ttl(&key).await.unwrap();
     assert!((85..=90).contains(&ttl), "TTL of {key} is {ttl}, expected about 90");
     // The stored bytes are the taskiq-compatible msgpack map.

@@ -59,6 +59,17 @@ async fn taskiq_producer_enqueues_and_taskiq_backend_reads_the_result() {
     assert_eq!(result["return_value"]["chat_id"], 42, "{result}");
     assert_eq!(result["return_value"]["db_backend"], "SQLite", "{result}");
 
+    // A task that is still running for a while: taskiq must wait for the end
+    // (its wait_result polls for the key, which exists only when done).
+    let (env, nats) = (scope.env(), scope.settings.nats.clone());
+    let slow =
+        tokio::task::spawn_blocking(move || taskiq(env, &nats, &["send", "sleep", r#"{"ms": 500}"#])).await.unwrap();
+    assert_eq!(
+        (slow["is_err"].clone(), slow["return_value"].clone()),
+        (Value::from(false), Value::from(500)),
+        "{slow}"
+    );
+
     // Courier sees the same record, with its own fields.
     let producer = scope.producer().await;
     let task_id = result["task_id"].as_str().unwrap();

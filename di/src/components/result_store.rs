@@ -94,9 +94,17 @@ impl RedisResultStore {
         Ok(Self::new(pool, settings.result_ttl, settings.key_prefix.clone()))
     }
 
-    /// The Redis key of `task_id`.
+    /// The Redis key of `task_id`'s final record (success or failed): the
+    /// key taskiq-redis reads, which exists only once the task is done
+    /// (taskiq's `wait_result` takes "the key exists" for "finished").
     pub fn key(&self, task_id: &str) -> String {
         format!("{}{task_id}", self.key_prefix)
+    }
+
+    /// The Redis key of `task_id`'s record while it is queued, running or
+    /// retrying.
+    pub fn status_key(&self, task_id: &str) -> String {
+        format!("{}{task_id}:status", self.key_prefix)
     }
 
     async fn conn(&self) -> Result<bb8::PooledConnection<'_, RedisConnectionManager>, StoreError> {
@@ -112,16 +120,31 @@ fn unavailable(err: redis::RedisError) -> StoreError {
 impl ResultStore for RedisResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
         let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
+        let ttl = self.ttl.as_secs().max(1);
         let mut conn = self.conn().await?;
-        let () = conn.set_ex(self.key(task_id), bytes, self.ttl.as_secs().max(1)).await.map_err(unavailable)?;
+        if record.status.is_final() {
+            // One MULTI: the final record appears as the status record goes.
+            let () = redis::pipe()
+                .atomic()
+                .set_ex(self.key(task_id), bytes, ttl)
+                .ignore()
+                .del(self.status_key(task_id))
+                .ignore()
+                .query_async(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        } else {
+            let () = conn.set_ex(self.status_key(task_id), bytes, ttl).await.map_err(unavailable)?;
+        }
         Ok(())
     }
 
     async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError> {
         let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
         let mut conn = self.conn().await?;
+        let key = if record.status.is_final() { self.key(task_id) } else { self.status_key(task_id) };
         let written: Option<String> = redis::cmd("SET")
-            .arg(self.key(task_id))
+            .arg(key)
             .arg(bytes)
             .arg("NX")
             .arg("EX")
@@ -134,8 +157,9 @@ impl ResultStore for RedisResultStore {
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let bytes: Option<Vec<u8>> = conn.get(self.key(task_id)).await.map_err(unavailable)?;
-        bytes
+        let (done, status): (Option<Vec<u8>>, Option<Vec<u8>>) =
+            conn.mget(&[self.key(task_id), self.status_key(task_id)]).await.map_err(unavailable)?;
+        done.or(status)
             .map(|b| ResultRecord::from_msgpack(&b))
             .transpose()
             .map_err(|err| StoreError::Corrupt { task_id: task_id.to_owned(), reason: err.to_string() })
