@@ -5,6 +5,7 @@
 pub mod fake_telegram;
 pub mod process;
 pub mod scope;
+pub mod servers;
 
 use std::net::TcpStream;
 use std::path::Path;

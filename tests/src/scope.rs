@@ -168,6 +168,15 @@ impl Scope {
         (messages, info.num_pending, info.num_ack_pending)
     }
 
+    /// How many deliveries the consumer has made (its delivered sequence).
+    pub async fn deliveries(&self) -> u64 {
+        let js = self.jetstream().await;
+        let stream = js.get_stream(&self.settings.nats.stream).await.expect("task stream");
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&self.settings.nats.durable).await.expect("consumer");
+        consumer.info().await.expect("consumer info").delivered.consumer_sequence
+    }
+
     /// Polls `check` every 20 ms until it returns `Some`, or panics with
     /// `what` after `timeout`.
     pub async fn eventually<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> T
