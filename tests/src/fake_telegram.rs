@@ -1,9 +1,12 @@
-//! A fake Telegram Bot API on loopback: records every request and answers
-//! like Telegram, or with a scripted reply (a 429 with `retry_after`, say).
+//! A fake Telegram Bot API on loopback: serves scripted updates to
+//! `getUpdates` (long polling), records every other request and answers
+//! like Telegram, or with a scripted reply (a 429 with `retry_after`) or a
+//! scripted delay.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -11,8 +14,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
-/// One request the fake received.
+/// One request the fake received (and completed).
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The token from the path (`/bot<TOKEN>/<method>`).
@@ -21,6 +25,8 @@ pub struct Request {
     pub method: String,
     /// The JSON body.
     pub body: Value,
+    /// When it was answered.
+    pub at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -28,39 +34,54 @@ struct Inner {
     requests: Vec<Request>,
     /// Replies to use instead of the default, per lower-cased method.
     scripted: HashMap<String, VecDeque<(StatusCode, Value)>>,
+    /// Delays before the next request of a method is taken in.
+    delays: HashMap<String, VecDeque<Duration>>,
+    /// Updates not yet confirmed by an offset past them.
+    updates: Vec<Value>,
+    next_update_id: i64,
     next_message_id: i64,
 }
 
-/// Handle to a running fake; dropping it does not stop the server (the
-/// test's runtime does).
+#[derive(Debug, Default)]
+struct Shared {
+    inner: Mutex<Inner>,
+    new_update: Notify,
+}
+
+/// Handle to a running fake (it serves until the test's runtime ends).
 #[derive(Debug, Clone)]
 pub struct FakeTelegram {
     /// Base URL to use as `telegram.api_url`.
     pub url: String,
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
 }
 
 impl FakeTelegram {
     /// Starts the fake on a free loopback port.
     pub async fn start() -> Self {
-        let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().route("/{bot}/{method}", post(handle)).with_state(inner.clone());
+        let shared = Arc::new(Shared::default());
+        let app = Router::new().route("/{bot}/{method}", post(handle)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr: SocketAddr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url: format!("http://{addr}/"), inner }
+        Self { url: format!("http://{addr}/"), shared }
     }
 
-    /// Every request so far.
+    /// Every completed request so far.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
     }
 
-    /// The `sendMessage` requests so far.
+    /// The completed `sendMessage` requests so far.
     pub fn sent_messages(&self) -> Vec<Request> {
         self.requests().into_iter().filter(|r| r.method == "sendmessage").collect()
+    }
+
+    /// The completed `sendMessage` requests to `chat_id`.
+    pub fn sent_to(&self, chat_id: i64) -> Vec<Request> {
+        self.sent_messages().into_iter().filter(|r| r.body["chat_id"] == chat_id).collect()
     }
 
     /// Makes the next call of `method` answer `status` with `body`.
@@ -79,24 +100,65 @@ impl FakeTelegram {
         );
     }
 
+    /// Makes the next `method` call wait `delay` before it is taken in. A
+    /// client that gives up (or dies) meanwhile was never heard: nothing
+    /// is recorded, as with a request that never reached Telegram.
+    pub fn script_delay(&self, method: &str, delay: Duration) {
+        self.lock().delays.entry(method.to_ascii_lowercase()).or_default().push_back(delay);
+    }
+
+    /// Queues a text message from a private chat for `getUpdates`.
+    pub fn push_message(&self, chat_id: i64, text: &str) {
+        let mut inner = self.lock();
+        inner.next_update_id += 1;
+        inner.next_message_id += 1;
+        let update = json!({
+            "update_id": inner.next_update_id,
+            "message": {
+                "message_id": inner.next_message_id, "date": 1_700_000_000,
+                "chat": {"id": chat_id, "type": "private", "first_name": "Tester"},
+                "from": {"id": chat_id, "is_bot": false, "first_name": "Tester"},
+                "text": text,
+            }
+        });
+        inner.updates.push(update);
+        drop(inner);
+        self.shared.new_update.notify_waiters();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 async fn handle(
-    State(inner): State<Arc<Mutex<Inner>>>,
+    State(shared): State<Arc<Shared>>,
     Path((bot, method)): Path<(String, String)>,
     body: Option<Json<Value>>,
 ) -> (StatusCode, Json<Value>) {
     let method = method.to_ascii_lowercase();
     let body = body.map_or(Value::Null, |Json(v)| v);
-    let mut inner = inner.lock().unwrap_or_else(PoisonError::into_inner);
-    inner.requests.push(Request {
+    let delay = shared
+        .inner
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .delays
+        .get_mut(&method)
+        .and_then(VecDeque::pop_front);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    if method == "getupdates" {
+        return get_updates(&shared, &body).await;
+    }
+    let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+    let request = Request {
         token: bot.trim_start_matches("bot").to_owned(),
         method: method.clone(),
         body: body.clone(),
-    });
+        at: Instant::now(),
+    };
+    inner.requests.push(request);
     if let Some((status, reply)) = inner.scripted.get_mut(&method).and_then(VecDeque::pop_front) {
         return (status, Json(reply));
     }
@@ -109,8 +171,26 @@ async fn handle(
             json!({"message_id": inner.next_message_id, "date": 1_700_000_000,
                    "chat": {"id": body["chat_id"], "type": "private", "first_name": "Test"}, "text": body["text"]})
         }
-        "getupdates" => json!([]),
         _ => json!(true),
     };
     (StatusCode::OK, Json(json!({"ok": true, "result": result})))
+}
+
+/// Long polling: answers with the updates at or past `offset`, waiting (at
+/// most `timeout` seconds, capped at 2 s to keep tests quick) for one.
+async fn get_updates(shared: &Shared, body: &Value) -> (StatusCode, Json<Value>) {
+    let offset = body["offset"].as_i64().unwrap_or(0);
+    let wait = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0).min(2));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = shared.new_update.notified();
+        {
+            let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+            if !inner.updates.is_empty() || tokio::time::Instant::now() >= deadline {
+                return (StatusCode::OK, Json(json!({"ok": true, "result": inner.updates.clone()})));
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
 }

@@ -39,31 +39,40 @@ pub fn command(name: &str) -> Command {
     cmd
 }
 
-/// A `worker` child process with its log captured to a file.
+/// A workspace binary running as a child process, its log captured to a file.
 #[derive(Debug)]
-pub struct ChildWorker {
+pub struct ChildProcess {
     child: std::process::Child,
     log: PathBuf,
 }
 
-impl ChildWorker {
+/// The `worker` binary as a child process.
+pub type ChildWorker = ChildProcess;
+
+impl ChildProcess {
     /// Starts `worker` with `env` and waits (up to 30 s) for `worker ready`.
     pub fn start(env: &[(String, String)]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.log", crate::unique("courier_worker")));
+        Self::spawn("worker", env, "worker ready")
+    }
+
+    /// Starts binary `name` with `env` and waits (up to 30 s) until its
+    /// log contains `ready`.
+    pub fn spawn(name: &str, env: &[(String, String)], ready: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", crate::unique(&format!("courier_{name}"))));
         let file = std::fs::File::create(&log).expect("create the log file");
-        let mut cmd = command("worker");
+        let mut cmd = command(name);
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdout(std::process::Stdio::null()).stderr(file);
         let child = cmd.spawn().expect("spawn the worker");
-        let mut worker = Self { child, log };
+        let mut process = Self { child, log };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !worker.log().contains("worker ready") {
-            if let Ok(Some(status)) = worker.child.try_wait() {
-                panic!("the worker exited during start-up ({status}):\n{}", worker.log());
+        while !process.log().contains(ready) {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("{name} exited during start-up ({status}):\n{}", process.log());
             }
-            assert!(std::time::Instant::now() < deadline, "the worker did not become ready:\n{}", worker.log());
+            assert!(std::time::Instant::now() < deadline, "{name} did not log {ready:?}:\n{}", process.log());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        worker
+        process
     }
 
     /// Everything it logged so far.
@@ -101,7 +110,7 @@ impl ChildWorker {
     }
 }
 
-impl Drop for ChildWorker {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

@@ -1,8 +1,30 @@
-//! `bot`: not built yet (see the open issues); prints what it will do.
+//! `bot`: the Telegram bot. Long-polls `telegram.api_url`; `/report`
+//! enqueues `test_di_task` for the chat, `/status <id>` answers from Redis.
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!("bot: not available yet; it arrives with the broker and bot issues (see ARCHITECTURE.md)");
-    ExitCode::from(2)
+use courier::{bot, shutdown, telemetry};
+use settings::Settings;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::args().nth(1).is_some() {
+        eprintln!("usage: bot   (configured by settings; needs telegram.token)");
+        return ExitCode::from(2);
+    }
+    telemetry::init();
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("bot: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match bot::run_bot(settings, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bot: {err}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -101,6 +101,12 @@ impl TelegramBot {
         Self::default()
     }
 
+    /// The teloxide client, when a token is configured (the `bot` binary
+    /// polls updates through it).
+    pub fn teloxide(&self) -> Option<&Bot> {
+        self.bot.as_ref()
+    }
+
     /// Whether messages really go to Telegram.
     pub fn is_live(&self) -> bool {
         self.bot.is_some()

@@ -1,0 +1,132 @@
+//! The Telegram bot (the producer of the spec): long polling against
+//! `telegram.api_url`; `/report` enqueues `test_di_task` for the chat,
+//! `/status <task_id>` answers from the result store.
+
+use std::future::Future;
+use std::time::Duration;
+
+use di::{TaskStatus, TelegramBot};
+use settings::Settings;
+use teloxide::Bot;
+use teloxide::payloads::GetUpdatesSetters;
+use teloxide::prelude::Requester;
+use teloxide::types::{ChatId, Message, UpdateKind};
+
+use crate::producer::{Producer, ProducerError};
+
+/// Why the bot could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    /// Polling Telegram needs a token.
+    #[error("the bot needs telegram.token (settings/.secrets.toml or COURIER_TELEGRAM__TOKEN)")]
+    NoToken,
+    /// The Telegram settings are unusable.
+    #[error(transparent)]
+    Startup(#[from] di::StartupError),
+    /// NATS or Redis could not be reached.
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+}
+
+const HELP: &str = "Commands:\n/report - prepare your report (you get a message when it is ready)\n/status <task id> - where a task is";
+
+/// Long-poll timeout; teloxide adds it to the HTTP timeout itself.
+const POLL_SECONDS: u32 = 25;
+
+/// Runs the bot until `shutdown` resolves.
+pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), BotError> {
+    let telegram = TelegramBot::from_settings(&settings.telegram)?;
+    let bot = telegram.teloxide().cloned().ok_or(BotError::NoToken)?;
+    let producer = Producer::connect(&settings).await?;
+    tracing::info!(api_url = %settings.telegram.api_url, "bot ready: polling for updates");
+    tokio::pin!(shutdown);
+    let mut offset: i32 = 0;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let poll = bot.get_updates().offset(offset).timeout(POLL_SECONDS);
+        let updates = tokio::select! {
+            updates = poll => updates,
+            () = &mut shutdown => break,
+        };
+        let updates = match updates {
+            Ok(updates) => {
+                backoff = Duration::from_millis(500);
+                updates
+            }
+            Err(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "getUpdates failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        for update in updates {
+            offset = offset.max(i32::try_from(update.id.0).unwrap_or(i32::MAX).saturating_add(1));
+            if let UpdateKind::Message(message) = update.kind {
+                handle_message(&bot, &producer, &message).await;
+            }
+        }
+    }
+    tracing::info!("bot stopped");
+    Ok(())
+}
+
+/// Answers one message; every failure becomes a reply or a log line.
+async fn handle_message(bot: &Bot, producer: &Producer, message: &Message) {
+    let chat = message.chat.id;
+    let text = message.text().unwrap_or("").trim();
+    let (command, argument) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    // Commands may be addressed as /report@SomeBot.
+    let command = command.split('@').next().unwrap_or(command);
+    let reply = match command {
+        "/report" => report(producer, chat).await,
+        "/status" => status(producer, argument.trim()).await,
+        "/start" | "/help" => HELP.to_owned(),
+        _ => format!("I don't know that one.\n{HELP}"),
+    };
+    if let Err(err) = bot.send_message(chat, reply).await {
+        tracing::warn!(chat_id = chat.0, %err, "reply not sent");
+    }
+}
+
+async fn report(producer: &Producer, chat: ChatId) -> String {
+    match producer.enqueue(tasks::test_di_task::TASK, &tasks::test_di_task::Args { chat_id: chat.0 }).await {
+        Ok(handle) => {
+            tracing::info!(chat_id = chat.0, task.id = %handle.task_id, "report queued");
+            format!("Your report is queued: task {}\nI'll message you when it is ready.", handle.task_id)
+        }
+        Err(err) => {
+            tracing::error!(chat_id = chat.0, %err, "could not enqueue the report");
+            "Sorry, I could not queue your report right now. Please try again in a minute.".to_owned()
+        }
+    }
+}
+
+async fn status(producer: &Producer, task_id: &str) -> String {
+    let valid = !task_id.is_empty()
+        && task_id.len() <= 128
+        && task_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !valid {
+        return "Usage: /status <task id>, with the id I gave you when you asked for a report.".to_owned();
+    }
+    match producer.result(task_id).await {
+        Ok(Some(record)) => match record.status {
+            TaskStatus::Success => format!("Task {task_id}: done."),
+            TaskStatus::Failed => format!(
+                "Task {task_id}: failed ({}).",
+                record.error.map(|e| e.exc_type).unwrap_or_else(|| "unknown error".to_owned())
+            ),
+            TaskStatus::Retrying => format!("Task {task_id}: failed on attempt {}, will retry.", record.attempt),
+            TaskStatus::Running => format!("Task {task_id}: running (attempt {}).", record.attempt),
+            TaskStatus::Queued => format!("Task {task_id}: queued."),
+        },
+        Ok(None) => format!("I know no task {task_id} (or its record has expired)."),
+        Err(err) => {
+            tracing::warn!(%err, "status lookup failed");
+            "Sorry, I cannot look that up right now.".to_owned()
+        }
+    }
+}
