@@ -36,6 +36,8 @@ struct Inner {
     scripted: HashMap<String, VecDeque<(StatusCode, Value)>>,
     /// Delays before the next request of a method is taken in.
     delays: HashMap<String, VecDeque<Duration>>,
+    /// Requests of each method waiting out a scripted delay right now.
+    in_delay: HashMap<String, usize>,
     /// Updates not yet confirmed by an offset past them.
     updates: Vec<Value>,
     next_update_id: i64,
@@ -107,6 +109,11 @@ impl FakeTelegram {
         self.lock().delays.entry(method.to_ascii_lowercase()).or_default().push_back(delay);
     }
 
+    /// How many `method` requests are waiting out a scripted delay now.
+    pub fn in_delay(&self, method: &str) -> usize {
+        self.lock().in_delay.get(&method.to_ascii_lowercase()).copied().unwrap_or(0)
+    }
+
     /// Queues a text message from a private chat for `getUpdates`.
     pub fn push_message(&self, chat_id: i64, text: &str) {
         let mut inner = self.lock();
@@ -146,6 +153,9 @@ async fn handle(
         .get_mut(&method)
         .and_then(VecDeque::pop_front);
     if let Some(delay) = delay {
+        // Counted while waiting; the guard uncounts even if the client goes
+        // away and this future is dropped.
+        let _waiting = InDelay::enter(shared.clone(), &method);
         tokio::time::sleep(delay).await;
     }
     if method == "getupdates" {
@@ -192,5 +202,27 @@ async fn get_updates(shared: &Shared, body: &Value) -> (StatusCode, Json<Value>)
             }
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+struct InDelay {
+    shared: Arc<Shared>,
+    method: String,
+}
+
+impl InDelay {
+    fn enter(shared: Arc<Shared>, method: &str) -> Self {
+        *shared.inner.lock().unwrap_or_else(PoisonError::into_inner).in_delay.entry(method.to_owned()).or_default() +=
+            1;
+        Self { shared, method: method.to_owned() }
+    }
+}
+
+impl Drop for InDelay {
+    fn drop(&mut self) {
+        let mut inner = self.shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = inner.in_delay.get_mut(&self.method) {
+            *n = n.saturating_sub(1);
+        }
     }
 }

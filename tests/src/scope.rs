@@ -116,7 +116,7 @@ impl Scope {
         // Core NATS drops what is published before anyone subscribes:
         // wait until a probe on the task subject is answered by the worker
         // (a no-responders error means nobody listens yet).
-        let client = async_nats::connect(NATS_URL).await.expect("connect to NATS");
+        let client = async_nats::connect(self.settings.nats.url.expose()).await.expect("connect to NATS");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let probe = client.request(self.settings.nats.subject.clone(), "".into());
@@ -130,9 +130,9 @@ impl Scope {
         InProcessWorker { stop: Some(stop), task }
     }
 
-    /// A JetStream context on the shared server.
+    /// A JetStream context on this scope's server.
     pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(NATS_URL).await.expect("connect to NATS"))
+        jetstream::new(async_nats::connect(self.settings.nats.url.expose()).await.expect("connect to NATS"))
     }
 
     /// Every dead letter stored so far.
@@ -166,6 +166,13 @@ impl Scope {
             stream.get_consumer(&self.settings.nats.durable).await.expect("consumer");
         let info = consumer.info().await.expect("consumer info");
         (messages, info.num_pending, info.num_ack_pending)
+    }
+
+    /// Messages in the task stream (before any consumer exists).
+    pub async fn backlog_stream_only(&self) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(&self.settings.nats.stream).await.expect("task stream");
+        stream.info().await.expect("stream info").state.messages
     }
 
     /// How many deliveries the consumer has made (its delivered sequence).
@@ -205,17 +212,22 @@ impl Drop for Scope {
     fn drop(&mut self) {
         let nats = self.settings.nats.clone();
         let prefix = self.settings.redis.key_prefix.clone();
+        let redis_url = self.settings.redis.url.expose().to_owned();
         // Drop may run inside a runtime: clean up on a thread of its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async {
-                if let Ok(client) = async_nats::connect(NATS_URL).await {
+                let connect = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+                if let Ok(Ok(client)) =
+                    tokio::time::timeout(Duration::from_secs(3), connect.connect(nats.url.expose())).await
+                {
                     let js = jetstream::new(client);
                     let _ = js.delete_stream(&nats.stream).await;
                     let _ = js.delete_stream(courier::broker::dead_letter_stream(&nats)).await;
                 }
-                if let Ok(client) = redis::Client::open(REDIS_URL)
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                if let Ok(client) = redis::Client::open(redis_url.as_str())
+                    && let Ok(Ok(mut conn)) =
+                        tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection()).await
                 {
                     let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap_or_default();
                     if !keys.is_empty() {
