@@ -17,6 +17,9 @@ pub const TASK_ID_HEADER: &str = "Courier-Task-Id";
 /// Header carrying the dead letter's last attempt.
 pub const ATTEMPT_HEADER: &str = "Courier-Attempt";
 
+/// The longest label value also sent as a NATS header.
+const MAX_LABEL_HEADER: usize = 256;
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -67,9 +70,10 @@ impl Publisher {
         let bytes = envelope.to_msgpack().map_err(|e| PublishError::Encode(e.0))?;
         let subject = broker::task_subject(&self.settings, queue);
         let mut headers = HeaderMap::new();
-        // Labels travel as headers too, as taskiq-nats sends them.
+        // Labels travel as headers too, as taskiq-nats sends them; only short
+        // ones (NATS refuses headers over 64 KiB, and the envelope has them all).
         for (key, value) in &envelope.labels {
-            if let Some(text) = value.as_str().filter(|_| valid_header_name(key)) {
+            if let Some(text) = value.as_str().filter(|t| t.len() <= MAX_LABEL_HEADER && valid_header_name(key)) {
                 headers.insert(key.as_str(), text);
             }
         }
