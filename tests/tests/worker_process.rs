@@ -40,7 +40,10 @@ fn sigterm_stops_the_worker_cleanly() {
     require(Service::Nats);
     require(Service::Redis);
     let schema = tokio::runtime::Runtime::new().unwrap().block_on(PgSchema::create());
+    // Its own stream, durable and keys; the shared server keeps nothing.
+    let scope = it::scope::Scope::new();
     let mut child = command("worker")
+        .envs(scope.env())
         .env("COURIER_ENV", "development")
         .env("COURIER_DATABASE__URL", &schema.url)
         .stderr(Stdio::piped())
