@@ -1,6 +1,7 @@
 //! Courier's application crate: the broker connection, the worker runtime,
 //! the task lifecycle, and the pieces the `worker`, `producer` and `bot` binaries share.
 
+pub mod bench;
 pub mod bot;
 pub mod broker;
 pub mod check;

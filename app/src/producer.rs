@@ -124,6 +124,37 @@ impl Producer {
         }
     }
 
+    /// Waits like [`Producer::wait`] but polls every `pause`, for latency
+    /// measurements (`producer bench`); costs Redis one read per `pause`.
+    pub async fn wait_polling(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+        pause: Duration,
+    ) -> Result<ResultRecord, ProducerError> {
+        let started = Instant::now();
+        loop {
+            if let Some(record) = self.store.get(task_id).await?
+                && record.status.is_final()
+            {
+                return Ok(record);
+            }
+            if started.elapsed() >= timeout {
+                return Err(ProducerError::Timeout {
+                    task_id: task_id.to_owned(),
+                    waited: started.elapsed(),
+                    last: None,
+                });
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// How many of `task_ids` have finished (one round trip for Redis).
+    pub async fn count_final(&self, task_ids: &[String]) -> Result<usize, ProducerError> {
+        Ok(self.store.count_final(task_ids).await?)
+    }
+
     /// The publisher (for replays and raw payloads).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher

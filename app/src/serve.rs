@@ -59,6 +59,12 @@ impl Runtime {
 
 /// Serves `consumer` until `shutdown` is cancelled, then lets running tasks
 /// finish within `grace`, naks what is left, and returns.
+///
+/// Delivery runs ahead of execution by at most `concurrency` messages (the
+/// `delivered` window is twice the concurrency), so pulls come in batches
+/// rather than one message at a time; a delivered message's handler sends
+/// progress acks from the moment it arrives, so waiting for an execution
+/// slot never runs out its `ack_wait`.
 pub async fn serve(
     consumer: PullConsumer,
     runtime: Arc<Runtime>,
@@ -66,7 +72,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency));
+    let permits = Arc::new(Semaphore::new(concurrency * 2));
+    let executing = Arc::new(Semaphore::new(concurrency));
     let hard_stop = CancellationToken::new();
     let mut running = JoinSet::new();
     'pull: loop {
@@ -115,7 +122,14 @@ pub async fn serve(
                 Some(permit) => permit,
                 None => permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
             };
-            running.spawn(handle(runtime.clone(), message, permit, hard_stop.clone()));
+            running.spawn(handle(
+                runtime.clone(),
+                message,
+                permit,
+                executing.clone(),
+                shutdown.clone(),
+                hard_stop.clone(),
+            ));
             while let Some(done) = running.try_join_next() {
                 if let Err(err) = done {
                     tracing::error!(%err, "a message handler died");
@@ -162,8 +176,16 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> 
     }
 }
 
-/// Runs one message and settles it with the server.
-async fn handle(runtime: Arc<Runtime>, message: Message, _permit: OwnedSemaphorePermit, hard_stop: CancellationToken) {
+/// Waits for an execution slot, runs one message, and settles it with the
+/// server. `_delivered` holds the message's place in the delivery window.
+async fn handle(
+    runtime: Arc<Runtime>,
+    message: Message,
+    _delivered: OwnedSemaphorePermit,
+    executing: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) {
     let (attempt, sequence) = match message.info() {
         Ok(info) => (u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1), info.stream_sequence),
         Err(_) => (1, 0),
@@ -175,7 +197,14 @@ async fn handle(runtime: Arc<Runtime>, message: Message, _permit: OwnedSemaphore
         task.attempt = attempt
     );
     async {
-        let process = runtime.executor.process(&message.payload, attempt);
+        let process = async {
+            // Delivered, not started: at shutdown, hand it back untouched.
+            let _slot = tokio::select! {
+                slot = executing.acquire() => slot.expect("never closed"),
+                () = shutdown.cancelled() => return None,
+            };
+            Some(runtime.executor.process(&message.payload, attempt).await)
+        };
         let heartbeat = async {
             let mut every = tokio::time::interval(runtime.progress_every);
             every.tick().await;
@@ -187,7 +216,13 @@ async fn handle(runtime: Arc<Runtime>, message: Message, _permit: OwnedSemaphore
             }
         };
         let result = tokio::select! {
-            result = process => result,
+            result = process => match result {
+                Some(result) => result,
+                None => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return;
+                }
+            },
             () = heartbeat => unreachable!("the heartbeat never ends"),
             () = hard_stop.cancelled() => {
                 let _ = message.ack_with(AckKind::Nak(None)).await;

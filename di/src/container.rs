@@ -128,6 +128,7 @@ impl ContainerBuilder<'_> {
                     pool: store.pool,
                     ttl: store.ttl,
                     key_prefix: store.key_prefix,
+                    shared: store.shared,
                 });
             }
         }

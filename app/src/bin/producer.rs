@@ -12,10 +12,15 @@ use tasks as _;
 const USAGE: &str = "usage:
   producer send <task> [--kwargs '<json object>'] [--id <task_id>] [--wait <seconds>]
   producer result <task_id>
+  producer bench [--n 10000] [--round-trips 1000] [--runs 1] [--in-flight 64]
+                 [--ceiling] [--worker-pid <pid>] [--json]
 
 send     prints the task id once the broker confirmed it; with --wait, then
          prints the result record as JSON.
 result   prints the task's result record as JSON.
+bench    measures enqueue rate, end-to-end throughput (noop and a DI SELECT 1),
+         and round-trip latency against a running worker; --ceiling also
+         measures the bare primitives and a raw pipeline on the same services.
 
 Exit codes: 0 success (or queued, without --wait); 1 the task failed;
 2 --wait timed out; 3 no record for that task id; 4 NATS or Redis failed;
@@ -34,6 +39,7 @@ async fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("send") => send(&args[1..]).await,
         Some("result") => result(&args[1..]).await,
+        Some("bench") => bench(&args[1..]).await,
         Some("--help" | "-h" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -154,5 +160,55 @@ fn print_record(record: &ResultRecord) -> ExitCode {
     match record.status {
         TaskStatus::Failed => ExitCode::from(EXIT_FAILED),
         _ => ExitCode::SUCCESS,
+    }
+}
+
+async fn bench(args: &[String]) -> ExitCode {
+    let mut options = courier::bench::BenchOptions {
+        n: 10_000,
+        round_trips: 1_000,
+        in_flight: 64,
+        runs: 1,
+        ceiling: false,
+        worker_pid: None,
+        json: false,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--ceiling" => options.ceiling = true,
+            "--json" => options.json = true,
+            "--n" | "--round-trips" | "--runs" | "--in-flight" | "--worker-pid" => {
+                let Some(Ok(value)) = rest.next().map(|v| v.parse::<usize>()) else {
+                    return usage(&format!("{flag} needs a positive number"));
+                };
+                if value == 0 {
+                    return usage(&format!("{flag} needs a positive number"));
+                }
+                match flag.as_str() {
+                    "--n" => options.n = value,
+                    "--round-trips" => options.round_trips = value,
+                    "--runs" => options.runs = value,
+                    "--in-flight" => options.in_flight = value,
+                    _ => options.worker_pid = u32::try_from(value).ok(),
+                }
+            }
+            other => return usage(&format!("unknown option {other:?}")),
+        }
+    }
+    let Ok(settings) = settings() else { return ExitCode::from(EXIT_USAGE) };
+    match courier::bench::run(&settings, &options).await {
+        Ok(report) if options.json => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", courier::bench::table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("producer: bench: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bb8_redis::RedisConnectionManager;
 use bb8_redis::bb8::{self, Pool};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, AsyncCommands};
 use settings::RedisSettings;
 use shaku::{Component, Interface};
@@ -42,6 +45,18 @@ pub trait ResultStore: Interface {
     /// Reads the record of `task_id`; `None` if there is none (or it expired).
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError>;
 
+    /// How many of `task_ids` have a final record (success or failed), in
+    /// as few round trips as the store allows (for producers waiting on many).
+    async fn count_final(&self, task_ids: &[String]) -> Result<usize, StoreError> {
+        let mut done = 0;
+        for id in task_ids {
+            if self.get(id).await?.is_some_and(|r| r.status.is_final()) {
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -60,6 +75,12 @@ pub struct RedisResultStore {
     /// Prepended to task ids to form keys.
     #[shaku(default)]
     pub(crate) key_prefix: String,
+    /// The multiplexed connection in use, shared by every call. bb8 opens
+    /// and checks (PING) a new one only when there is none; a connection
+    /// error drops it. A checkout per command would add that PING to every
+    /// command, and bb8 cannot tell a broken multiplexed connection itself.
+    #[shaku(default)]
+    pub(crate) shared: Arc<Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl std::fmt::Debug for RedisResultStore {
@@ -71,7 +92,7 @@ impl std::fmt::Debug for RedisResultStore {
 impl RedisResultStore {
     /// Wraps a pool.
     pub fn new(pool: Pool<RedisConnectionManager>, ttl: Duration, key_prefix: impl Into<String>) -> Self {
-        Self { pool, ttl, key_prefix: key_prefix.into() }
+        Self { pool, ttl, key_prefix: key_prefix.into(), shared: Arc::default() }
     }
 
     /// Opens the pool described by `settings` and checks it with `PING`.
@@ -107,13 +128,25 @@ impl RedisResultStore {
         format!("{}{task_id}:status", self.key_prefix)
     }
 
-    async fn conn(&self) -> Result<bb8::PooledConnection<'_, RedisConnectionManager>, StoreError> {
-        self.pool.get().await.map_err(|err| StoreError::Unavailable(err.to_string()))
+    /// The shared connection, opened through the pool when there is none.
+    async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(conn) = self.shared.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(conn);
+        }
+        let pooled = self.pool.get().await.map_err(|err| StoreError::Unavailable(err.to_string()))?;
+        let conn = (*pooled).clone();
+        *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
     }
-}
 
-fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    /// Maps a command error; a connection-level one drops the shared
+    /// connection so the next call opens a fresh one.
+    fn failed(&self, err: redis::RedisError) -> StoreError {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
+            *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        StoreError::Unavailable(err.to_string())
+    }
 }
 
 #[async_trait]
@@ -123,18 +156,19 @@ impl ResultStore for RedisResultStore {
         let ttl = self.ttl.as_secs().max(1);
         let mut conn = self.conn().await?;
         if record.status.is_final() {
-            // One MULTI: the final record appears as the status record goes.
+            // One round trip: the final record, then the status record goes.
+            // Not atomic, and need not be: a reader that sees both prefers
+            // the final one.
             let () = redis::pipe()
-                .atomic()
                 .set_ex(self.key(task_id), bytes, ttl)
                 .ignore()
                 .del(self.status_key(task_id))
                 .ignore()
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
         } else {
-            let () = conn.set_ex(self.status_key(task_id), bytes, ttl).await.map_err(unavailable)?;
+            let () = conn.set_ex(self.status_key(task_id), bytes, ttl).await.map_err(|e| self.failed(e))?;
         }
         Ok(())
     }
@@ -149,25 +183,36 @@ impl ResultStore for RedisResultStore {
             .arg("NX")
             .arg("EX")
             .arg(self.ttl.as_secs().max(1))
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(written.is_some())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
         let mut conn = self.conn().await?;
         let (done, status): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            conn.mget(&[self.key(task_id), self.status_key(task_id)]).await.map_err(unavailable)?;
+            conn.mget(&[self.key(task_id), self.status_key(task_id)]).await.map_err(|e| self.failed(e))?;
         done.or(status)
             .map(|b| ResultRecord::from_msgpack(&b))
             .transpose()
             .map_err(|err| StoreError::Corrupt { task_id: task_id.to_owned(), reason: err.to_string() })
     }
 
+    async fn count_final(&self, task_ids: &[String]) -> Result<usize, StoreError> {
+        if task_ids.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = task_ids.iter().map(|id| self.key(id)).collect();
+        let mut conn = self.conn().await?;
+        // EXISTS counts the final keys in one round trip.
+        let n: usize = redis::cmd("EXISTS").arg(&keys).query_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        Ok(n)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *conn).await.map_err(unavailable)?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| self.failed(e))?;
         Ok(())
     }
 

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Courier's benchmark, as BENCHMARKS.md reports it: a release build, a worker
+# started and timed to "worker ready", then `producer bench` (3 runs, with the
+# raw ceilings) against it, on the services configured by settings
+# (development profile: the local NATS, Redis and PostgreSQL).
+#   N=10000 RUNS=3 ROUND_TRIPS=1000 ./scripts/bench.sh [--json]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-10000}
+RUNS=${RUNS:-3}
+ROUND_TRIPS=${ROUND_TRIPS:-1000}
+cargo build --release --quiet --bin worker --bin producer
+bin="${CARGO_TARGET_DIR:-target}/release"
+
+# Names of its own, so a running development worker is not disturbed.
+export COURIER_ENV=${COURIER_ENV:-development}
+export COURIER_NATS__STREAM=${COURIER_NATS__STREAM:-COURIER_BENCH}
+export COURIER_NATS__SUBJECT=${COURIER_NATS__SUBJECT:-courier_bench.tasks}
+export COURIER_NATS__DURABLE=${COURIER_NATS__DURABLE:-courier-bench}
+export COURIER_NATS__DEAD_LETTER_SUBJECT=${COURIER_NATS__DEAD_LETTER_SUBJECT:-courier_bench.dead}
+export COURIER_REDIS__KEY_PREFIX=${COURIER_REDIS__KEY_PREFIX:-courier_bench:}
+export COURIER_REDIS__RESULT_TTL=${COURIER_REDIS__RESULT_TTL:-10m}
+# One log line per task costs throughput; the benchmark runs at warn.
+export RUST_LOG=${RUST_LOG:-warn,courier::worker=info}
+
+log=$(mktemp)
+trap 'kill -TERM "${pid:-0}" 2>/dev/null || true; rm -f "$log"' EXIT
+started=$(date +%s%N)
+"$bin/worker" >"$log" 2>&1 &
+pid=$!
+until grep -q "worker ready" "$log"; do
+  kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
+  sleep 0.002
+done
+ready_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+echo "worker ready ${ready_ms} ms after its process started ($(grep -o 'startup_ms=[0-9]*' "$log"))"
+sleep 1
+"$bin/producer" bench --n "$N" --runs "$RUNS" --round-trips "$ROUND_TRIPS" --ceiling --worker-pid "$pid" "$@"
+kill -TERM "$pid"
+wait "$pid"
