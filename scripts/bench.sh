@@ -18,6 +18,7 @@ export COURIER_NATS__STREAM=${COURIER_NATS__STREAM:-COURIER_BENCH}
 export COURIER_NATS__SUBJECT=${COURIER_NATS__SUBJECT:-courier_bench.tasks}
 export COURIER_NATS__DURABLE=${COURIER_NATS__DURABLE:-courier-bench}
 export COURIER_NATS__DEAD_LETTER_SUBJECT=${COURIER_NATS__DEAD_LETTER_SUBJECT:-courier_bench.dead}
+export COURIER_NATS__DONE_SUBJECT=${COURIER_NATS__DONE_SUBJECT:-courier_bench.done}
 export COURIER_REDIS__KEY_PREFIX=${COURIER_REDIS__KEY_PREFIX:-courier_bench:}
 export COURIER_REDIS__RESULT_TTL=${COURIER_REDIS__RESULT_TTL:-10m}
 # One log line per task costs throughput; the benchmark runs at warn.

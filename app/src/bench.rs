@@ -164,13 +164,13 @@ async fn enqueue_and_finish(
     Ok((options.n as f64 / enqueued.as_secs_f64(), options.n as f64 / finished.as_secs_f64()))
 }
 
-/// Sequential enqueue -> result readable, polling every 100 µs; milliseconds.
+/// Sequential enqueue -> result read by `TaskHandle::wait`; milliseconds.
 async fn round_trips(producer: &Producer, count: usize) -> Result<Vec<f64>, BenchError> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let started = Instant::now();
         let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await?;
-        producer.wait_polling(&handle.task_id, Duration::from_secs(30), Duration::from_micros(100)).await?;
+        handle.wait(Duration::from_secs(30)).await?;
         out.push(started.elapsed().as_secs_f64() * 1000.0);
         if i % 100 == 99 {
             progress(&format!("round trips {}/{count}", i + 1));

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use di::{Envelope, RedisResultStore, ResultRecord, ResultStore, TaskRef, TaskStatus};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use settings::{NatsMode, Settings};
@@ -101,11 +102,14 @@ impl Producer {
         Ok(self.store.get(task_id).await?)
     }
 
-    /// Waits until `task_id` has a final record (success or failed). Polls
-    /// with backoff: 1 ms, doubling to 50 ms, so short tasks are seen at
-    /// once and long ones cost Redis 20 reads a second at most.
+    /// Waits until `task_id` has a final record (success or failed). Wakes
+    /// on the worker's completion notice; polls with backoff (1 ms doubling
+    /// to 50 ms) as well, in case a notice is lost, so a long task costs
+    /// Redis 20 reads a second at most.
     pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultRecord, ProducerError> {
         let started = Instant::now();
+        // Subscribe before the first read: a notice cannot slip between them.
+        let mut notices = self.publisher.subscribe_done(task_id).await;
         let mut pause = Duration::from_millis(1);
         let mut last = None;
         loop {
@@ -119,34 +123,17 @@ impl Producer {
             if waited >= timeout {
                 return Err(ProducerError::Timeout { task_id: task_id.to_owned(), waited, last });
             }
-            tokio::time::sleep(pause.min(timeout - waited)).await;
+            let nap = tokio::time::sleep(pause.min(timeout - waited));
+            match notices.as_mut() {
+                Some(notices) => {
+                    tokio::select! {
+                        _ = notices.next() => {}
+                        () = nap => {}
+                    }
+                }
+                None => nap.await,
+            }
             pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits like [`Producer::wait`] but polls every `pause`, for latency
-    /// measurements (`producer bench`); costs Redis one read per `pause`.
-    pub async fn wait_polling(
-        &self,
-        task_id: &str,
-        timeout: Duration,
-        pause: Duration,
-    ) -> Result<ResultRecord, ProducerError> {
-        let started = Instant::now();
-        loop {
-            if let Some(record) = self.store.get(task_id).await?
-                && record.status.is_final()
-            {
-                return Ok(record);
-            }
-            if started.elapsed() >= timeout {
-                return Err(ProducerError::Timeout {
-                    task_id: task_id.to_owned(),
-                    waited: started.elapsed(),
-                    last: None,
-                });
-            }
-            tokio::time::sleep(pause).await;
         }
     }
 

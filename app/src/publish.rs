@@ -133,6 +133,32 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Tells waiting producers that `task_id` has a final record: an empty
+    /// core NATS message on `<done_subject>.<task_id>` (best effort; waiters
+    /// also poll).
+    pub async fn notify_done(&self, task_id: &str) {
+        if let Some(subject) = done_subject(&self.settings, task_id) {
+            let _ = self.client.publish(subject, Bytes::new()).await;
+        }
+    }
+
+    /// Subscribes to `task_id`'s completion notice.
+    pub async fn subscribe_done(&self, task_id: &str) -> Option<async_nats::Subscriber> {
+        let subject = done_subject(&self.settings, task_id)?;
+        self.client.subscribe(subject).await.ok()
+    }
+}
+
+/// The notice subject of `task_id`, if the id can be a subject token
+/// (ids from elsewhere may hold spaces or wildcards; those waiters poll).
+fn done_subject(settings: &NatsSettings, task_id: &str) -> Option<String> {
+    let safe = !task_id.is_empty()
+        && task_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && task_id.len() <= 128;
+    safe.then(|| format!("{}.{task_id}", settings.done_subject))
+}
+
 /// Header values cannot hold line breaks; reasons are shortened too.
 fn one_line(text: &str) -> String {
     let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();

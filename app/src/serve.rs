@@ -236,7 +236,14 @@ async fn handle(
                 tracing::warn!(%err, "result not saved: the message comes back later");
                 let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
             }
-            Ok(execution) => settle(&runtime, &message, &execution, sequence).await,
+            Ok(execution) => {
+                settle(&runtime, &message, &execution, sequence).await;
+                if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
+                    && record.status.is_final()
+                {
+                    runtime.publisher.notify_done(id).await;
+                }
+            }
         }
     }
     .instrument(span)

@@ -53,6 +53,11 @@ pub async fn serve_core(
                         continue;
                     }
                 };
+                if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
+                    && record.status.is_final()
+                {
+                    runtime.publisher.notify_done(id).await;
+                }
                 match execution.disposition {
                     Disposition::Ack => break,
                     Disposition::Retry { delay } => {

@@ -42,6 +42,8 @@ pub struct NatsSettings {
     /// Delivered-but-unacked messages the consumer allows (retries waiting
     /// out a backoff count too).
     pub max_ack_pending: i64,
+    /// Prefix of the completion notices (`<done_subject>.<task_id>`).
+    pub done_subject: String,
     /// How long dead letters are kept.
     #[serde(with = "duration")]
     pub dead_letter_max_age: Duration,

@@ -116,6 +116,12 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     c.check(!dead_letter_in_stream, "nats.dead_letter_subject", || {
         format!("must lie outside the task subject {:?}, or dead letters would be run again", nats.subject)
     });
+    c.name("nats.done_subject", &nats.done_subject, "subject without wildcards", &['*', '>']);
+    let done_in_stream =
+        nats.done_subject == nats.subject || nats.done_subject.starts_with(&format!("{}.", nats.subject));
+    c.check(!done_in_stream, "nats.done_subject", || {
+        format!("must lie outside the task subject {:?}, or completion notices would be queued as tasks", nats.subject)
+    });
     c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || "must be more than zero".to_owned());
     c.check(nats.max_deliver >= 1, "nats.max_deliver", || "must be at least 1".to_owned());
     c.check(nats.max_ack_pending >= 1, "nats.max_ack_pending", || "must be at least 1".to_owned());

@@ -44,6 +44,7 @@ impl Scope {
         settings.nats.stream = id.to_ascii_uppercase();
         settings.nats.subject = format!("{id}.tasks");
         settings.nats.dead_letter_subject = format!("{id}.dead");
+        settings.nats.done_subject = format!("{id}.done");
         settings.nats.durable = id.clone();
         settings.nats.ack_wait = Duration::from_secs(5);
         settings.redis.url = SecretUrl::new(REDIS_URL);
@@ -64,6 +65,7 @@ impl Scope {
             ("COURIER_NATS__SUBJECT", s.nats.subject.clone()),
             ("COURIER_NATS__DEAD_LETTER_SUBJECT", s.nats.dead_letter_subject.clone()),
             ("COURIER_NATS__DURABLE", s.nats.durable.clone()),
+            ("COURIER_NATS__DONE_SUBJECT", s.nats.done_subject.clone()),
             ("COURIER_NATS__ACK_WAIT", format!("{}ms", s.nats.ack_wait.as_millis())),
             ("COURIER_REDIS__URL", s.redis.url.expose().to_owned()),
             ("COURIER_REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),

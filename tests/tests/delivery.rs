@@ -9,6 +9,7 @@ use bb8_redis::redis::{self, AsyncCommands};
 use bytes::Bytes;
 use courier::publish::Published;
 use di::{Envelope, TaskStatus};
+use futures_util as _;
 use it::REDIS_URL;
 use it::scope::{Counter, Scope};
 
@@ -196,5 +197,21 @@ async fn core_nats_mode_round_trip() {
     let handle = producer.enqueue(counted::TASK, &args(1, false, 0)).await.unwrap();
     let record = handle.wait(WAIT).await.unwrap();
     assert_eq!((record.status, record.attempt), (TaskStatus::Success, 2));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_final_record_is_announced_on_the_done_subject() {
+    let scope = Scope::new();
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let client = async_nats::connect(scope.settings.nats.url.expose()).await.unwrap();
+    let mut notices = client.subscribe(format!("{}.>", scope.settings.nats.done_subject)).await.unwrap();
+    let handle = producer.enqueue(counted::TASK, &args(1, false, 0)).await.unwrap();
+    let notice = it::scope::next_with_timeout(&mut notices, WAIT).await.expect("a completion notice");
+    assert_eq!(notice.subject.as_str(), format!("{}.{}", scope.settings.nats.done_subject, handle.task_id));
+    // Announced once, for the final record only (not for the retried attempt).
+    assert_eq!(producer.result(&handle.task_id).await.unwrap().unwrap().attempt, 2);
+    assert!(it::scope::next_with_timeout(&mut notices, Duration::from_millis(300)).await.is_none());
     worker.stop().await.unwrap();
 }
