@@ -48,14 +48,34 @@ pub enum BrokerError {
 }
 
 /// Connects to the server in `settings`, once, within `connect_timeout`.
+/// Credentials in `nats.url` are used: `nats://user:password@host` or
+/// `nats://token@host` (async-nats itself ignores a URL's user part).
 pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, BrokerError> {
     let unreachable = |reason: String| BrokerError::Unreachable { url: settings.url.redacted(), reason };
-    let options = async_nats::ConnectOptions::new().name(name).connection_timeout(settings.connect_timeout);
-    let client = tokio::time::timeout(settings.connect_timeout, options.connect(settings.url.expose()))
+    let (address, options) = connect_options(settings.url.expose()).map_err(unreachable)?;
+    let options = options.name(name).connection_timeout(settings.connect_timeout);
+    let client = tokio::time::timeout(settings.connect_timeout, options.connect(address))
         .await
         .map_err(|_| unreachable(format!("no connection within {:?}", settings.connect_timeout)))?
         .map_err(|err| unreachable(settings::redact_url(&err.to_string())))?;
     Ok(client)
+}
+
+/// Splits the credentials out of a server URL into connect options.
+fn connect_options(raw: &str) -> Result<(String, async_nats::ConnectOptions), String> {
+    let mut url = url::Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))?;
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let user = decode(url.username());
+    let password = url.password().map(decode);
+    let options = match (user.is_empty(), password) {
+        (true, _) => async_nats::ConnectOptions::new(),
+        (false, Some(password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
+        (false, None) => async_nats::ConnectOptions::with_token(user),
+    };
+    // Cannot fail for a URL with a host.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok((url.to_string(), options))
 }
 
 /// Asks the server for JetStream's account info (raw, so it works with

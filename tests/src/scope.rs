@@ -118,7 +118,7 @@ impl Scope {
         // Core NATS drops what is published before anyone subscribes:
         // wait until a probe on the task subject is answered by the worker
         // (a no-responders error means nobody listens yet).
-        let client = async_nats::connect(self.settings.nats.url.expose()).await.expect("connect to NATS");
+        let client = courier::broker::connect(&self.settings.nats, "test").await.expect("connect to NATS");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let probe = client.request(self.settings.nats.subject.clone(), "".into());
@@ -134,7 +134,7 @@ impl Scope {
 
     /// A JetStream context on this scope's server.
     pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.settings.nats.url.expose()).await.expect("connect to NATS"))
+        jetstream::new(courier::broker::connect(&self.settings.nats, "test").await.expect("connect to NATS"))
     }
 
     /// Every dead letter stored so far.
@@ -219,10 +219,9 @@ impl Drop for Scope {
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async {
-                let connect = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
-                if let Ok(Ok(client)) =
-                    tokio::time::timeout(Duration::from_secs(3), connect.connect(nats.url.expose())).await
-                {
+                let mut quick = nats.clone();
+                quick.connect_timeout = Duration::from_secs(2);
+                if let Ok(client) = courier::broker::connect(&quick, "test-cleanup").await {
                     let js = jetstream::new(client);
                     let _ = js.delete_stream(&nats.stream).await;
                     let _ = js.delete_stream(courier::broker::dead_letter_stream(&nats)).await;

@@ -24,13 +24,19 @@ fn wait_listening(port: u16, what: &str) {
 pub struct PrivateRedis {
     /// Its port.
     pub port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     /// Starts `redis-server` on a free port (no persistence).
     pub fn start() -> Self {
-        let mut redis = Self { port: free_port(), child: None };
+        Self::start_with(&[])
+    }
+
+    /// Starts it with extra arguments (`--requirepass`, say).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut redis = Self { port: free_port(), extra: extra.iter().map(|s| (*s).to_owned()).collect(), child: None };
         redis.restart();
         redis
     }
@@ -53,6 +59,7 @@ impl PrivateRedis {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -74,15 +81,22 @@ pub struct PrivateNats {
     /// Its port.
     pub port: u16,
     store: PathBuf,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl PrivateNats {
     /// Starts `nats-server -js` on a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts it with extra arguments (`--user`/`--pass`, `--auth`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let store = std::env::temp_dir().join(crate::unique("courier_nats"));
         std::fs::create_dir_all(&store).expect("nats store dir");
-        let mut nats = Self { port: free_port(), store, child: None };
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut nats = Self { port: free_port(), store, extra, child: None };
         nats.restart();
         nats
     }
@@ -106,6 +120,7 @@ impl PrivateNats {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

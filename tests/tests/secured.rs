@@ -1,0 +1,50 @@
+//! Secured connections through settings alone: NATS with a user and
+//! password, NATS with a token, Redis with `requirepass`. Wrong credentials
+//! fail start-up with a clear error that does not contain the secret.
+
+use di::TaskStatus;
+use it::scope::Scope;
+use it::servers::{PrivateNats, PrivateRedis};
+use settings::SecretUrl;
+
+#[tokio::test]
+async fn worker_and_producer_connect_with_credentials_from_settings() {
+    let nats = PrivateNats::start_with(&["--user", "courier", "--pass", "nats-s3cret"]);
+    let redis = PrivateRedis::start_with(&["--requirepass", "redis-s3cret"]);
+    let mut scope = Scope::new();
+    scope.settings.nats.url = SecretUrl::new(format!("nats://courier:nats-s3cret@127.0.0.1:{}", nats.port));
+    scope.settings.redis.url = SecretUrl::new(format!("redis://:redis-s3cret@127.0.0.1:{}", redis.port));
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+    assert_eq!(handle.wait(std::time::Duration::from_secs(20)).await.unwrap().status, TaskStatus::Success);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nats_token_from_settings() {
+    let nats = PrivateNats::start_with(&["--auth", "tok-s3cret"]);
+    let mut scope = Scope::new();
+    scope.settings.nats.url = SecretUrl::new(format!("nats://tok-s3cret@127.0.0.1:{}", nats.port));
+    let worker = scope.start_worker().await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_clearly_without_the_secret() {
+    let nats = PrivateNats::start_with(&["--user", "courier", "--pass", "right-pass"]);
+    let redis = PrivateRedis::start_with(&["--requirepass", "right-pass"]);
+
+    let mut scope = Scope::new();
+    scope.settings.nats.url = SecretUrl::new(format!("nats://courier:wrong-nats-pass@127.0.0.1:{}", nats.port));
+    let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
+    assert!(err.contains("nats") && err.contains(&nats.port.to_string()), "{err}");
+    assert!(!err.contains("wrong-nats-pass"), "the password leaked: {err}");
+
+    let mut scope = Scope::new();
+    scope.settings.redis.url = SecretUrl::new(format!("redis://:wrong-redis-pass@127.0.0.1:{}", redis.port));
+    let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
+    assert!(err.contains("redis") && err.contains(&redis.port.to_string()), "{err}");
+    assert!(!err.contains("wrong-redis-pass"), "the password leaked: {err}");
+    println!("{err}");
+}
