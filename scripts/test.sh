@@ -25,13 +25,15 @@ echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== compose files"
-if command -v docker-compose >/dev/null 2>&1; then
-  docker-compose -f docker/compose.yml config --quiet && echo "docker/compose.yml: valid"
-elif docker compose version >/dev/null 2>&1; then
-  docker compose -f docker/compose.yml config --quiet && echo "docker/compose.yml: valid"
-else
-  echo "NOT CHECKED: no docker-compose client here (apt-get install docker-compose)"
-fi
+for file in docker/compose.yml docker/compose.cluster.yml; do
+  if command -v docker-compose >/dev/null 2>&1; then
+    docker-compose -f "$file" config --quiet && echo "$file: valid"
+  elif docker compose version >/dev/null 2>&1; then
+    docker compose -f "$file" config --quiet && echo "$file: valid"
+  else
+    echo "NOT CHECKED: $file (no docker-compose client here: apt-get install docker-compose)"
+  fi
+done
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

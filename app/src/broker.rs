@@ -113,6 +113,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: settings.duplicate_window,
+        num_replicas: settings.stream_replicas,
         ..Default::default()
     };
     let topology =
@@ -151,6 +152,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: settings.dead_letter_max_age,
+        num_replicas: settings.stream_replicas,
         ..Default::default()
     };
     js.get_or_create_stream(dead)

@@ -50,6 +50,8 @@ pub struct NatsSettings {
     /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
     #[serde(with = "duration")]
     pub duplicate_window: Duration,
+    /// Copies of the task and dead-letter streams in a NATS cluster.
+    pub stream_replicas: usize,
     /// The largest task envelope (bytes) a worker accepts.
     pub max_payload: usize,
     /// How long to wait for the server at start-up.

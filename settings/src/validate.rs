@@ -123,6 +123,7 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
         format!("must lie outside the task subject {:?}, or completion notices would be queued as tasks", nats.subject)
     });
     c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || "must be more than zero".to_owned());
+    c.check((1..=5).contains(&nats.stream_replicas), "nats.stream_replicas", || "must be 1 to 5".to_owned());
     c.check(nats.max_deliver >= 1, "nats.max_deliver", || "must be at least 1".to_owned());
     c.check(nats.max_ack_pending >= 1, "nats.max_ack_pending", || "must be at least 1".to_owned());
     c.check(!nats.dead_letter_max_age.is_zero(), "nats.dead_letter_max_age", || "must be more than zero".to_owned());
