@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bot;
 pub mod broker;
 pub mod check;
+pub mod dead_letters;
 pub mod lifecycle;
 pub mod producer;
 pub mod publish;

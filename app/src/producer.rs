@@ -97,6 +97,15 @@ impl Producer {
         Ok(self.publisher.publish(envelope, queue).await?)
     }
 
+    /// Replaces every record of `task_id` with a fresh `queued` one (before
+    /// a replay).
+    pub async fn reset_to_queued(&self, task_id: &str) -> Result<(), ProducerError> {
+        let task_name = self.store.get(task_id).await?.map(|r| r.task_name).unwrap_or_default();
+        self.store.delete(task_id).await?;
+        self.store.put(task_id, &ResultRecord::new(task_name, TaskStatus::Queued, 0)).await?;
+        Ok(())
+    }
+
     /// The record of `task_id`, if any.
     pub async fn result(&self, task_id: &str) -> Result<Option<ResultRecord>, ProducerError> {
         Ok(self.store.get(task_id).await?)

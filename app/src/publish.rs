@@ -16,6 +16,8 @@ pub const REASON_HEADER: &str = "Courier-Reason";
 pub const TASK_ID_HEADER: &str = "Courier-Task-Id";
 /// Header carrying the dead letter's last attempt.
 pub const ATTEMPT_HEADER: &str = "Courier-Attempt";
+/// Header carrying the subject the dead letter was first published to.
+pub const SUBJECT_HEADER: &str = "Courier-Subject";
 
 /// The longest label value also sent as a NATS header.
 const MAX_LABEL_HEADER: usize = 256;
@@ -122,8 +124,10 @@ impl Publisher {
         task_id: Option<&str>,
         attempt: u32,
         dedup_key: &str,
+        subject: &str,
     ) -> Result<Published, PublishError> {
         let mut headers = HeaderMap::new();
+        headers.insert(SUBJECT_HEADER, subject);
         headers.insert(REASON_HEADER, one_line(reason).as_str());
         headers.insert(ATTEMPT_HEADER, attempt.to_string().as_str());
         if let Some(id) = task_id {

@@ -279,7 +279,14 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
             let dedup = if sequence > 0 { sequence.to_string() } else { di::new_task_id() };
             match runtime
                 .publisher
-                .dead_letter(message.payload.clone(), reason, execution.task_id.as_deref(), execution.attempt, &dedup)
+                .dead_letter(
+                    message.payload.clone(),
+                    reason,
+                    execution.task_id.as_deref(),
+                    execution.attempt,
+                    &dedup,
+                    message.subject.as_str(),
+                )
                 .await
             {
                 Ok(_) => {

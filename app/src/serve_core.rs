@@ -67,9 +67,10 @@ pub async fn serve_core(
                     Disposition::DeadLetter { reason } => {
                         let key = di::new_task_id();
                         let id = execution.task_id.as_deref();
-                        if let Err(err) =
-                            runtime.publisher.dead_letter(message.payload.clone(), &reason, id, attempt, &key).await
-                        {
+                        let subject = message.subject.as_str();
+                        let stored =
+                            runtime.publisher.dead_letter(message.payload.clone(), &reason, id, attempt, &key, subject);
+                        if let Err(err) = stored.await {
                             tracing::warn!(%err, "dead letter lost (core NATS mode)");
                         }
                         break;

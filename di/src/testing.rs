@@ -127,6 +127,11 @@ impl ResultStore for InMemoryResultStore {
         Ok(true)
     }
 
+    async fn delete(&self, task_id: &str) -> Result<(), StoreError> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner).remove(task_id);
+        Ok(())
+    }
+
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
         Ok(self.records.lock().unwrap_or_else(PoisonError::into_inner).get(task_id).cloned())
     }

@@ -12,12 +12,18 @@ use tasks as _;
 const USAGE: &str = "usage:
   producer send <task> [--kwargs '<json object>'] [--id <task_id>] [--wait <seconds>]
   producer result <task_id>
+  producer dead-letters [--limit 100]
+  producer replay <task_id>
   producer bench [--n 10000] [--round-trips 1000] [--runs 1] [--in-flight 64]
                  [--ceiling] [--worker-pid <pid>] [--json]
 
 send     prints the task id once the broker confirmed it; with --wait, then
          prints the result record as JSON.
 result   prints the task's result record as JSON.
+dead-letters  prints the newest dead letters, oldest first, one JSON object
+         per line (sequence, time, task_id, reason, attempt, subject, bytes).
+replay   puts a task's dead letter back in the queue (its record reset to
+         queued) and removes it from the dead letters.
 bench    measures enqueue rate, end-to-end throughput (noop and a DI SELECT 1),
          and round-trip latency against a running worker; --ceiling also
          measures the bare primitives and a raw pipeline on the same services.
@@ -40,6 +46,8 @@ async fn main() -> ExitCode {
         Some("send") => send(&args[1..]).await,
         Some("result") => result(&args[1..]).await,
         Some("bench") => bench(&args[1..]).await,
+        Some("dead-letters") => dead_letters(&args[1..]).await,
+        Some("replay") => replay(&args[1..]).await,
         Some("--help" | "-h" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -208,6 +216,57 @@ async fn bench(args: &[String]) -> ExitCode {
         }
         Err(err) => {
             eprintln!("producer: bench: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+async fn dead_letters(args: &[String]) -> ExitCode {
+    let limit = match args {
+        [] => 100,
+        [flag, n] if flag == "--limit" => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => return usage("--limit needs a positive number"),
+        },
+        _ => return usage("dead-letters takes only --limit <n>"),
+    };
+    let Ok(settings) = settings() else { return ExitCode::from(EXIT_USAGE) };
+    let producer = match connect(&settings).await {
+        Ok(producer) => producer,
+        Err(code) => return code,
+    };
+    match courier::dead_letters::list(producer.publisher().jetstream(), &settings.nats, limit).await {
+        Ok(letters) => {
+            for letter in letters {
+                println!("{}", serde_json::to_string(&letter).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("producer: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+async fn replay(args: &[String]) -> ExitCode {
+    let [task_id] = args else { return usage("replay needs exactly one task id") };
+    let Ok(settings) = settings() else { return ExitCode::from(EXIT_USAGE) };
+    let producer = match connect(&settings).await {
+        Ok(producer) => producer,
+        Err(code) => return code,
+    };
+    match courier::dead_letters::replay(&producer, &settings.nats, task_id).await {
+        Ok(letter) => {
+            println!("{task_id}: back in the queue (was dead letter {}: {})", letter.sequence, letter.reason);
+            ExitCode::SUCCESS
+        }
+        Err(courier::dead_letters::DeadLetterError::NotFound(_)) => {
+            eprintln!("producer: no dead letter for task {task_id}");
+            ExitCode::from(EXIT_NO_RECORD)
+        }
+        Err(err) => {
+            eprintln!("producer: {err}");
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }

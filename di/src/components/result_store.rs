@@ -42,6 +42,9 @@ pub trait ResultStore: Interface {
     /// overwrites the result of the run that already happened.
     async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError>;
 
+    /// Removes every record of `task_id` (before a dead letter is replayed).
+    async fn delete(&self, task_id: &str) -> Result<(), StoreError>;
+
     /// Reads the record of `task_id`; `None` if there is none (or it expired).
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError>;
 
@@ -187,6 +190,12 @@ impl ResultStore for RedisResultStore {
             .await
             .map_err(|e| self.failed(e))?;
         Ok(written.is_some())
+    }
+
+    async fn delete(&self, task_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let () = conn.del(&[self.key(task_id), self.status_key(task_id)]).await.map_err(|e| self.failed(e))?;
+        Ok(())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultRecord>, StoreError> {
