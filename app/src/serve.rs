@@ -194,7 +194,8 @@ async fn handle(
         "task",
         task.id = tracing::field::Empty,
         task.name = tracing::field::Empty,
-        task.attempt = attempt
+        task.attempt = attempt,
+        task.outcome = tracing::field::Empty
     );
     async {
         let process = async {
@@ -260,6 +261,12 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
         span.record("task.name", name.as_str());
     }
     let elapsed_ms = execution.elapsed.as_secs_f64() * 1000.0;
+    let outcome = match &execution.disposition {
+        Disposition::Ack => "success",
+        Disposition::Retry { .. } => "retry",
+        Disposition::DeadLetter { .. } => "failed",
+    };
+    span.record("task.outcome", outcome);
     match &execution.disposition {
         Disposition::Ack => {
             for attempt in 1..=3 {

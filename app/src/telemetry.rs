@@ -1,25 +1,24 @@
 //! Tracing set-up for the binaries (libraries only emit events).
 
+use settings::{LogFormat, LogSettings};
 use tracing_subscriber::EnvFilter;
 
-/// Installs a human-readable subscriber on stderr; `RUST_LOG` sets the
-/// level (default `info`, with async-nats at `warn`).
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Installs the subscriber on stderr: `RUST_LOG` if set, else `log.level`
+/// (with async-nats' chatter at `warn` unless asked for); text or JSON lines.
+pub fn init(log: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(format!("{},async_nats=warn", log.level)))
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
 }
 
-/// Like [`init`], but `warn` by default: for command-line tools whose
-/// stdout is their output.
+/// `warn` unless `RUST_LOG` says otherwise, as text: for command-line
+/// tools whose stdout is their output.
 pub fn init_quiet() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    init(&LogSettings { level: "warn".to_owned(), format: LogFormat::Text });
 }

@@ -19,7 +19,9 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 pub use secret::{Secret, SecretUrl, redact_url};
-pub use sections::{DatabaseSettings, NatsMode, NatsSettings, RedisSettings, TelegramSettings, WorkerSettings};
+pub use sections::{
+    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, RedisSettings, TelegramSettings, WorkerSettings,
+};
 pub use validate::Invalid;
 
 /// Prefix of every environment variable Courier reads.
@@ -67,6 +69,8 @@ pub struct Settings {
     pub telegram: TelegramSettings,
     /// The worker process.
     pub worker: WorkerSettings,
+    /// Logging.
+    pub log: LogSettings,
     /// The profile these settings were loaded for.
     #[serde(skip)]
     pub profile: String,

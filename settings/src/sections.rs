@@ -116,3 +116,23 @@ pub struct WorkerSettings {
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
 }
+
+/// How the binaries log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// The level or tracing directives; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Text or JSON lines.
+    pub format: LogFormat,
+}

@@ -100,6 +100,11 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         ),
     }
 
+    let level = settings.log.level.trim();
+    let plain = ["trace", "debug", "info", "warn", "error", "off"].contains(&level.to_ascii_lowercase().as_str());
+    c.check(plain || level.contains('='), "log.level", || {
+        format!("{level:?} is not a level (trace, debug, info, warn, error, off) nor tracing directives like \"info,sqlx=warn\"")
+    });
     let worker = &settings.worker;
     c.check(worker.concurrency >= 1, "worker.concurrency", || "must be at least 1".to_owned());
     c.found

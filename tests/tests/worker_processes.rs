@@ -61,3 +61,37 @@ async fn two_worker_processes_share_one_queue() {
     assert!(a > 0 && b > 0, "both workers took tasks from the one queue ({a} and {b})");
     assert_eq!(scope.backlog().await, (0, 0, 0));
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_task_span_and_no_secrets() {
+    let scope = Scope::new();
+    let schema = it::PgSchema::create().await;
+    let mut env = scope.env();
+    env.push(("COURIER_LOG__FORMAT".into(), "json".into()));
+    // Servers without auth accept credentials they do not need: the secrets
+    // still travel through settings and must not reach the log.
+    let nats = scope.settings.nats.url.expose().replace("nats://", "nats://courier:nats-hunter2@");
+    env.push(("COURIER_NATS__URL".into(), nats));
+    env.push((
+        "COURIER_DATABASE__URL".into(),
+        schema.url.replace("postgres://postgres@", "postgres://postgres:pg-hunter2@"),
+    ));
+    let mut worker = ChildWorker::start(&env);
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+    assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    let log = tokio::task::spawn_blocking(move || {
+        assert_eq!(worker.terminate(WAIT).code(), Some(0));
+        worker.log()
+    })
+    .await
+    .unwrap();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    let done = lines.iter().find(|l| l["message"] == "task succeeded").expect("a `task succeeded` line");
+    assert_eq!(done["span"]["task.id"], handle.task_id.as_str(), "{done}");
+    assert_eq!(done["span"]["task.name"], "noop", "{done}");
+    assert_eq!(done["span"]["task.attempt"], 1, "{done}");
+    assert_eq!(done["span"]["task.outcome"], "success", "{done}");
+    assert!(!log.contains("hunter2"), "a secret reached the log:\n{log}");
+}

@@ -12,7 +12,6 @@ async fn main() -> ExitCode {
         eprintln!("usage: bot   (configured by settings; needs telegram.token)");
         return ExitCode::from(2);
     }
-    telemetry::init();
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => {
@@ -20,6 +19,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::init(&settings.log);
     match bot::run_bot(settings, shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

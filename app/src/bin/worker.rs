@@ -53,7 +53,6 @@ async fn main() -> ExitCode {
             }
         };
     }
-    telemetry::init();
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => {
@@ -61,6 +60,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::init(&settings.log);
     match mode {
         Mode::Check => {
             let lines = check::check_all(&settings).await;
