@@ -21,6 +21,7 @@ export COURIER_NATS__DEAD_LETTER_SUBJECT=${COURIER_NATS__DEAD_LETTER_SUBJECT:-co
 export COURIER_NATS__DONE_SUBJECT=${COURIER_NATS__DONE_SUBJECT:-courier_bench.done}
 export COURIER_REDIS__KEY_PREFIX=${COURIER_REDIS__KEY_PREFIX:-courier_bench:}
 export COURIER_REDIS__RESULT_TTL=${COURIER_REDIS__RESULT_TTL:-10m}
+export COURIER_WORKER__HTTP_ADDR=${COURIER_WORKER__HTTP_ADDR:-}
 # One log line per task costs throughput; the benchmark runs at warn.
 export RUST_LOG=${RUST_LOG:-warn,courier::worker=info}
 

@@ -35,6 +35,8 @@ pub struct Runtime {
     pub store: Arc<dyn ResultStore>,
     /// Progress-ack period (a third of `ack_wait`).
     pub progress_every: Duration,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// False while the store is unreachable: pulling pauses.
     store_ok: AtomicBool,
 }
@@ -52,8 +54,9 @@ impl Runtime {
         publisher: Publisher,
         store: Arc<dyn ResultStore>,
         progress_every: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        Self { executor, publisher, store, progress_every, store_ok: AtomicBool::new(true) }
+        Self { executor, publisher, store, progress_every, metrics, store_ok: AtomicBool::new(true) }
     }
 }
 
@@ -204,7 +207,10 @@ async fn handle(
                 slot = executing.acquire() => slot.expect("never closed"),
                 () = shutdown.cancelled() => return None,
             };
-            Some(runtime.executor.process(&message.payload, attempt).await)
+            runtime.metrics.in_flight.inc();
+            let result = runtime.executor.process(&message.payload, attempt).await;
+            runtime.metrics.in_flight.dec();
+            Some(result)
         };
         let heartbeat = async {
             let mut every = tokio::time::interval(runtime.progress_every);
@@ -238,6 +244,7 @@ async fn handle(
                 let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
             }
             Ok(execution) => {
+                runtime.metrics.observe(&execution);
                 settle(&runtime, &message, &execution, sequence).await;
                 if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
                     && record.status.is_final()

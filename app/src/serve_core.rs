@@ -45,8 +45,14 @@ pub async fn serve_core(
             let _permit = permit;
             let mut attempt = 1;
             loop {
-                let execution = match runtime.executor.process(&message.payload, attempt).await {
-                    Ok(execution) => execution,
+                runtime.metrics.in_flight.inc();
+                let processed = runtime.executor.process(&message.payload, attempt).await;
+                runtime.metrics.in_flight.dec();
+                let execution = match processed {
+                    Ok(execution) => {
+                        runtime.metrics.observe(&execution);
+                        execution
+                    }
                     Err(err) => {
                         tracing::warn!(%err, "result not saved; retrying in memory");
                         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -10,7 +10,9 @@ use settings::{NatsMode, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerError};
+use crate::http::{self, Health};
 use crate::lifecycle::{self, LifecycleError};
+use crate::metrics::Metrics;
 use crate::publish::{NatsEnqueuer, Publisher};
 use crate::serve::{self, Runtime};
 
@@ -26,6 +28,14 @@ pub enum WorkerError {
     /// The registry, the migrations or a start-up hook failed.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    /// The metrics and health server could not listen.
+    #[error("worker.http_addr {addr}: cannot listen: {reason}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Runs a worker until `shutdown` resolves: checks the registry, connects
@@ -68,8 +78,18 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
     let enqueuer = Arc::new(NatsEnqueuer::new(publisher.clone()));
     let executor = Executor::new(Arc::new(registry), module.clone(), enqueuer, settings.nats.max_payload);
     let store: Arc<dyn ResultStore> = module.resolve();
-    let runtime = Arc::new(Runtime::new(executor, publisher, store, broker::progress_interval(&settings.nats)));
+    let metrics = Arc::new(Metrics::new());
+    let progress = broker::progress_interval(&settings.nats);
+    let runtime = Arc::new(Runtime::new(executor, publisher, store.clone(), progress, metrics.clone()));
     let token = CancellationToken::new();
+    let addr = settings.worker.http_addr.trim();
+    if !addr.is_empty() {
+        let health = Health { metrics, nats: nats.clone(), consumer: consumer.clone(), store, db: module.resolve() };
+        let bound = http::serve(addr, health, token.clone())
+            .await
+            .map_err(|err| WorkerError::Http { addr: addr.to_owned(), reason: err.to_string() })?;
+        tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    }
     tracing::info!(
         profile = %settings.profile,
         tasks = ?names,

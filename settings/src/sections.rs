@@ -110,6 +110,8 @@ pub struct TelegramSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; empty is off.
+    pub http_addr: String,
     /// At most this many tasks run at once in one process.
     pub concurrency: usize,
     /// How long running tasks may take to finish after a shutdown signal.

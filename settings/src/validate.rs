@@ -106,6 +106,10 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         format!("{level:?} is not a level (trace, debug, info, warn, error, off) nor tracing directives like \"info,sqlx=warn\"")
     });
     let worker = &settings.worker;
+    let addr = worker.http_addr.trim();
+    c.check(addr.is_empty() || addr.parse::<std::net::SocketAddr>().is_ok(), "worker.http_addr", || {
+        format!("{addr:?} is not an address like \"127.0.0.1:9464\" (or empty to turn the server off)")
+    });
     c.check(worker.concurrency >= 1, "worker.concurrency", || "must be at least 1".to_owned());
     c.found
 }

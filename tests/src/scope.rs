@@ -51,6 +51,8 @@ impl Scope {
         settings.redis.key_prefix = format!("{id}:");
         settings.redis.result_ttl = Duration::from_secs(120);
         settings.worker.concurrency = 8;
+        // Off: tests run many workers at once; the metrics test turns it on.
+        settings.worker.http_addr = String::new();
         settings.worker.shutdown_timeout = Duration::from_secs(10);
         Self { settings }
     }
@@ -72,6 +74,7 @@ impl Scope {
             ("COURIER_REDIS__RESULT_TTL", format!("{}s", s.redis.result_ttl.as_secs())),
             ("COURIER_DATABASE__URL", s.database.url.expose().to_owned()),
             ("COURIER_WORKER__CONCURRENCY", s.worker.concurrency.to_string()),
+            ("COURIER_WORKER__HTTP_ADDR", s.worker.http_addr.clone()),
             ("COURIER_WORKER__SHUTDOWN_TIMEOUT", format!("{}s", s.worker.shutdown_timeout.as_secs())),
         ]
         .into_iter()

@@ -1,0 +1,95 @@
+//! The worker's Prometheus metrics: tasks received, succeeded, failed,
+//! retried and dead-lettered by task name, execution time by task name,
+//! tasks in flight, and the consumer's pending count.
+
+use di::{Disposition, Execution};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s, doubling.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The metrics of one worker process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    received: Family<Labels, Counter>,
+    succeeded: Family<Labels, Counter>,
+    failed: Family<Labels, Counter>,
+    retried: Family<Labels, Counter>,
+    dead_lettered: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Tasks executing now.
+    pub in_flight: Gauge,
+    /// Messages the consumer has not delivered yet (refreshed per scrape).
+    pub pending: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `courier_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("courier");
+        let metrics = Self {
+            received: Family::default(),
+            succeeded: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            in_flight: Gauge::default(),
+            pending: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("tasks_received", "Task messages received (every delivery)", metrics.received.clone());
+        registry.register("tasks_succeeded", "Tasks that succeeded", metrics.succeeded.clone());
+        registry.register("tasks_failed", "Tasks that failed for good", metrics.failed.clone());
+        registry.register("tasks_retried", "Failed attempts that will be retried", metrics.retried.clone());
+        registry.register("tasks_dead_lettered", "Messages copied to the dead letters", metrics.dead_lettered.clone());
+        registry.register("task_duration_seconds", "Execution time of one attempt", metrics.duration.clone());
+        registry.register("tasks_in_flight", "Tasks executing now", metrics.in_flight.clone());
+        registry.register("consumer_pending", "Messages waiting in the queue", metrics.pending.clone());
+        Self { registry, ..metrics }
+    }
+
+    /// Counts one processed message.
+    pub fn observe(&self, execution: &Execution) {
+        let labels = vec![("task", execution.task_name.clone().unwrap_or_else(|| "unknown".to_owned()))];
+        self.received.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(execution.elapsed.as_secs_f64());
+        match execution.disposition {
+            Disposition::Ack => {
+                self.succeeded.get_or_create(&labels).inc();
+            }
+            Disposition::Retry { .. } => {
+                self.retried.get_or_create(&labels).inc();
+            }
+            Disposition::DeadLetter { .. } => {
+                self.failed.get_or_create(&labels).inc();
+                self.dead_lettered.get_or_create(&labels).inc();
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,122 @@
+//! The worker's `/metrics`, `/healthz` and `/readyz`.
+
+use std::time::Duration;
+
+use di::TaskStatus;
+use it::scope::Scope;
+use it::servers::{PrivateRedis, free_port};
+use settings::SecretUrl;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const FAST_RETRY: di::RetryPolicy =
+    di::RetryPolicy { max_attempts: 3, initial_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) };
+
+/// Fails once (retryably), then succeeds.
+mod flaky_once {
+    use di::prelude::*;
+
+    pub async fn run(ctx: TaskContext, _args: ()) -> TaskResult<()> {
+        if ctx.attempt() == 1 { Err(Failure::retryable("first try fails")) } else { Ok(()) }
+    }
+
+    register_task!(run: () => (), TaskOptions::new().retry(super::FAST_RETRY));
+}
+
+/// Fails for good.
+mod always_fatal {
+    use di::prelude::*;
+
+    pub async fn run(_ctx: TaskContext, _args: ()) -> TaskResult<()> {
+        Err(Failure::fatal("never works"))
+    }
+
+    register_task!(run: () => ());
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the worker's HTTP server");
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn metrics_count_tasks_and_readyz_follows_redis() {
+    let mut redis = PrivateRedis::start();
+    let mut scope = Scope::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    scope.settings.worker.http_addr = addr.clone();
+    scope.settings.redis.url = SecretUrl::new(redis.url());
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap().task_id);
+    }
+    let flaky = producer.enqueue(flaky_once::TASK, &()).await.unwrap();
+    let fatal = producer.enqueue(always_fatal::TASK, &()).await.unwrap();
+    for id in &handles {
+        assert_eq!(producer.wait(id, WAIT).await.unwrap().status, TaskStatus::Success);
+    }
+    assert_eq!(flaky.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    assert_eq!(fatal.wait(WAIT).await.unwrap().status, TaskStatus::Failed);
+
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    // The counters are updated as each message is settled; poll until the
+    // last one is in.
+    let metrics = scope
+        .eventually(WAIT, "the counters", || async {
+            let (_, body) = get(&addr, "/metrics").await;
+            (value(&body, r#"courier_tasks_dead_lettered_total{task="always_fatal"}"#) == Some(1.0)).then_some(body)
+        })
+        .await;
+    let expect = |series: &str, want: f64| assert_eq!(value(&metrics, series), Some(want), "{series} in:\n{metrics}");
+    expect(r#"courier_tasks_succeeded_total{task="noop"}"#, 3.0);
+    expect(r#"courier_tasks_received_total{task="noop"}"#, 3.0);
+    expect(r#"courier_task_duration_seconds_count{task="noop"}"#, 3.0);
+    expect(r#"courier_tasks_retried_total{task="flaky_once"}"#, 1.0);
+    expect(r#"courier_tasks_succeeded_total{task="flaky_once"}"#, 1.0);
+    expect(r#"courier_tasks_received_total{task="flaky_once"}"#, 2.0);
+    expect(r#"courier_task_duration_seconds_count{task="flaky_once"}"#, 2.0);
+    expect(r#"courier_tasks_failed_total{task="always_fatal"}"#, 1.0);
+    expect("courier_tasks_in_flight", 0.0);
+    expect("courier_consumer_pending", 0.0);
+
+    assert_eq!(get(&addr, "/readyz").await.0, 200);
+    redis.stop();
+    let (status, body) = get(&addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis"), "{body}");
+    redis.restart();
+    scope
+        .eventually(WAIT, "/readyz to recover", || async { (get(&addr, "/readyz").await.0 == 200).then_some(()) })
+        .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_taken_http_port_fails_startup_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut scope = Scope::new();
+    scope.settings.worker.http_addr = addr.clone();
+    let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
+    assert!(err.contains("worker.http_addr") && err.contains(&addr), "{err}");
+}
