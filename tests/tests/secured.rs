@@ -48,3 +48,26 @@ async fn wrong_credentials_fail_clearly_without_the_secret() {
     assert!(!err.contains("wrong-redis-pass"), "the password leaked: {err}");
     println!("{err}");
 }
+
+#[tokio::test]
+async fn redis_acl_user_from_settings() {
+    let redis = PrivateRedis::start_with(&[
+        "--user",
+        "courier",
+        "on",
+        ">acl-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]);
+    let mut scope = Scope::new();
+    scope.settings.redis.url = SecretUrl::new(format!("redis://courier:acl-s3cret@127.0.0.1:{}", redis.port));
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+    assert_eq!(handle.wait(std::time::Duration::from_secs(20)).await.unwrap().status, TaskStatus::Success);
+    worker.stop().await.unwrap();
+}
