@@ -82,6 +82,20 @@ impl Scope {
         .collect()
     }
 
+    /// [`Scope::env`] plus a database schema and a fake Telegram: what a
+    /// worker or bot process needs for the end-to-end tests.
+    pub fn env_with(
+        &self,
+        schema: &crate::PgSchema,
+        telegram: &crate::fake_telegram::FakeTelegram,
+    ) -> Vec<(String, String)> {
+        let mut env = self.env();
+        env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
+        env.push(("COURIER_TELEGRAM__TOKEN".into(), "123456:TEST-TOKEN".into()));
+        env.push(("COURIER_TELEGRAM__API_URL".into(), telegram.url.clone()));
+        env
+    }
+
     /// A producer for this scope.
     pub async fn producer(&self) -> Producer {
         Producer::connect(&self.settings).await.expect("producer connects")

@@ -11,42 +11,25 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A private Redis, stopped on drop.
+/// A server process on a port of its own that can be killed and started
+/// again with the same arguments; killed on drop.
 #[derive(Debug)]
-pub struct PrivateRedis {
+pub struct ServerProcess {
     /// Its port.
     pub port: u16,
-    extra: Vec<String>,
+    program: &'static str,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
-impl PrivateRedis {
-    /// Starts `redis-server` on a free port (no persistence).
-    pub fn start() -> Self {
-        Self::start_with(&[])
+impl ServerProcess {
+    fn start(program: &'static str, port: u16, args: Vec<String>) -> Self {
+        let mut server = Self { port, program, args, child: None };
+        server.restart();
+        server
     }
 
-    /// Starts it with extra arguments (`--requirepass`, say).
-    pub fn start_with(extra: &[&str]) -> Self {
-        let mut redis = Self { port: free_port(), extra: extra.iter().map(|s| (*s).to_owned()).collect(), child: None };
-        redis.restart();
-        redis
-    }
-
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills it (as a crash would).
+    /// Kills it (SIGKILL, as a crash would: nothing is flushed).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -54,85 +37,100 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port with the same arguments, and waits
+    /// until it listens.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(&self.extra)
+        let child = Command::new(self.program)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
+            .unwrap_or_else(|e| panic!("{} must be installed: {e}", self.program));
         self.child = Some(child);
-        wait_listening(self.port, "redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not start listening on {}", self.program, self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
-impl Drop for PrivateRedis {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// A private NATS with JetStream (file storage in a temp folder), stopped on drop.
+/// A private Redis (no persistence).
+pub type PrivateRedis = ServerProcess;
+
+impl ServerProcess {
+    /// A private `redis-server` on a free port.
+    pub fn redis() -> Self {
+        Self::redis_with(&[])
+    }
+
+    /// A private `redis-server` with extra arguments (`--requirepass`, ACL users).
+    pub fn redis_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .map(String::from)
+                .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::start("redis-server", port, args)
+    }
+
+    /// Its URL as `redis://` (or `nats://` for a NATS server).
+    pub fn url(&self) -> String {
+        let scheme = if self.program == "nats-server" { "nats" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A private NATS with JetStream, file storage in a temp folder removed on drop.
 #[derive(Debug)]
 pub struct PrivateNats {
-    /// Its port.
-    pub port: u16,
+    server: ServerProcess,
     store: PathBuf,
-    extra: Vec<String>,
-    child: Option<Child>,
+}
+
+impl std::ops::Deref for PrivateNats {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for PrivateNats {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.server
+    }
 }
 
 impl PrivateNats {
-    /// Starts `nats-server -js` on a free port.
+    /// `nats-server -js` on a free port.
     pub fn start() -> Self {
         Self::start_with(&[])
     }
 
-    /// Starts it with extra arguments (`--user`/`--pass`, `--auth`).
+    /// With extra arguments (`--user`/`--pass`, `--auth`).
     pub fn start_with(extra: &[&str]) -> Self {
         let store = std::env::temp_dir().join(crate::unique("courier_nats"));
         std::fs::create_dir_all(&store).expect("nats store dir");
-        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut nats = Self { port: free_port(), store, extra, child: None };
-        nats.restart();
-        nats
-    }
-
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills it (SIGKILL: no chance to flush anything).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port with the same store.
-    pub fn restart(&mut self) {
-        self.stop();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
-        self.child = Some(child);
-        wait_listening(self.port, "nats-server");
+        let port = free_port();
+        let mut args: Vec<String> =
+            ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"].map(String::from).to_vec();
+        args.push(store.display().to_string());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self { server: ServerProcess::start("nats-server", port, args), store }
     }
 }
 
 impl Drop for PrivateNats {
     fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }

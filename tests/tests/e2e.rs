@@ -29,10 +29,7 @@ async fn report_command_travels_from_bot_to_worker_to_telegram() {
     let scope = Scope::new();
     let schema = PgSchema::create().await;
     let fake = FakeTelegram::start().await;
-    let mut env = scope.env();
-    env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
-    env.push(("COURIER_TELEGRAM__TOKEN".into(), "123456:TEST-TOKEN".into()));
-    env.push(("COURIER_TELEGRAM__API_URL".into(), fake.url.clone()));
+    let env = scope.env_with(&schema, &fake);
     let mut worker = ChildProcess::start(&env);
     let mut bot = ChildProcess::spawn("bot", &env, "bot ready");
 

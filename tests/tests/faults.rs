@@ -35,10 +35,7 @@ async fn kill_9_in_the_middle_of_a_task_a_second_worker_finishes_it_once() {
     scope.settings.nats.ack_wait = Duration::from_secs(2);
     let schema = PgSchema::create().await;
     let fake = FakeTelegram::start().await;
-    let mut env = scope.env();
-    env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
-    env.push(("COURIER_TELEGRAM__TOKEN".into(), "123456:TEST-TOKEN".into()));
-    env.push(("COURIER_TELEGRAM__API_URL".into(), fake.url.clone()));
+    let env = scope.env_with(&schema, &fake);
     let first = ChildProcess::start(&env);
     sql(&schema, "INSERT INTO report_items (chat_id, label, amount) VALUES (77, 'a', 40), (77, 'b', 2)").await;
 

@@ -58,7 +58,7 @@ fn value(metrics: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_count_tasks_and_readyz_follows_redis() {
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::redis();
     let mut scope = Scope::new();
     let addr = format!("127.0.0.1:{}", free_port());
     scope.settings.worker.http_addr = addr.clone();

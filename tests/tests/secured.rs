@@ -10,7 +10,7 @@ use settings::SecretUrl;
 #[tokio::test]
 async fn worker_and_producer_connect_with_credentials_from_settings() {
     let nats = PrivateNats::start_with(&["--user", "courier", "--pass", "nats-s3cret"]);
-    let redis = PrivateRedis::start_with(&["--requirepass", "redis-s3cret"]);
+    let redis = PrivateRedis::redis_with(&["--requirepass", "redis-s3cret"]);
     let mut scope = Scope::new();
     scope.settings.nats.url = SecretUrl::new(format!("nats://courier:nats-s3cret@127.0.0.1:{}", nats.port));
     scope.settings.redis.url = SecretUrl::new(format!("redis://:redis-s3cret@127.0.0.1:{}", redis.port));
@@ -33,7 +33,7 @@ async fn nats_token_from_settings() {
 #[tokio::test]
 async fn wrong_credentials_fail_clearly_without_the_secret() {
     let nats = PrivateNats::start_with(&["--user", "courier", "--pass", "right-pass"]);
-    let redis = PrivateRedis::start_with(&["--requirepass", "right-pass"]);
+    let redis = PrivateRedis::redis_with(&["--requirepass", "right-pass"]);
 
     let mut scope = Scope::new();
     scope.settings.nats.url = SecretUrl::new(format!("nats://courier:wrong-nats-pass@127.0.0.1:{}", nats.port));
@@ -51,7 +51,7 @@ async fn wrong_credentials_fail_clearly_without_the_secret() {
 
 #[tokio::test]
 async fn redis_acl_user_from_settings() {
-    let redis = PrivateRedis::start_with(&[
+    let redis = PrivateRedis::redis_with(&[
         "--user",
         "courier",
         "on",

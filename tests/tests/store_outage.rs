@@ -13,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn tasks_published_while_redis_is_down_complete_when_it_returns() {
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::redis();
     let mut scope = Scope::new();
     scope.settings.redis.url = SecretUrl::new(redis.url());
     let worker = scope.start_worker().await;
