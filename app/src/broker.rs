@@ -49,10 +49,18 @@ pub enum BrokerError {
 
 /// Connects to the server in `settings`, once, within `connect_timeout`.
 /// Credentials in `nats.url` are used: `nats://user:password@host` or
-/// `nats://token@host` (async-nats itself ignores a URL's user part).
+/// `nats://token@host` (async-nats itself ignores a URL's user part). TLS:
+/// a `tls://` URL, or `nats.tls_ca_file` (plus a client certificate for
+/// mutual TLS).
 pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, BrokerError> {
     let unreachable = |reason: String| BrokerError::Unreachable { url: settings.url.redacted(), reason };
-    let (address, options) = connect_options(settings.url.expose()).map_err(unreachable)?;
+    let (address, mut options) = connect_options(settings.url.expose()).map_err(unreachable)?;
+    if let Some(ca) = &settings.tls_ca_file {
+        options = options.require_tls(true).add_root_certificates(ca.into());
+    }
+    if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
+        options = options.add_client_certificate(cert.into(), key.into());
+    }
     let options = options.name(name).connection_timeout(settings.connect_timeout);
     let client = tokio::time::timeout(settings.connect_timeout, options.connect(address))
         .await

@@ -57,6 +57,16 @@ pub struct NatsSettings {
     /// How long to wait for the server at start-up.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// CA certificate (PEM) to trust for TLS; setting it requires TLS.
+    /// A `tls://` URL requires TLS too, trusting the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// Client certificate (PEM) for mutual TLS, with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// Client key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
 }
 
 /// The result store.

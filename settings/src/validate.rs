@@ -133,6 +133,18 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     });
     c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || "must be more than zero".to_owned());
     c.check((1..=5).contains(&nats.stream_replicas), "nats.stream_replicas", || "must be 1 to 5".to_owned());
+    for (key, path) in [
+        ("nats.tls_ca_file", &nats.tls_ca_file),
+        ("nats.tls_cert_file", &nats.tls_cert_file),
+        ("nats.tls_key_file", &nats.tls_key_file),
+    ] {
+        if let Some(path) = path {
+            c.check(std::path::Path::new(path).is_file(), key, || format!("{path:?} is not a readable file"));
+        }
+    }
+    c.check(nats.tls_cert_file.is_some() == nats.tls_key_file.is_some(), "nats.tls_key_file", || {
+        "nats.tls_cert_file and nats.tls_key_file go together (mutual TLS needs both)".to_owned()
+    });
     c.check(nats.max_deliver >= 1, "nats.max_deliver", || "must be at least 1".to_owned());
     c.check(nats.max_ack_pending >= 1, "nats.max_ack_pending", || "must be at least 1".to_owned());
     c.check(!nats.dead_letter_max_age.is_zero(), "nats.dead_letter_max_age", || "must be more than zero".to_owned());

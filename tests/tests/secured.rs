@@ -71,3 +71,62 @@ async fn redis_acl_user_from_settings() {
     assert_eq!(handle.wait(std::time::Duration::from_secs(20)).await.unwrap().status, TaskStatus::Success);
     worker.stop().await.unwrap();
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=courier-test-ca"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test]
+async fn nats_over_tls_with_a_ca_from_settings() {
+    let dir = std::env::temp_dir().join(it::unique("courier_tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let file = |name: &str| dir.join(name).display().to_string();
+    let nats = PrivateNats::start_with(&["--tls", "--tlscert", &file("server.pem"), "--tlskey", &file("server.key")]);
+
+    let mut untrusting = Scope::new();
+    untrusting.settings.nats.url = SecretUrl::new(nats.url());
+    let err = courier::run_worker(untrusting.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
+    assert!(err.contains("nats") && err.contains(&nats.port.to_string()), "{err}");
+
+    let mut scope = Scope::new();
+    scope.settings.nats.url = SecretUrl::new(nats.url());
+    scope.settings.nats.tls_ca_file = Some(file("ca.pem"));
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+    assert_eq!(handle.wait(std::time::Duration::from_secs(20)).await.unwrap().status, TaskStatus::Success);
+    worker.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
