@@ -4,10 +4,10 @@ use settings::{LogFormat, LogSettings};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber on stderr: `RUST_LOG` if set, else `log.level`
-/// (with async-nats' chatter at `warn` unless asked for); text or JSON lines.
+/// (with the chatter of async-nats and of PostgreSQL notices at `warn` unless asked for); text or JSON lines.
 pub fn init(log: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{},async_nats=warn", log.level)))
+        .or_else(|_| EnvFilter::try_new(format!("{},async_nats=warn,sqlx::postgres::notice=warn", log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
