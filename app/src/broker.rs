@@ -55,6 +55,11 @@ pub enum BrokerError {
 pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, BrokerError> {
     let unreachable = |reason: String| BrokerError::Unreachable { url: settings.url.redacted(), reason };
     let (address, mut options) = connect_options(settings.url.expose()).map_err(unreachable)?;
+    if let Some(creds) = &settings.credentials_file {
+        options = async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .map_err(|e| unreachable(format!("nats.credentials_file {creds:?}: {e}")))?;
+    }
     if let Some(ca) = &settings.tls_ca_file {
         options = options.require_tls(true).add_root_certificates(ca.into());
     }

@@ -57,6 +57,9 @@ pub struct NatsSettings {
     /// How long to wait for the server at start-up.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[serde(default)]
+    pub credentials_file: Option<String>,
     /// CA certificate (PEM) to trust for TLS; setting it requires TLS.
     /// A `tls://` URL requires TLS too, trusting the system's roots.
     #[serde(default)]
@@ -80,6 +83,9 @@ pub struct RedisSettings {
     pub result_ttl: Duration,
     /// Prepended to the task id to form the key (empty, like taskiq-redis).
     pub key_prefix: String,
+    /// CA certificate (PEM) to trust for `rediss://` (else the system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
     /// Connections in the pool (they are multiplexed, so few are needed).
     pub pool_size: u32,
     /// How long to wait for a connection.

@@ -72,6 +72,14 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
     c.check(redis.result_ttl.as_secs() >= 1, "redis.result_ttl", || {
         "must be at least 1s; Redis expiry is in whole seconds and a TTL of zero would keep nothing".to_owned()
     });
+    if let Some(path) = &redis.tls_ca_file {
+        c.check(std::path::Path::new(path).is_file(), "redis.tls_ca_file", || {
+            format!("{path:?} is not a readable file")
+        });
+        c.check(redis.url.expose().starts_with("rediss://"), "redis.tls_ca_file", || {
+            "is set, but redis.url is not rediss://".to_owned()
+        });
+    }
     c.check(redis.pool_size >= 1, "redis.pool_size", || "must be at least 1".to_owned());
 
     let db = &settings.database;
@@ -134,6 +142,7 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     c.check(!nats.ack_wait.is_zero(), "nats.ack_wait", || "must be more than zero".to_owned());
     c.check((1..=5).contains(&nats.stream_replicas), "nats.stream_replicas", || "must be 1 to 5".to_owned());
     for (key, path) in [
+        ("nats.credentials_file", &nats.credentials_file),
         ("nats.tls_ca_file", &nats.tls_ca_file),
         ("nats.tls_cert_file", &nats.tls_cert_file),
         ("nats.tls_key_file", &nats.tls_key_file),

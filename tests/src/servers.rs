@@ -82,6 +82,30 @@ impl ServerProcess {
         Self::start("redis-server", port, args)
     }
 
+    /// A private `redis-server` that speaks only TLS, with this certificate.
+    pub fn redis_tls(cert: &str, key: &str) -> Self {
+        let port = free_port();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-auth-clients",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        Self::start("redis-server", port, args.map(String::from).to_vec())
+    }
+
     /// Its URL as `redis://` (or `nats://` for a NATS server).
     pub fn url(&self) -> String {
         let scheme = if self.program == "nats-server" { "nats" } else { "redis" };

@@ -104,7 +104,16 @@ impl RedisResultStore {
         let fail = |err: &dyn std::fmt::Display| {
             StartupError::unreachable(Part::Redis, settings.url.redacted(), err, &[&secret])
         };
-        let manager = RedisConnectionManager::new(settings.url.expose()).map_err(|err| fail(&err))?;
+        let manager = match &settings.tls_ca_file {
+            None => RedisConnectionManager::new(settings.url.expose()),
+            Some(ca) => {
+                let root_cert = std::fs::read(ca).map_err(|err| fail(&format!("redis.tls_ca_file {ca:?}: {err}")))?;
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(settings.url.expose(), certificates)
+                    .and_then(|client| RedisConnectionManager::new(client.get_connection_info().clone()))
+            }
+        }
+        .map_err(|err| fail(&err))?;
         // One direct connection first: bb8 would hide the cause behind "timed out".
         let mut probe = tokio::time::timeout(settings.connect_timeout, bb8::ManageConnection::connect(&manager))
             .await
