@@ -7,7 +7,7 @@ use courier::WorkerError;
 use courier::lifecycle::{self, LifecycleError};
 use di::registry::{HookKind, HookResult};
 use di::{HookContext, Registry, register_hook};
-use it::{PgSchema, REDIS_URL, Service, require, test_settings, unique};
+use it::{PgSchema, Service, require};
 use settings::SecretUrl;
 use tasks as _;
 
@@ -47,10 +47,10 @@ async fn a_failing_startup_hook_stops_the_worker_naming_it() {
     require(Service::Nats);
     require(Service::Redis);
     let schema = PgSchema::create().await;
-    let mut settings = test_settings();
+    // Its own stream and durable: run_worker creates them before the hooks run.
+    let scope = it::scope::Scope::new();
+    let mut settings = scope.settings.clone();
     settings.database.url = SecretUrl::new(schema.url.clone());
-    settings.redis.url = SecretUrl::new(REDIS_URL);
-    settings.redis.key_prefix = format!("{}:", unique("hooks"));
     // The shutdown future never resolves: only the hook's failure ends this.
     let result = courier::run_worker(settings, std::future::pending()).await;
     let Err(WorkerError::Lifecycle(LifecycleError::Hook { hook, location, reason })) = result else {
