@@ -58,6 +58,25 @@ impl Runtime {
     ) -> Self {
         Self { executor, publisher, store, progress_every, metrics, store_ok: AtomicBool::new(true) }
     }
+
+    /// Runs one message through the executor, counted as in flight.
+    pub async fn execute(&self, bytes: &[u8], attempt: u32) -> Result<Execution, di::StoreError> {
+        self.metrics.in_flight.inc();
+        let result = self.executor.process(bytes, attempt).await;
+        self.metrics.in_flight.dec();
+        result
+    }
+
+    /// After a message is settled: counts it, and when its record is final
+    /// wakes the producers waiting for it.
+    pub async fn finished(&self, execution: &Execution) {
+        self.metrics.observe(execution);
+        if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
+            && record.status.is_final()
+        {
+            self.publisher.notify_done(id).await;
+        }
+    }
 }
 
 /// Serves `consumer` until `shutdown` is cancelled, then lets running tasks
@@ -207,10 +226,7 @@ async fn handle(
                 slot = executing.acquire() => slot.expect("never closed"),
                 () = shutdown.cancelled() => return None,
             };
-            runtime.metrics.in_flight.inc();
-            let result = runtime.executor.process(&message.payload, attempt).await;
-            runtime.metrics.in_flight.dec();
-            Some(result)
+            Some(runtime.execute(&message.payload, attempt).await)
         };
         let heartbeat = async {
             let mut every = tokio::time::interval(runtime.progress_every);
@@ -244,13 +260,8 @@ async fn handle(
                 let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
             }
             Ok(execution) => {
-                runtime.metrics.observe(&execution);
                 settle(&runtime, &message, &execution, sequence).await;
-                if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
-                    && record.status.is_final()
-                {
-                    runtime.publisher.notify_done(id).await;
-                }
+                runtime.finished(&execution).await;
             }
         }
     }
@@ -260,20 +271,13 @@ async fn handle(
 
 /// Acks, naks or terminates according to the execution.
 async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, sequence: u64) {
-    let span = tracing::Span::current();
-    if let Some(id) = &execution.task_id {
-        span.record("task.id", id.as_str());
-    }
-    if let Some(name) = &execution.task_name {
-        span.record("task.name", name.as_str());
-    }
     let elapsed_ms = execution.elapsed.as_secs_f64() * 1000.0;
     let outcome = match &execution.disposition {
         Disposition::Ack => "success",
         Disposition::Retry { .. } => "retry",
         Disposition::DeadLetter { .. } => "failed",
     };
-    span.record("task.outcome", outcome);
+    tracing::Span::current().record("task.outcome", outcome);
     match &execution.disposition {
         Disposition::Ack => {
             for attempt in 1..=3 {

@@ -45,25 +45,15 @@ pub async fn serve_core(
             let _permit = permit;
             let mut attempt = 1;
             loop {
-                runtime.metrics.in_flight.inc();
-                let processed = runtime.executor.process(&message.payload, attempt).await;
-                runtime.metrics.in_flight.dec();
-                let execution = match processed {
-                    Ok(execution) => {
-                        runtime.metrics.observe(&execution);
-                        execution
-                    }
+                let execution = match runtime.execute(&message.payload, attempt).await {
+                    Ok(execution) => execution,
                     Err(err) => {
                         tracing::warn!(%err, "result not saved; retrying in memory");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
-                if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
-                    && record.status.is_final()
-                {
-                    runtime.publisher.notify_done(id).await;
-                }
+                runtime.finished(&execution).await;
                 match execution.disposition {
                     Disposition::Ack => break,
                     Disposition::Retry { delay } => {

@@ -135,12 +135,7 @@ impl ContainerBuilder<'_> {
         match self.bot {
             Some(bot) => builder = builder.with_component_override::<dyn BotApi>(bot),
             None => {
-                let bot = TelegramBot::from_settings(&settings.telegram)?;
-                let status = bot.check().await.map_err(|err| StartupError::Unreachable {
-                    component: Component::Telegram,
-                    url: settings.telegram.api_url.clone(),
-                    reason: err.to_string(),
-                })?;
+                let (bot, status) = TelegramBot::verify(&settings.telegram).await?;
                 tracing::info!(component = %Component::Telegram, api_url = %settings.telegram.api_url, %status, "ready");
                 builder = builder
                     .with_component_parameters::<TelegramBot>(TelegramBotParameters { bot: bot.bot, token: bot.token });
@@ -180,14 +175,7 @@ pub async fn check_components(settings: &Settings) -> Vec<ComponentCheck> {
         ComponentCheck { component: Component::Redis, target: settings.redis.url.redacted(), outcome }
     };
     let telegram = async {
-        let outcome = match TelegramBot::from_settings(&settings.telegram) {
-            Ok(bot) => bot.check().await.map_err(|err| StartupError::Unreachable {
-                component: Component::Telegram,
-                url: settings.telegram.api_url.clone(),
-                reason: err.to_string(),
-            }),
-            Err(err) => Err(err),
-        };
+        let outcome = TelegramBot::verify(&settings.telegram).await.map(|(_, status)| status);
         ComponentCheck { component: Component::Telegram, target: settings.telegram.api_url.clone(), outcome }
     };
     let (db, redis, telegram) = tokio::join!(db, redis, telegram);

@@ -11,7 +11,7 @@ use crate::container::Container;
 use crate::context::TaskContext;
 use crate::enqueue::Enqueuer;
 use crate::envelope::Envelope;
-use crate::record::{ResultRecord, TaskError, TaskStatus, unix_now};
+use crate::record::{ResultRecord, TaskError, TaskStatus};
 use crate::registry::{Registry, RunError, TaskDef};
 use crate::task::Failure;
 use crate::{ResultStore, StoreError};
@@ -133,16 +133,13 @@ impl Executor {
         let (envelope, def) = match prepared {
             Ok(found) => found,
             Err((task_id, task_name, outcome)) => {
+                record_on_span(task_id.as_deref(), task_name.as_deref());
                 let execution = self.conclude(task_id, task_name, attempt, None, outcome, started.elapsed());
                 self.save(&execution).await?;
                 return Ok(execution);
             }
         };
-        // Fields the caller's span declared (`task.id`, `task.name`) are
-        // filled in as soon as they are known, for every log line below.
-        let span = tracing::Span::current();
-        span.record("task.id", envelope.task_id.as_str());
-        span.record("task.name", def.name());
+        record_on_span(Some(&envelope.task_id), Some(def.name()));
         let mut running = ResultRecord::new(def.name(), TaskStatus::Running, attempt);
         running.labels = envelope.labels.clone();
         running.started_at = Some(running.updated_at);
@@ -241,17 +238,18 @@ impl Executor {
             }
         };
         let name = task_name.clone().unwrap_or_default();
-        let record = task_id.as_ref().map(|_| match (&outcome, &disposition) {
+        let record = task_id.as_ref().map(|_| match (&outcome, outcome.error()) {
             (Outcome::Success(value), _) => ResultRecord::success(name, attempt, value.clone(), elapsed.as_secs_f64()),
-            (_, Disposition::Retry { .. }) => {
-                let mut r = failure_record(name, TaskStatus::Retrying, attempt, &outcome);
-                r.execution_time = elapsed.as_secs_f64();
-                r
-            }
-            _ => {
-                let mut r = failure_record(name, TaskStatus::Failed, attempt, &outcome);
-                r.execution_time = elapsed.as_secs_f64();
-                r
+            (_, error) => {
+                let status = if matches!(disposition, Disposition::Retry { .. }) {
+                    TaskStatus::Retrying
+                } else {
+                    TaskStatus::Failed
+                };
+                let error = error.unwrap_or_else(|| TaskError::new("Unknown", "no error recorded"));
+                let mut record = ResultRecord::failure(name, status, attempt, error);
+                record.execution_time = elapsed.as_secs_f64();
+                record
             }
         });
         Execution { task_id, task_name, attempt, outcome, disposition, record, elapsed }
@@ -265,11 +263,16 @@ impl Executor {
     }
 }
 
-fn failure_record(name: String, status: TaskStatus, attempt: u32, outcome: &Outcome) -> ResultRecord {
-    let error = outcome.error().unwrap_or_else(|| TaskError::new("Unknown", "no error recorded"));
-    let mut record = ResultRecord::failure(name, status, attempt, error);
-    record.updated_at = unix_now();
-    record
+/// Fills the fields the caller's span declared (`task.id`, `task.name`)
+/// as soon as they are known, for every log line that follows.
+fn record_on_span(task_id: Option<&str>, task_name: Option<&str>) {
+    let span = tracing::Span::current();
+    if let Some(id) = task_id {
+        span.record("task.id", id);
+    }
+    if let Some(name) = task_name {
+        span.record("task.name", name);
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

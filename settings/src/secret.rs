@@ -59,6 +59,14 @@ impl SecretUrl {
         redact_url(&self.0)
     }
 
+    /// The password (or a lone user part, which NATS reads as a token),
+    /// percent-decoded: what must be scrubbed from client error messages.
+    pub fn password(&self) -> Option<String> {
+        let url = url::Url::parse(&self.0).ok()?;
+        let raw = url.password().unwrap_or(url.username());
+        (!raw.is_empty()).then(|| percent_decode(raw))
+    }
+
     /// The scheme (`redis`, `postgres`, `sqlite`...), if the URL has one.
     pub fn scheme(&self) -> Option<&str> {
         self.0.split_once(':').map(|(scheme, _)| scheme)
@@ -81,6 +89,10 @@ impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Self)
     }
+}
+
+fn percent_decode(raw: &str) -> String {
+    url::form_urlencoded::parse(format!("x={raw}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 /// Replaces the password of a URL with `***`; a URL that does not parse is
@@ -119,6 +131,13 @@ mod tests {
         assert_eq!(url.redacted(), "postgres://app:***@db:5432/app");
         assert!(!format!("{url:?} {url}").contains("hunter2"));
         assert_eq!(url.scheme(), Some("postgres"));
+    }
+
+    #[test]
+    fn password_is_read_for_scrubbing() {
+        assert_eq!(SecretUrl::new("postgres://app:p%40ss@db/app").password().as_deref(), Some("p@ss"));
+        assert_eq!(SecretUrl::new("nats://tok@h:4222").password().as_deref(), Some("tok"));
+        assert_eq!(SecretUrl::new("redis://h:6379").password(), None);
     }
 
     #[test]

@@ -181,13 +181,12 @@ async fn round_trips(producer: &Producer, count: usize) -> Result<Vec<f64>, Benc
 
 fn summarise(samples: Samples, options: &BenchOptions, rest: Option<u64>, peak: Option<u64>) -> Report {
     let mut figures: Vec<Figure> = Vec::new();
-    for (phase, n, rate) in &samples.rates {
+    for (phase, n, _) in &samples.rates {
         if figures.iter().any(|f| &f.phase == phase) {
             continue;
         }
         let mut rates: Vec<f64> = samples.rates.iter().filter(|(p, _, _)| p == phase).map(|(_, _, r)| *r).collect();
         rates.sort_by(f64::total_cmp);
-        let _ = rate;
         figures.push(Figure {
             phase: phase.clone(),
             n: *n,

@@ -96,6 +96,18 @@ impl TelegramBot {
         Ok(Self { bot: Some(bot), token: token.expose().to_owned() })
     }
 
+    /// Builds the bot from settings and checks it (`getMe`); returns it with
+    /// a one-line description for the start-up log and `worker --check`.
+    pub async fn verify(settings: &TelegramSettings) -> Result<(Self, String), StartupError> {
+        let bot = Self::from_settings(settings)?;
+        let status = bot.check().await.map_err(|err| StartupError::Unreachable {
+            component: Part::Telegram,
+            url: settings.api_url.clone(),
+            reason: err.to_string(),
+        })?;
+        Ok((bot, status))
+    }
+
     /// A bot that only logs; what `development` runs with no token.
     pub fn log_only() -> Self {
         Self::default()

@@ -8,7 +8,7 @@ use shaku::{Component, Interface};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
-use crate::error::{Component as Part, StartupError, url_password};
+use crate::error::{Component as Part, StartupError};
 
 /// A database failure.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +57,9 @@ impl SqlxDb {
     /// Opens the pool described by `settings` and checks it with `SELECT 1`.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StartupError> {
         let url = settings.url.expose();
-        let secrets: Vec<String> = url_password(url).into_iter().collect();
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let secret = settings.url.password().unwrap_or_default();
         let fail = |err: &dyn std::fmt::Display| {
-            StartupError::unreachable(Part::Database, settings.url.redacted(), err, &secrets)
+            StartupError::unreachable(Part::Database, settings.url.redacted(), err, &[&secret])
         };
         sqlx::any::install_default_drivers();
         let mut options =

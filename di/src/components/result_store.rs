@@ -12,7 +12,7 @@ use bb8_redis::redis::{self, AsyncCommands};
 use settings::RedisSettings;
 use shaku::{Component, Interface};
 
-use crate::error::{Component as Part, StartupError, url_password};
+use crate::error::{Component as Part, StartupError};
 use crate::record::ResultRecord;
 
 /// A result-store failure.
@@ -100,7 +100,7 @@ impl RedisResultStore {
 
     /// Opens the pool described by `settings` and checks it with `PING`.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, StartupError> {
-        let secret = url_password(settings.url.expose()).unwrap_or_default();
+        let secret = settings.url.password().unwrap_or_default();
         let fail = |err: &dyn std::fmt::Display| {
             StartupError::unreachable(Part::Redis, settings.url.redacted(), err, &[&secret])
         };
