@@ -116,6 +116,23 @@ pub fn dead_letter_stream(settings: &NatsSettings) -> String {
     format!("{}_DEAD", settings.stream)
 }
 
+/// The stream that captures JetStream's `MAX_DELIVERIES` advisories for
+/// the task stream, so one that fires while no worker listens is kept.
+pub fn advisory_stream(settings: &NatsSettings) -> String {
+    format!("{}_ADVISORIES", settings.stream)
+}
+
+/// The subject of the task stream's `MAX_DELIVERIES` advisories (any consumer).
+pub fn max_deliveries_subject(settings: &NatsSettings) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", settings.stream)
+}
+
+/// Deliveries allowed beyond the largest task attempt limit. A delivery
+/// spends no attempt unless it starts the task (naks while the store is
+/// down, hand-backs at shutdown, redeliveries of finished tasks), so the
+/// server's `max_deliver` is only a backstop well above what tasks allow.
+pub const MAX_DELIVER_HEADROOM: i64 = 10;
+
 /// Creates (or reuses) the task stream and the dead-letter stream. An
 /// existing task stream with another retention or storage is an error: a
 /// work queue cannot be served by a stream that keeps or forgets differently.
@@ -171,18 +188,30 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
     js.get_or_create_stream(dead)
         .await
         .map_err(|e| topology(format!("stream {}", dead_letter_stream(settings)))(&e))?;
+    let advisories = stream::Config {
+        name: advisory_stream(settings),
+        subjects: vec![max_deliveries_subject(settings)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_age: settings.dead_letter_max_age,
+        num_replicas: settings.stream_replicas,
+        ..Default::default()
+    };
+    js.get_or_create_stream(advisories)
+        .await
+        .map_err(|e| topology(format!("stream {}", advisory_stream(settings)))(&e))?;
     Ok(task_stream)
 }
 
 /// The durable consumer every worker binds to. `max_deliver` is raised to
-/// `min_deliveries` if settings give less, so the server never gives up on
-/// a message before its task's attempts are spent.
-pub fn consumer_config(settings: &NatsSettings, min_deliveries: i64) -> consumer::pull::Config {
+/// `most_attempts` + [`MAX_DELIVER_HEADROOM`] if settings give less, so the
+/// server never gives up on a message before its task's attempts are spent.
+pub fn consumer_config(settings: &NatsSettings, most_attempts: i64) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(settings.durable.clone()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
-        max_deliver: settings.max_deliver.max(min_deliveries),
+        max_deliver: settings.max_deliver.max(most_attempts.saturating_add(MAX_DELIVER_HEADROOM)),
         max_ack_pending: settings.max_ack_pending,
         ..Default::default()
     }
@@ -195,9 +224,9 @@ pub fn consumer_config(settings: &NatsSettings, min_deliveries: i64) -> consumer
 pub async fn ensure_consumer(
     task_stream: &stream::Stream,
     settings: &NatsSettings,
-    min_deliveries: i64,
+    most_attempts: i64,
 ) -> Result<consumer::PullConsumer, BrokerError> {
-    let wanted = consumer_config(settings, min_deliveries);
+    let wanted = consumer_config(settings, most_attempts);
     let mut consumer: consumer::PullConsumer = task_stream
         .get_or_create_consumer(&settings.durable, wanted.clone())
         .await
@@ -233,6 +262,43 @@ fn consumer_differences(found: &consumer::Config, wanted: &consumer::pull::Confi
     diff("max_ack_pending", found.max_ack_pending.to_string(), wanted.max_ack_pending.to_string());
     diff("filter_subject", format!("{:?}", found.filter_subject), format!("{:?}", wanted.filter_subject));
     out
+}
+
+/// What a worker needs to build its part of the broker again: the task
+/// stream, the dead-letter and advisory streams, and the durable consumer.
+/// Called at start-up, after every reconnect and whenever pulling fails, so
+/// a deleted consumer or a server that lost its streams is repaired.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    js: jetstream::Context,
+    settings: NatsSettings,
+    most_attempts: i64,
+}
+
+impl Topology {
+    /// A topology for `settings`; `most_attempts` is the largest attempt
+    /// limit of any registered task.
+    pub fn new(js: jetstream::Context, settings: NatsSettings, most_attempts: i64) -> Self {
+        Self { js, settings, most_attempts }
+    }
+
+    /// Creates what is missing and binds the consumer, warning about a
+    /// consumer whose configuration differs from settings.
+    pub async fn ensure(&self) -> Result<(stream::Stream, consumer::PullConsumer), BrokerError> {
+        let stream = ensure_streams(&self.js, &self.settings).await?;
+        let consumer = ensure_consumer(&stream, &self.settings, self.most_attempts).await?;
+        Ok((stream, consumer))
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The NATS settings it was built from.
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
 }
 
 /// How often a running task tells the server it is still alive: a third

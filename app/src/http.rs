@@ -27,6 +27,8 @@ pub struct Health {
     pub store: Arc<dyn ResultStore>,
     /// The database.
     pub db: Arc<dyn Db>,
+    /// Whether the worker can pull from its consumer.
+    pub pulling: Arc<crate::pull::PullHealth>,
 }
 
 impl std::fmt::Debug for Health {
@@ -67,6 +69,9 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
     let mut failing = Vec::new();
     if health.nats.connection_state() != async_nats::connection::State::Connected {
         failing.push("nats: not connected".to_owned());
+    }
+    if let Some(problem) = health.pulling.problem() {
+        failing.push(format!("consumer: {problem}"));
     }
     let (store, db) = tokio::join!(health.store.ping(), health.db.ping());
     if let Err(err) = store {

@@ -1,6 +1,7 @@
 //! Courier's application crate: the broker connection, the worker runtime,
 //! the task lifecycle, and the pieces the `worker`, `producer` and `bot` binaries share.
 
+pub mod advisories;
 pub mod bench;
 pub mod bot;
 pub mod broker;
@@ -11,6 +12,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod producer;
 pub mod publish;
+pub mod pull;
 pub mod serve;
 pub mod serve_core;
 pub mod shutdown;

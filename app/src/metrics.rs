@@ -74,7 +74,7 @@ impl Metrics {
             Disposition::Ack => {
                 self.succeeded.get_or_create(&labels).inc();
             }
-            Disposition::Retry { .. } => {
+            Disposition::Retry { .. } | Disposition::HandBack => {
                 self.retried.get_or_create(&labels).inc();
             }
             Disposition::DeadLetter { .. } => {

@@ -1,29 +1,38 @@
-//! The worker loop (DESIGN §6): pull from the durable consumer, run at most
-//! `worker.concurrency` tasks, save each result before acknowledging, and
-//! stop gracefully.
+//! The worker loop (DESIGN §6): pull from the durable consumer only as many
+//! messages as there are free execution slots, save each result before
+//! acknowledging, repair the consumer when it goes away, and stop
+//! gracefully.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
-use di::{Disposition, Execution, Executor, Outcome, ResultStore};
+use async_nats::jetstream::{AckKind, Message};
+use di::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError, ResultStore};
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::broker::Topology;
 use crate::publish::Publisher;
+use crate::pull::Puller;
 
 /// How long one pull request waits for messages before it is renewed.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
+pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// At shutdown, how long to wait for more messages of the last pull request
 /// (to hand them straight back) before giving up on it.
 const SHUTDOWN_DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// When the result store is down: how long a message waits before it comes
 /// back, and how often the store is probed before pulling resumes.
 const STORE_RETRY: Duration = Duration::from_secs(2);
+/// How often a dead-letter copy is tried before the message is handed back
+/// (its failed record is kept, so the redelivery only retries the copy).
+const DEAD_LETTER_TRIES: u32 = 5;
+/// After the shutdown timeout: how long interrupted tasks get to hand their
+/// messages back before they are aborted.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What the loop needs, shared by every message handler.
 pub struct Runtime {
@@ -37,6 +46,8 @@ pub struct Runtime {
     pub progress_every: Duration,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Re-creates the streams when a dead-letter copy finds none (JetStream mode).
+    pub topology: Option<Topology>,
     /// False while the store is unreachable: pulling pauses.
     store_ok: AtomicBool,
 }
@@ -44,6 +55,23 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").field("executor", &self.executor).field("store_ok", &self.store_ok).finish()
+    }
+}
+
+/// Decrements the in-flight gauge however the execution ends (an abort
+/// at the hard stop included).
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -55,16 +83,15 @@ impl Runtime {
         store: Arc<dyn ResultStore>,
         progress_every: Duration,
         metrics: Arc<crate::metrics::Metrics>,
+        topology: Option<Topology>,
     ) -> Self {
-        Self { executor, publisher, store, progress_every, metrics, store_ok: AtomicBool::new(true) }
+        Self { executor, publisher, store, progress_every, metrics, topology, store_ok: AtomicBool::new(true) }
     }
 
     /// Runs one message through the executor, counted as in flight.
-    pub async fn execute(&self, bytes: &[u8], attempt: u32) -> Result<Execution, di::StoreError> {
-        self.metrics.in_flight.inc();
-        let result = self.executor.process(bytes, attempt).await;
-        self.metrics.in_flight.dec();
-        result
+    pub async fn execute(&self, bytes: &[u8], delivery: &Delivery) -> Result<Execution, ProcessError> {
+        let _in_flight = InFlight::enter(&self.metrics.in_flight);
+        self.executor.process(bytes, delivery).await
     }
 
     /// After a message is settled: counts it, and when its record is final
@@ -77,25 +104,80 @@ impl Runtime {
             self.publisher.notify_done(id).await;
         }
     }
+
+    /// Marks the store unreachable: pulling pauses until it answers.
+    pub(crate) fn store_failed(&self) {
+        self.store_ok.store(false, Ordering::Release);
+    }
+
+    /// Retries saving a finished attempt's record (never the task) until it
+    /// is saved (true) or `give_up` is cancelled (false).
+    pub(crate) async fn save_until_saved(&self, execution: &Execution, give_up: &CancellationToken) -> bool {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.executor.save(execution).await {
+                Ok(()) => return true,
+                Err(err) => tracing::warn!(%err, retry_in = ?pause, "record not saved yet; retrying the save only"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = give_up.cancelled() => return false,
+            }
+            pause = (pause * 2).min(STORE_RETRY);
+        }
+    }
+
+    /// Copies a message to the dead letters, retrying the copy alone (and
+    /// re-creating a missing dead-letter stream) a few times.
+    pub(crate) async fn dead_letter(
+        &self,
+        payload: &bytes::Bytes,
+        subject: &str,
+        execution: &Execution,
+        reason: &str,
+        dedup: &str,
+    ) -> Result<(), crate::publish::PublishError> {
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let copied = self
+                .publisher
+                .dead_letter(payload.clone(), reason, execution.task_id.as_deref(), execution.attempt, dedup, subject)
+                .await;
+            match copied {
+                Ok(_) => return Ok(()),
+                Err(err) if tries >= DEAD_LETTER_TRIES => return Err(err),
+                Err(err) => {
+                    tracing::warn!(%err, retry_in = ?pause, "dead letter not stored; retrying the copy only");
+                    if let Some(topology) = &self.topology
+                        && let Err(err) = topology.ensure().await
+                    {
+                        tracing::warn!(%err, "cannot re-create the streams");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+    }
 }
 
-/// Serves `consumer` until `shutdown` is cancelled, then lets running tasks
-/// finish within `grace`, naks what is left, and returns.
+/// Serves until `shutdown` is cancelled, then lets running tasks finish
+/// within `grace`, interrupts what is left (their messages go back), and
+/// returns.
 ///
-/// Delivery runs ahead of execution by at most `concurrency` messages (the
-/// `delivered` window is twice the concurrency), so pulls come in batches
-/// rather than one message at a time; a delivered message's handler sends
-/// progress acks from the moment it arrives, so waiting for an execution
-/// slot never runs out its `ack_wait`.
+/// A pull asks for exactly as many messages as there are free execution
+/// slots, so no message waits in this worker behind a long task while
+/// another worker is idle.
 pub async fn serve(
-    consumer: PullConsumer,
+    mut puller: Puller,
     runtime: Arc<Runtime>,
     concurrency: usize,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency * 2));
-    let executing = Arc::new(Semaphore::new(concurrency));
+    let permits = Arc::new(Semaphore::new(concurrency));
     let hard_stop = CancellationToken::new();
     let mut running = JoinSet::new();
     'pull: loop {
@@ -106,23 +188,26 @@ pub async fn serve(
         if !runtime.store_ok.load(Ordering::Acquire) && !wait_for_store(&runtime, &shutdown).await {
             break 'pull;
         }
-        // Ask for exactly as many messages as there are free slots, so none
-        // sits delivered-but-idle while its ack_wait runs out.
+        puller.recheck_after_reconnect().await;
+        // Only this loop takes permits, so these stay free until the
+        // messages arrive.
         let wanted = permits.available_permits() + 1;
-        let mut batch = match consumer.batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
+        let asked = Instant::now();
+        let mut batch = match puller.consumer().batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
             Ok(batch) => batch,
             Err(err) => {
-                tracing::warn!(%err, "pull request failed; retrying");
                 drop(first);
-                if sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
+                if !puller.failed(format!("pull request failed: {err}"), &shutdown).await {
                     break 'pull;
                 }
                 continue;
             }
         };
         let mut first = Some(first);
+        let (mut received, mut failure) = (0_usize, None);
         loop {
             let next = tokio::select! {
+                biased;
                 next = batch.next() => next,
                 () = shutdown.cancelled() => {
                     // Messages of this pull that are still on their way: give them back.
@@ -136,27 +221,33 @@ pub async fn serve(
                 None => break,
                 Some(Ok(message)) => message,
                 Some(Err(err)) => {
-                    tracing::trace!(%err, "pull status");
-                    continue;
+                    failure = Some(format!("pull failed: {err}"));
+                    break;
                 }
             };
+            received += 1;
             let permit = match first.take() {
                 Some(permit) => permit,
                 None => permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
             };
-            running.spawn(handle(
-                runtime.clone(),
-                message,
-                permit,
-                executing.clone(),
-                shutdown.clone(),
-                hard_stop.clone(),
-            ));
+            running.spawn(handle(runtime.clone(), message, permit, hard_stop.clone()));
             while let Some(done) = running.try_join_next() {
                 if let Err(err) = done {
                     tracing::error!(%err, "a message handler died");
                 }
             }
+        }
+        let healthy = match failure {
+            Some(why) => puller.failed(why, &shutdown).await,
+            // A pull that ends early with nothing may mean the consumer is gone.
+            None if received == 0 && asked.elapsed() < PULL_EXPIRES / 2 => puller.verify(&shutdown).await,
+            None => {
+                puller.succeeded();
+                true
+            }
+        };
+        if !healthy {
+            break 'pull;
         }
     }
 
@@ -167,10 +258,9 @@ pub async fn serve(
     }
     let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(remaining_tasks = running.len(), "shutdown timeout: naking the tasks still running");
+        tracing::warn!(remaining_tasks = running.len(), "shutdown timeout: interrupting the tasks still running");
         hard_stop.cancel();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), async { while running.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(HARD_STOP_GRACE, async { while running.join_next().await.is_some() {} }).await;
         running.abort_all();
     }
 }
@@ -191,24 +281,18 @@ async fn wait_for_store(runtime: &Runtime, shutdown: &CancellationToken) -> bool
 }
 
 /// Sleeps; true if shutdown came first.
-async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
+pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(duration) => false,
         () = shutdown.cancelled() => true,
     }
 }
 
-/// Waits for an execution slot, runs one message, and settles it with the
-/// server. `_delivered` holds the message's place in the delivery window.
-async fn handle(
-    runtime: Arc<Runtime>,
-    message: Message,
-    _delivered: OwnedSemaphorePermit,
-    executing: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    hard_stop: CancellationToken,
-) {
-    let (attempt, sequence) = match message.info() {
+/// Runs one message and settles it with the server, sending progress acks
+/// the whole time (execution, saving, dead-lettering). `_slot` is the
+/// message's execution slot.
+async fn handle(runtime: Arc<Runtime>, message: Message, _slot: OwnedSemaphorePermit, hard_stop: CancellationToken) {
+    let (count, sequence) = match message.info() {
         Ok(info) => (u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1), info.stream_sequence),
         Err(_) => (1, 0),
     };
@@ -216,53 +300,50 @@ async fn handle(
         "task",
         task.id = tracing::field::Empty,
         task.name = tracing::field::Empty,
-        task.attempt = attempt,
+        task.attempt = tracing::field::Empty,
+        task.delivery = count,
         task.outcome = tracing::field::Empty
     );
-    async {
-        let process = async {
-            // Delivered, not started: at shutdown, hand it back untouched.
-            let _slot = tokio::select! {
-                slot = executing.acquire() => slot.expect("never closed"),
-                () = shutdown.cancelled() => return None,
-            };
-            Some(runtime.execute(&message.payload, attempt).await)
-        };
-        let heartbeat = async {
-            let mut every = tokio::time::interval(runtime.progress_every);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                if let Err(err) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(%err, "progress ack failed");
-                }
+    let work = async {
+        let delivery = Delivery { count, interrupt: hard_stop.clone() };
+        let execution = match runtime.execute(&message.payload, &delivery).await {
+            Ok(execution) => execution,
+            Err(ProcessError::NotStarted(err)) => {
+                runtime.store_failed();
+                tracing::warn!(%err, "task not started: the result store is unreachable; the message comes back");
+                let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
+                return;
             }
-        };
-        let result = tokio::select! {
-            result = process => match result {
-                Some(result) => result,
-                None => {
+            Err(ProcessError::NotSaved { execution, error }) => {
+                runtime.store_failed();
+                tracing::warn!(%error, "the task ran but its record was not saved; retrying the save only");
+                if !runtime.save_until_saved(&execution, &hard_stop).await {
+                    tracing::warn!("record still not saved at the shutdown timeout; the task may run again");
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     return;
                 }
-            },
-            () = heartbeat => unreachable!("the heartbeat never ends"),
-            () = hard_stop.cancelled() => {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                tracing::warn!("stopped by the shutdown timeout; handed back to the queue");
-                return;
+                *execution
             }
         };
-        match result {
-            Err(err) => {
-                runtime.store_ok.store(false, Ordering::Release);
-                tracing::warn!(%err, "result not saved: the message comes back later");
-                let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
+        tracing::Span::current().record("task.attempt", execution.attempt);
+        settle(&runtime, &message, &execution, sequence).await;
+        runtime.finished(&execution).await;
+    };
+    let heartbeat = async {
+        let mut every = tokio::time::interval(runtime.progress_every);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(err) = message.ack_with(AckKind::Progress).await {
+                tracing::warn!(%err, "progress ack failed");
             }
-            Ok(execution) => {
-                settle(&runtime, &message, &execution, sequence).await;
-                runtime.finished(&execution).await;
-            }
+        }
+    };
+    async {
+        tokio::select! {
+            biased;
+            () = work => {}
+            () = heartbeat => unreachable!("the heartbeat never ends"),
         }
     }
     .instrument(span)
@@ -276,6 +357,7 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
         Disposition::Ack => "success",
         Disposition::Retry { .. } => "retry",
         Disposition::DeadLetter { .. } => "failed",
+        Disposition::HandBack => "interrupted",
     };
     tracing::Span::current().record("task.outcome", outcome);
     match &execution.disposition {
@@ -287,34 +369,31 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
-            tracing::info!(elapsed_ms, "task succeeded");
+            if matches!(execution.outcome, Outcome::AlreadyFinished(_)) {
+                tracing::info!("redelivery of a task that already succeeded: acked without running it");
+            } else {
+                tracing::info!(elapsed_ms, "task succeeded");
+            }
         }
         Disposition::Retry { delay } => {
             let _ = message.ack_with(AckKind::Nak(Some(*delay))).await;
             tracing::info!(elapsed_ms, retry_in = ?delay, error = %describe(&execution.outcome), "task failed; will retry");
         }
+        Disposition::HandBack => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            tracing::warn!("interrupted by the shutdown timeout; handed back to the queue");
+        }
         Disposition::DeadLetter { reason } => {
             let dedup = if sequence > 0 { sequence.to_string() } else { di::new_task_id() };
-            match runtime
-                .publisher
-                .dead_letter(
-                    message.payload.clone(),
-                    reason,
-                    execution.task_id.as_deref(),
-                    execution.attempt,
-                    &dedup,
-                    message.subject.as_str(),
-                )
-                .await
-            {
-                Ok(_) => {
+            match runtime.dead_letter(&message.payload, message.subject.as_str(), execution, reason, &dedup).await {
+                Ok(()) => {
                     let _ = message.ack_with(AckKind::Term).await;
                     tracing::warn!(elapsed_ms, %reason, "task failed for good; dead-lettered");
                 }
                 Err(err) => {
-                    // Without its dead-letter copy the message must not vanish.
+                    // The failed record is kept: the redelivery only retries the copy.
                     let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
-                    tracing::warn!(%err, "dead letter not stored; the message comes back");
+                    tracing::warn!(%err, "dead letter not stored; the message comes back for the copy alone");
                 }
             }
         }

@@ -9,11 +9,13 @@ use di::{AppContainer, Container, Db, Executor, Registry, ResultStore};
 use settings::{NatsMode, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{self, BrokerError};
+use crate::advisories;
+use crate::broker::{self, BrokerError, Topology};
 use crate::http::{self, Health};
 use crate::lifecycle::{self, LifecycleError};
 use crate::metrics::Metrics;
 use crate::publish::{NatsEnqueuer, Publisher};
+use crate::pull::{PullHealth, Puller};
 use crate::serve::{self, Runtime};
 
 /// Why the worker stopped with an error.
@@ -43,32 +45,79 @@ pub enum WorkerError {
 /// log line per component), migrates, runs the start-up hooks, serves, and
 /// then stops pulling, lets running tasks finish within
 /// `worker.shutdown_timeout`, runs the shutdown hooks, closes the container
-/// and drains NATS.
+/// and drains NATS. A start-up step that fails tears down whatever the steps
+/// before it built, on the same path as a normal stop.
 pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let registry = lifecycle::load_registry()?;
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
+    let result = with_nats(&settings, registry, &nats, started, shutdown).await;
+    if let Err(err) = nats.drain().await {
+        tracing::warn!(%err, "NATS drain failed");
+    }
+    match &result {
+        Ok(()) => tracing::info!("worker stopped"),
+        Err(err) => tracing::error!(%err, "worker start-up failed; what was built is torn down"),
+    }
+    result
+}
+
+/// The worker's life once NATS is connected.
+async fn with_nats(
+    settings: &Settings,
+    registry: Registry,
+    nats: &async_nats::Client,
+    started: std::time::Instant,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let publisher = Publisher::new(nats.clone(), settings.nats.clone());
-    let consumer = match settings.nats.mode {
+    let (topology, consumer) = match settings.nats.mode {
         NatsMode::Jetstream => {
-            broker::check_jetstream(&nats, &settings.nats).await?;
-            let js = jetstream::new(nats.clone());
-            let stream = broker::ensure_streams(&js, &settings.nats).await?;
+            broker::check_jetstream(nats, &settings.nats).await?;
             let most_attempts = registry.tasks().map(|t| i64::from(t.options.retry.max_attempts)).max().unwrap_or(1);
-            Some(broker::ensure_consumer(&stream, &settings.nats, most_attempts).await?)
+            let topology = Topology::new(jetstream::new(nats.clone()), settings.nats.clone(), most_attempts);
+            let (_, consumer) = topology.ensure().await?;
+            (Some(topology), Some(consumer))
         }
-        NatsMode::Core => None,
+        NatsMode::Core => (None, None),
     };
     tracing::info!(
         component = "nats",
         url = %settings.nats.url,
-        mode = ?settings.nats.mode,
+        mode = settings.nats.mode.name(),
         stream = %settings.nats.stream,
         durable = %settings.nats.durable,
         "connected"
     );
-    let container = AppContainer::builder(&settings).build().await?;
+    let container = AppContainer::builder(settings).build().await?;
     let module: Arc<dyn Container> = container.module().clone();
+    let token = CancellationToken::new();
+    let result = serve_container(settings, registry, nats, publisher, topology, consumer, &module, &token, started, shutdown)
+        .await;
+    token.cancel();
+    if result.is_ok() {
+        tracing::info!("stopping: shutdown hooks, then the container, then NATS");
+        lifecycle::run_shutdown_hooks(module.clone()).await;
+    }
+    drop(module);
+    container.shutdown().await;
+    result
+}
+
+/// Migrates, runs the start-up hooks, serves until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_container(
+    settings: &Settings,
+    registry: Registry,
+    nats: &async_nats::Client,
+    publisher: Publisher,
+    topology: Option<Topology>,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    module: &Arc<dyn Container>,
+    token: &CancellationToken,
+    started: std::time::Instant,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let db: Arc<dyn Db> = module.resolve();
     lifecycle::migrate(&*db).await?;
     drop(db);
@@ -80,11 +129,19 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
     let store: Arc<dyn ResultStore> = module.resolve();
     let metrics = Arc::new(Metrics::new());
     let progress = broker::progress_interval(&settings.nats);
-    let runtime = Arc::new(Runtime::new(executor, publisher, store.clone(), progress, metrics.clone()));
-    let token = CancellationToken::new();
+    let runtime =
+        Arc::new(Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone()));
+    let pulling = Arc::new(PullHealth::default());
     let addr = settings.worker.http_addr.trim();
     if !addr.is_empty() {
-        let health = Health { metrics, nats: nats.clone(), consumer: consumer.clone(), store, db: module.resolve() };
+        let health = Health {
+            metrics,
+            nats: nats.clone(),
+            consumer: consumer.clone(),
+            store,
+            db: module.resolve(),
+            pulling: pulling.clone(),
+        };
         let bound = http::serve(addr, health, token.clone())
             .await
             .map_err(|err| WorkerError::Http { addr: addr.to_owned(), reason: err.to_string() })?;
@@ -100,9 +157,14 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
 
     let (concurrency, grace) = (settings.worker.concurrency, settings.worker.shutdown_timeout);
     let serving = async {
-        match consumer {
-            Some(consumer) => serve::serve(consumer, runtime, concurrency, token.clone(), grace).await,
-            None => {
+        match (topology, consumer) {
+            (Some(topology), Some(consumer)) => {
+                let advisories = tokio::spawn(advisories::watch(topology.clone(), runtime.clone(), token.clone()));
+                let puller = Puller::new(topology, consumer, nats.clone(), pulling);
+                serve::serve(puller, runtime, concurrency, token.clone(), grace).await;
+                let _ = advisories.await;
+            }
+            _ => {
                 let core = crate::serve_core::serve_core(
                     nats.clone(),
                     &settings.nats,
@@ -127,13 +189,5 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
         () = serving => {}
         () = watch => {}
     }
-
-    tracing::info!("stopping: shutdown hooks, then the container, then NATS");
-    lifecycle::run_shutdown_hooks(module).await;
-    container.shutdown().await;
-    if let Err(err) = nats.drain().await {
-        tracing::warn!(%err, "NATS drain failed");
-    }
-    tracing::info!("worker stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::container::Container;
 use crate::context::TaskContext;
@@ -33,6 +34,24 @@ pub enum Outcome {
     Timeout(Duration),
     /// The task panicked; the panic was caught.
     Panic(String),
+    /// The worker stopped the attempt (its shutdown timeout ran out); the
+    /// message goes back to the queue.
+    Interrupted,
+    /// A redelivery of a task whose record is already final (its ack or its
+    /// dead letter was lost): the task does not run again.
+    AlreadyFinished(TaskStatus),
+    /// Every attempt the task allows was started, and the last one never
+    /// finished (the worker running it died).
+    AttemptsExhausted {
+        /// Attempts started.
+        started: u32,
+    },
+    /// The broker stopped delivering the message: it reached the
+    /// consumer's `max_deliver` without an outcome.
+    Undeliverable {
+        /// How often it was delivered.
+        deliveries: u64,
+    },
 }
 
 impl Outcome {
@@ -47,6 +66,20 @@ impl Outcome {
             Self::BadArguments(m) => ("BadArguments", m.clone()),
             Self::Timeout(after) => ("Timeout", format!("the attempt ran longer than {after:?}")),
             Self::Panic(m) => ("Panic", format!("the task panicked: {m}")),
+            Self::Interrupted => ("Interrupted", "the worker stopped the attempt at shutdown".to_owned()),
+            Self::AlreadyFinished(TaskStatus::Success) => return None,
+            Self::AlreadyFinished(status) => ("AlreadyFinished", format!("the task already ended {status:?}")),
+            Self::AttemptsExhausted { started } => (
+                "AttemptsExhausted",
+                format!("{started} attempts were started and the last never finished (the worker running it died?)"),
+            ),
+            Self::Undeliverable { deliveries } => (
+                "MaxDeliveries",
+                format!(
+                    "delivered {deliveries} times without an outcome (the consumer's max_deliver); \
+                     it will not be delivered again"
+                ),
+            ),
         };
         Some(TaskError::new(kind, message))
     }
@@ -66,6 +99,48 @@ pub enum Disposition {
     DeadLetter {
         /// Why, for the dead-letter copy.
         reason: String,
+    },
+    /// The attempt was interrupted: hand the message back at once.
+    HandBack,
+}
+
+/// How a message reached the worker.
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    /// The broker's delivery count, from 1. Above 1 the stored record is
+    /// read to learn how many attempts really started: a delivery that
+    /// never ran the task (naked while the store was down, handed back at
+    /// shutdown) spends no attempt.
+    pub count: u32,
+    /// Cancelled when the worker must give up on running attempts (its
+    /// shutdown timeout ran out). It interrupts only the task body: once
+    /// the body has returned, its outcome is always recorded.
+    pub interrupt: CancellationToken,
+}
+
+impl Delivery {
+    /// A first delivery that nothing interrupts.
+    pub fn first() -> Self {
+        Self { count: 1, interrupt: CancellationToken::new() }
+    }
+}
+
+/// Why [`Executor::process`] could not finish its step.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The store could not be read or written before the task started: the
+    /// task did not run, and the message should come back later.
+    #[error("the task did not start: {0}")]
+    NotStarted(#[source] StoreError),
+    /// The task ran but its record could not be saved. Retry the save
+    /// ([`Executor::save`]), never the task.
+    #[error("the task ran but its record was not saved: {error}")]
+    NotSaved {
+        /// What is known of the attempt.
+        execution: Box<Execution>,
+        /// Why the save failed.
+        #[source]
+        error: StoreError,
     },
 }
 
@@ -124,28 +199,68 @@ impl Executor {
         &self.registry
     }
 
-    /// The one step: decode, record `running`, run, record the outcome.
-    /// A store error is returned so the caller does not acknowledge a
-    /// message whose result was not saved.
-    pub async fn process(&self, bytes: &[u8], attempt: u32) -> Result<Execution, StoreError> {
+    /// The one step: decode, count the attempt, record `running`, run,
+    /// record the outcome. A redelivery whose record is already final does
+    /// not run again; one whose attempts are all spent is failed.
+    pub async fn process(&self, bytes: &[u8], delivery: &Delivery) -> Result<Execution, ProcessError> {
         let started = Instant::now();
-        let prepared = self.prepare(bytes);
-        let (envelope, def) = match prepared {
+        let (envelope, def) = match self.prepare(bytes) {
             Ok(found) => found,
-            Err((task_id, task_name, outcome)) => {
-                record_on_span(task_id.as_deref(), task_name.as_deref());
-                let execution = self.conclude(task_id, task_name, attempt, None, outcome, started.elapsed());
-                self.save(&execution).await?;
-                return Ok(execution);
-            }
+            Err(rejected) => return self.reject(rejected, delivery.count.max(1), started).await,
         };
         record_on_span(Some(&envelope.task_id), Some(def.name()));
+        let mut attempt = 1;
+        if delivery.count > 1 {
+            let previous = self.store.get(&envelope.task_id).await.map_err(ProcessError::NotStarted)?;
+            match previous {
+                Some(record) if record.status.is_final() => {
+                    return Ok(already_finished(envelope.task_id, def.name().to_owned(), record, started));
+                }
+                Some(record) => attempt = record.attempt.saturating_add(1),
+                None => {}
+            }
+        }
+        let limit = def.options.retry.max_attempts;
+        if attempt > limit {
+            let outcome = Outcome::AttemptsExhausted { started: attempt - 1 };
+            let mut execution =
+                self.conclude(Some(envelope.task_id), Some(def.name().to_owned()), limit, Some(def), outcome, started.elapsed());
+            if let Some(record) = &mut execution.record {
+                record.labels = envelope.labels;
+            }
+            return self.saved(execution).await;
+        }
+        self.run_attempt(envelope, def, attempt, &delivery.interrupt, started).await
+    }
+
+    /// Runs `bytes` as attempt `attempt` without reading the store first
+    /// (tests of retry behaviour and idempotency).
+    pub async fn process_attempt(&self, bytes: &[u8], attempt: u32) -> Result<Execution, ProcessError> {
+        let started = Instant::now();
+        match self.prepare(bytes) {
+            Ok((envelope, def)) => {
+                record_on_span(Some(&envelope.task_id), Some(def.name()));
+                self.run_attempt(envelope, def, attempt, &CancellationToken::new(), started).await
+            }
+            Err(rejected) => self.reject(rejected, attempt, started).await,
+        }
+    }
+
+    /// Writes `running`, runs the body (interruptible), records the outcome.
+    async fn run_attempt(
+        &self,
+        envelope: Envelope,
+        def: &'static TaskDef,
+        attempt: u32,
+        interrupt: &CancellationToken,
+        started: Instant,
+    ) -> Result<Execution, ProcessError> {
         let mut running = ResultRecord::new(def.name(), TaskStatus::Running, attempt);
         running.labels = envelope.labels.clone();
         running.started_at = Some(running.updated_at);
-        self.store.put(&envelope.task_id, &running).await?;
+        self.store.put(&envelope.task_id, &running).await.map_err(ProcessError::NotStarted)?;
 
-        let outcome = self.run(&envelope, def, attempt).await;
+        let outcome = self.run(&envelope, def, attempt, interrupt).await;
         let mut execution = self.conclude(
             Some(envelope.task_id.clone()),
             Some(def.name().to_owned()),
@@ -158,14 +273,57 @@ impl Executor {
             record.labels = envelope.labels;
             record.started_at = running.started_at;
         }
+        self.saved(execution).await
+    }
+
+    /// Records a message that cannot run (bad bytes, unknown task).
+    async fn reject(&self, rejected: Rejected, attempt: u32, started: Instant) -> Result<Execution, ProcessError> {
+        let (task_id, task_name, outcome) = rejected;
+        record_on_span(task_id.as_deref(), task_name.as_deref());
+        let execution = self.conclude(task_id, task_name, attempt, None, outcome, started.elapsed());
+        self.saved(execution).await
+    }
+
+    /// Fails a message the broker stopped delivering after `deliveries`
+    /// deliveries (its `max_deliver`): a final `failed` record, unless the
+    /// task already has a final one (then that one decides: ack or dead letter).
+    pub async fn fail_undeliverable(&self, bytes: &[u8], deliveries: u64) -> Result<Execution, StoreError> {
+        let started = Instant::now();
+        let (task_id, task_name, labels) = match self.prepare(bytes) {
+            Ok((envelope, def)) => (Some(envelope.task_id), Some(def.name().to_owned()), envelope.labels),
+            Err((task_id, task_name, _)) => (task_id, task_name, Default::default()),
+        };
+        let mut attempt = 0;
+        if let Some(id) = &task_id
+            && let Some(record) = self.store.get(id).await?
+        {
+            if record.status.is_final() {
+                let name = task_name.unwrap_or_else(|| record.task_name.clone());
+                return Ok(already_finished(id.clone(), name, record, started));
+            }
+            attempt = record.attempt;
+        }
+        let outcome = Outcome::Undeliverable { deliveries };
+        let mut execution = self.conclude(task_id, task_name, attempt, None, outcome, started.elapsed());
+        if let Some(record) = &mut execution.record {
+            record.labels = labels;
+        }
         self.save(&execution).await?;
         Ok(execution)
     }
 
+    /// Saves the execution's record, or hands the execution back with the
+    /// store's error so the caller retries the save alone.
+    async fn saved(&self, execution: Execution) -> Result<Execution, ProcessError> {
+        match self.save(&execution).await {
+            Ok(()) => Ok(execution),
+            Err(error) => Err(ProcessError::NotSaved { execution: Box::new(execution), error }),
+        }
+    }
+
     /// Decodes and looks up; an `Err` carries what could be read and why
     /// the message cannot run.
-    #[allow(clippy::type_complexity)]
-    fn prepare(&self, bytes: &[u8]) -> Result<(Envelope, &'static TaskDef), (Option<String>, Option<String>, Outcome)> {
+    fn prepare(&self, bytes: &[u8]) -> Result<(Envelope, &'static TaskDef), Rejected> {
         if bytes.len() > self.max_payload {
             let why = format!("payload of {} bytes exceeds nats.max_payload ({} bytes)", bytes.len(), self.max_payload);
             return Err((Envelope::salvage_task_id(bytes), None, Outcome::BadEnvelope(why)));
@@ -182,8 +340,15 @@ impl Executor {
     }
 
     /// Runs one attempt with its timeout, catching panics, and ends the
-    /// database session accordingly.
-    async fn run(&self, envelope: &Envelope, def: &'static TaskDef, attempt: u32) -> Outcome {
+    /// database session accordingly. `interrupt` stops the body only: a
+    /// body that has returned always has its outcome kept.
+    async fn run(
+        &self,
+        envelope: &Envelope,
+        def: &'static TaskDef,
+        attempt: u32,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
         let ctx = TaskContext::new(
             envelope.task_id.clone(),
             def.name(),
@@ -193,7 +358,16 @@ impl Executor {
             self.enqueuer.clone(),
         );
         let future = AssertUnwindSafe(def.start(ctx.clone(), envelope)).catch_unwind();
-        let outcome = match tokio::time::timeout(def.options.timeout, future).await {
+        let body = tokio::time::timeout(def.options.timeout, future);
+        let finished = tokio::select! {
+            biased;
+            finished = body => finished,
+            () = interrupt.cancelled() => {
+                let _ = ctx.finish_session(false).await;
+                return Outcome::Interrupted;
+            }
+        };
+        let outcome = match finished {
             Err(_) => Outcome::Timeout(def.options.timeout),
             Ok(Err(panic)) => Outcome::Panic(panic_message(&*panic)),
             Ok(Ok(Err(RunError::BadArguments(why)))) => Outcome::BadArguments(why),
@@ -229,6 +403,7 @@ impl Executor {
                 Disposition::Retry { delay: retry_after.unwrap_or_else(|| retry.delay(attempt)) }
             }
             Outcome::Timeout(_) if attempts_left => Disposition::Retry { delay: retry.delay(attempt) },
+            Outcome::Interrupted => Disposition::HandBack,
             other => {
                 let mut reason = other.error().map(|e| format!("{}: {}", e.exc_type, e.message())).unwrap_or_default();
                 if matches!(other, Outcome::Failed(Failure::Retryable { .. }) | Outcome::Timeout(_)) {
@@ -241,7 +416,7 @@ impl Executor {
         let record = task_id.as_ref().map(|_| match (&outcome, outcome.error()) {
             (Outcome::Success(value), _) => ResultRecord::success(name, attempt, value.clone(), elapsed.as_secs_f64()),
             (_, error) => {
-                let status = if matches!(disposition, Disposition::Retry { .. }) {
+                let status = if matches!(disposition, Disposition::Retry { .. } | Disposition::HandBack) {
                     TaskStatus::Retrying
                 } else {
                     TaskStatus::Failed
@@ -255,13 +430,42 @@ impl Executor {
         Execution { task_id, task_name, attempt, outcome, disposition, record, elapsed }
     }
 
-    async fn save(&self, execution: &Execution) -> Result<(), StoreError> {
+    /// Writes the execution's record (nothing for a task that had already
+    /// finished, or for bytes without a task id).
+    pub async fn save(&self, execution: &Execution) -> Result<(), StoreError> {
+        if matches!(execution.outcome, Outcome::AlreadyFinished(_)) {
+            return Ok(());
+        }
         match (&execution.task_id, &execution.record) {
             (Some(id), Some(record)) => self.store.put(id, record).await,
             _ => Ok(()),
         }
     }
 }
+
+/// The redelivery of a finished task: acked if it succeeded, dead-lettered
+/// again (its copy may be what was lost) if it failed.
+fn already_finished(task_id: String, task_name: String, record: ResultRecord, started: Instant) -> Execution {
+    let disposition = match (&record.status, &record.error) {
+        (TaskStatus::Success, _) => Disposition::Ack,
+        (_, error) => Disposition::DeadLetter {
+            reason: error.as_ref().map_or_else(|| "failed".to_owned(), |e| format!("{}: {}", e.exc_type, e.message())),
+        },
+    };
+    Execution {
+        task_id: Some(task_id),
+        task_name: Some(task_name),
+        attempt: record.attempt,
+        outcome: Outcome::AlreadyFinished(record.status),
+        disposition,
+        record: Some(record),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// What could be read of a message that cannot run, and why: task id,
+/// task name, outcome.
+type Rejected = (Option<String>, Option<String>, Outcome);
 
 /// Fills the fields the caller's span declared (`task.id`, `task.name`)
 /// as soon as they are known, for every log line that follows.

@@ -27,7 +27,7 @@ pub use context::{DbSession, TaskContext};
 pub use enqueue::{EnqueueError, Enqueuer, InMemoryEnqueuer, NoEnqueuer};
 pub use envelope::{CodecError, Envelope};
 pub use error::{Component, StartupError};
-pub use execute::{Disposition, Execution, Executor, Outcome};
+pub use execute::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
 pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};

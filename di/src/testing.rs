@@ -225,6 +225,6 @@ impl TestRuntime {
     /// # Panics
     /// Never in practice: the in-memory store does not fail.
     pub async fn run_bytes(&self, bytes: &[u8], attempt: u32) -> crate::Execution {
-        self.executor.process(bytes, attempt).await.expect("the in-memory store does not fail")
+        self.executor.process_attempt(bytes, attempt).await.expect("the in-memory store does not fail")
     }
 }

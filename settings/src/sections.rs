@@ -17,6 +17,16 @@ pub enum NatsMode {
     Core,
 }
 
+impl NatsMode {
+    /// The name as written in settings (`jetstream`, `core`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jetstream => "jetstream",
+            Self::Core => "core",
+        }
+    }
+}
+
 /// The broker: where tasks are published and pulled.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -169,7 +169,7 @@ async fn migrations_and_send_report_on_postgres() {
     let bytes = send_report::TASK.envelope_with_id("pg-1".into(), &send_report::Args { chat_id: 1 }).unwrap();
     let bytes = bytes.to_msgpack().unwrap();
     for attempt in 1..=2 {
-        let exec = executor.process(&bytes, attempt).await.unwrap();
+        let exec = executor.process_attempt(&bytes, attempt).await.unwrap();
         assert_eq!(exec.disposition, Disposition::Ack, "{:?}", exec.outcome);
     }
     assert_eq!(bot.sent().len(), 1);
