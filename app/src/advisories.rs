@@ -118,8 +118,8 @@ async fn handle(topology: &Topology, runtime: &Runtime, payload: &[u8]) -> Resul
     match stream.delete_message(advisory.stream_seq).await {
         Ok(_) => {}
         // Gone meanwhile (another worker handled the advisory): fine.
-        Err(err)
-            if matches!(err.kind(), DeleteMessageErrorKind::JetStream(e) if e.error_code() == ErrorCode::NO_MESSAGE_FOUND) => {}
+        Err(err) if matches!(err.kind(), DeleteMessageErrorKind::JetStream(e) if e.error_code() == ErrorCode::NO_MESSAGE_FOUND) =>
+            {}
         Err(err) => return Err(err.into()),
     }
     runtime.finished(&execution).await;

@@ -47,7 +47,12 @@ pub struct Puller {
 
 impl Puller {
     /// Pulls from `consumer`, repairing it through `topology` when needed.
-    pub fn new(topology: Topology, consumer: PullConsumer, client: async_nats::Client, health: Arc<PullHealth>) -> Self {
+    pub fn new(
+        topology: Topology,
+        consumer: PullConsumer,
+        client: async_nats::Client,
+        health: Arc<PullHealth>,
+    ) -> Self {
         let connects = client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
         Self { topology, consumer, client, connects, failures: 0, health }
     }
@@ -82,8 +87,8 @@ impl Puller {
         }
     }
 
-    /// A pull ended early with nothing: checks that the consumer still
-    /// exists (repairing it if not). False if shutdown came.
+    /// A pull brought nothing: checks that the consumer still exists
+    /// (repairing it if not). False if shutdown came.
     pub async fn verify(&mut self, shutdown: &CancellationToken) -> bool {
         let mut consumer = self.consumer.clone();
         match consumer.info().await {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use di::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError, ResultStore};
@@ -192,7 +192,6 @@ pub async fn serve(
         // Only this loop takes permits, so these stay free until the
         // messages arrive.
         let wanted = permits.available_permits() + 1;
-        let asked = Instant::now();
         let mut batch = match puller.consumer().batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
             Ok(batch) => batch,
             Err(err) => {
@@ -239,8 +238,10 @@ pub async fn serve(
         }
         let healthy = match failure {
             Some(why) => puller.failed(why, &shutdown).await,
-            // A pull that ends early with nothing may mean the consumer is gone.
-            None if received == 0 && asked.elapsed() < PULL_EXPIRES / 2 => puller.verify(&shutdown).await,
+            // A pull on a deleted consumer is never answered: it expires
+            // like an idle one. So an empty pull checks the consumer (one
+            // API call per `PULL_EXPIRES` while idle).
+            None if received == 0 => puller.verify(&shutdown).await,
             None => {
                 puller.succeeded();
                 true

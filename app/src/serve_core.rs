@@ -56,9 +56,13 @@ pub async fn serve_core(
         while running.try_join_next().is_some() {}
     }
     if tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await.is_err() {
-        tracing::warn!(remaining_tasks = running.len(), "shutdown timeout: giving up the running tasks (core NATS mode)");
+        tracing::warn!(
+            remaining_tasks = running.len(),
+            "shutdown timeout: giving up the running tasks (core NATS mode)"
+        );
         hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while running.join_next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), async { while running.join_next().await.is_some() {} }).await;
         running.abort_all();
     }
     Ok(())

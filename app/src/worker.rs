@@ -92,8 +92,9 @@ async fn with_nats(
     let container = AppContainer::builder(settings).build().await?;
     let module: Arc<dyn Container> = container.module().clone();
     let token = CancellationToken::new();
-    let result = serve_container(settings, registry, nats, publisher, topology, consumer, &module, &token, started, shutdown)
-        .await;
+    let result =
+        serve_container(settings, registry, nats, publisher, topology, consumer, &module, &token, started, shutdown)
+            .await;
     token.cancel();
     if result.is_ok() {
         tracing::info!("stopping: shutdown hooks, then the container, then NATS");

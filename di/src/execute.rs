@@ -223,8 +223,14 @@ impl Executor {
         let limit = def.options.retry.max_attempts;
         if attempt > limit {
             let outcome = Outcome::AttemptsExhausted { started: attempt - 1 };
-            let mut execution =
-                self.conclude(Some(envelope.task_id), Some(def.name().to_owned()), limit, Some(def), outcome, started.elapsed());
+            let mut execution = self.conclude(
+                Some(envelope.task_id),
+                Some(def.name().to_owned()),
+                limit,
+                Some(def),
+                outcome,
+                started.elapsed(),
+            );
             if let Some(record) = &mut execution.record {
                 record.labels = envelope.labels;
             }

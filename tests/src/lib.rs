@@ -106,6 +106,22 @@ impl Drop for PgSchema {
     }
 }
 
+/// A plain HTTP/1.1 GET to `addr` (`host:port`): (status, body); status 0
+/// when the server closed the connection without an answer.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw).await;
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
 async fn run_sql(sql: &str) {
     use di::sqlx::Connection;
     di::sqlx::any::install_default_drivers();

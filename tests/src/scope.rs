@@ -159,9 +159,10 @@ impl Scope {
         let js = self.jetstream().await;
         let name = courier::broker::dead_letter_stream(&self.settings.nats);
         let Ok(mut stream) = js.get_stream(&name).await else { return Vec::new() };
-        let count = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+        // One look at the state: a letter that lands meanwhile is not counted.
+        let (count, last) = stream.info().await.map(|i| (i.state.messages, i.state.last_sequence)).unwrap_or((0, 0));
         let mut letters = Vec::new();
-        for seq in 1..=stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0) {
+        for seq in 1..=last {
             if let Ok(raw) = stream.get_raw_message(seq).await {
                 let header = |name: &str| raw.headers.get(name).map(|v| v.to_string());
                 letters.push(DeadLetter {

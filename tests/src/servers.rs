@@ -82,6 +82,17 @@ impl ServerProcess {
         Self::start("redis-server", port, args)
     }
 
+    /// A private `redis-server` that keeps every write on disk (append-only
+    /// file, fsync always), so a `kill -9` and restart loses nothing; its
+    /// folder is removed on drop.
+    pub fn redis_persistent() -> PersistentRedis {
+        let dir = std::env::temp_dir().join(crate::unique("courier_redis"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let dir_arg = dir.display().to_string();
+        let server = Self::redis_with(&["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir_arg]);
+        PersistentRedis { server, dir }
+    }
+
     /// A private `redis-server` that speaks only TLS, with this certificate.
     pub fn redis_tls(cert: &str, key: &str) -> Self {
         let port = free_port();
@@ -149,6 +160,44 @@ impl PrivateNats {
         args.push(store.display().to_string());
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Self { server: ServerProcess::start("nats-server", port, args), store }
+    }
+}
+
+impl PrivateNats {
+    /// Kills it and starts it again with empty storage, as a server whose
+    /// streams were in memory would come back: every stream and consumer is gone.
+    pub fn wipe_and_restart(&mut self) {
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+        std::fs::create_dir_all(&self.store).expect("nats store dir");
+        self.server.restart();
+    }
+}
+
+/// A private Redis whose data survives `kill -9` (see [`ServerProcess::redis_persistent`]).
+#[derive(Debug)]
+pub struct PersistentRedis {
+    server: ServerProcess,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for PersistentRedis {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for PersistentRedis {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.server
+    }
+}
+
+impl Drop for PersistentRedis {
+    fn drop(&mut self) {
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
