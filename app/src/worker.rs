@@ -51,7 +51,8 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
     let started = std::time::Instant::now();
     let registry = lifecycle::load_registry()?;
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
-    let result = with_nats(&settings, registry, &nats, started, shutdown).await;
+    // Boxed: the whole worker's state machine would make every caller's future large.
+    let result = Box::pin(with_nats(&settings, registry, &nats, started, shutdown)).await;
     if let Err(err) = nats.drain().await {
         tracing::warn!(%err, "NATS drain failed");
     }

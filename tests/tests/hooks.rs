@@ -50,7 +50,9 @@ async fn a_failing_startup_hook_stops_the_worker_naming_it() {
     // Its own stream and durable: run_worker creates them before the hooks run.
     let scope = it::scope::Scope::new();
     let mut settings = scope.settings.clone();
-    settings.database.url = SecretUrl::new(schema.url.clone());
+    // Named, so the worker's own sessions can be counted on the server.
+    let application = it::unique("hooks");
+    settings.database.url = SecretUrl::new(format!("{}&application_name={application}", schema.url));
     // The shutdown future never resolves: only the hook's failure ends this.
     let result = courier::run_worker(settings, std::future::pending()).await;
     let Err(WorkerError::Lifecycle(LifecycleError::Hook { hook, location, reason })) = result else {
@@ -59,4 +61,16 @@ async fn a_failing_startup_hook_stops_the_worker_naming_it() {
     assert_eq!(hook, "hooks::refuse_to_start");
     assert!(location.starts_with("tests/tests/hooks.rs:"), "{location}");
     assert_eq!(reason, "the cache backend is missing");
+
+    // The container was built before the hooks ran: its pool is closed by
+    // the time run_worker returns, not left to a background drop.
+    di::sqlx::any::install_default_drivers();
+    let pool = di::sqlx::AnyPool::connect(it::POSTGRES_URL).await.unwrap();
+    let open: i64 = di::sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(&application)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "the worker's database sessions outlived its failed start-up");
+    pool.close().await;
 }
