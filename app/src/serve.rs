@@ -179,6 +179,9 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let hard_stop = CancellationToken::new();
+    // Cancelled just before the handlers are aborted: a body that returned
+    // keeps trying to save its record until then.
+    let abandon = CancellationToken::new();
     let mut running = JoinSet::new();
     'pull: loop {
         let first = tokio::select! {
@@ -229,7 +232,7 @@ pub async fn serve(
                 Some(permit) => permit,
                 None => permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
             };
-            running.spawn(handle(runtime.clone(), message, permit, hard_stop.clone()));
+            running.spawn(handle(runtime.clone(), message, permit, hard_stop.clone(), abandon.clone()));
             while let Some(done) = running.try_join_next() {
                 if let Err(err) = done {
                     tracing::error!(%err, "a message handler died");
@@ -261,8 +264,15 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!(remaining_tasks = running.len(), "shutdown timeout: interrupting the tasks still running");
         hard_stop.cancel();
-        let _ = tokio::time::timeout(HARD_STOP_GRACE, async { while running.join_next().await.is_some() {} }).await;
-        running.abort_all();
+        let rest = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(HARD_STOP_GRACE, rest).await.is_err() {
+            abandon.cancel();
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            running.abort_all();
+        }
     }
 }
 
@@ -291,8 +301,15 @@ pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &Cancellatio
 
 /// Runs one message and settles it with the server, sending progress acks
 /// the whole time (execution, saving, dead-lettering). `_slot` is the
-/// message's execution slot.
-async fn handle(runtime: Arc<Runtime>, message: Message, _slot: OwnedSemaphorePermit, hard_stop: CancellationToken) {
+/// message's execution slot; `hard_stop` interrupts a running body,
+/// `abandon` (later) ends the retries of a finished body's save.
+async fn handle(
+    runtime: Arc<Runtime>,
+    message: Message,
+    _slot: OwnedSemaphorePermit,
+    hard_stop: CancellationToken,
+    abandon: CancellationToken,
+) {
     let (count, sequence) = match message.info() {
         Ok(info) => (u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1), info.stream_sequence),
         Err(_) => (1, 0),
@@ -318,7 +335,7 @@ async fn handle(runtime: Arc<Runtime>, message: Message, _slot: OwnedSemaphorePe
             Err(ProcessError::NotSaved { execution, error }) => {
                 runtime.store_failed();
                 tracing::warn!(%error, "the task ran but its record was not saved; retrying the save only");
-                if !runtime.save_until_saved(&execution, &hard_stop).await {
+                if !runtime.save_until_saved(&execution, &abandon).await {
                     tracing::warn!("record still not saved at the shutdown timeout; the task may run again");
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     return;
