@@ -136,9 +136,19 @@ impl ContainerBuilder<'_> {
             Some(bot) => builder = builder.with_component_override::<dyn BotApi>(bot),
             None => {
                 let (bot, status) = TelegramBot::verify(&settings.telegram).await?;
-                tracing::info!(component = %Component::Telegram, api_url = %settings.telegram.api_url, %status, "ready");
-                builder = builder
-                    .with_component_parameters::<TelegramBot>(TelegramBotParameters { bot: bot.bot, token: bot.token });
+                let governor = crate::governor::connect(&bot, settings).await?;
+                tracing::info!(
+                    component = %Component::Telegram,
+                    api_url = %settings.telegram.api_url,
+                    %status,
+                    flood_control = governor.as_ref().map_or("off (log-only)", |g| g.prefix()),
+                    "ready"
+                );
+                builder = builder.with_component_parameters::<TelegramBot>(TelegramBotParameters {
+                    bot: bot.bot,
+                    token: bot.token,
+                    governor,
+                });
             }
         }
         Ok(AppContainer { module: Arc::new(builder.build()), db: real_db })

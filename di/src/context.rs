@@ -30,6 +30,7 @@ struct Inner {
     task_id: String,
     task_name: String,
     attempt: u32,
+    lane: crate::Lane,
     labels: BTreeMap<String, rmpv::Value>,
     container: Arc<dyn Container>,
     enqueuer: Arc<dyn Enqueuer>,
@@ -55,6 +56,7 @@ impl TaskContext {
         task_id: impl Into<String>,
         task_name: impl Into<String>,
         attempt: u32,
+        lane: crate::Lane,
         labels: BTreeMap<String, rmpv::Value>,
         container: Arc<dyn Container>,
         enqueuer: Arc<dyn Enqueuer>,
@@ -64,6 +66,7 @@ impl TaskContext {
                 task_id: task_id.into(),
                 task_name: task_name.into(),
                 attempt,
+                lane,
                 labels,
                 container,
                 enqueuer,
@@ -114,9 +117,15 @@ impl TaskContext {
         db.backend()
     }
 
-    /// The Telegram Bot API.
+    /// The lane this task's Telegram messages travel in.
+    pub fn lane(&self) -> crate::Lane {
+        self.inner.lane
+    }
+
+    /// The Telegram Bot API, sending in this task's lane through the
+    /// flood-control governor.
     pub fn bot(&self) -> Arc<dyn BotApi> {
-        self.inner.container.resolve()
+        Arc::new(crate::components::bot::InLane { bot: self.inner.container.resolve(), lane: self.inner.lane })
     }
 
     /// Enqueues a follow-up task and returns its id. The id is derived from

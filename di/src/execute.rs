@@ -61,6 +61,7 @@ impl Outcome {
             Self::Success(_) => return None,
             Self::Failed(Failure::Retryable { message, .. }) => ("Retryable", message.clone()),
             Self::Failed(Failure::Fatal { message }) => ("Fatal", message.clone()),
+            Self::Failed(Failure::Throttled { message, .. }) => ("Throttled", message.clone()),
             Self::BadEnvelope(m) => ("BadEnvelope", m.clone()),
             Self::UnknownTask(name) => ("UnknownTask", format!("no task is registered as {name:?}")),
             Self::BadArguments(m) => ("BadArguments", m.clone()),
@@ -355,10 +356,15 @@ impl Executor {
         attempt: u32,
         interrupt: &CancellationToken,
     ) -> Outcome {
+        let lane = match envelope.labels.get("lane").and_then(rmpv::Value::as_str) {
+            Some(name) => crate::Lane::parse(name).unwrap_or(def.options.lane),
+            None => def.options.lane,
+        };
         let ctx = TaskContext::new(
             envelope.task_id.clone(),
             def.name(),
             attempt,
+            lane,
             envelope.labels.clone(),
             self.container.clone(),
             self.enqueuer.clone(),
@@ -405,6 +411,8 @@ impl Executor {
         let attempts_left = attempt < retry.max_attempts;
         let disposition = match &outcome {
             Outcome::Success(_) => Disposition::Ack,
+            // Telegram's limits, not the task: retried without spending the attempt.
+            Outcome::Failed(Failure::Throttled { retry_after, .. }) => Disposition::Retry { delay: *retry_after },
             Outcome::Failed(Failure::Retryable { retry_after, .. }) if attempts_left => {
                 Disposition::Retry { delay: retry_after.unwrap_or_else(|| retry.delay(attempt)) }
             }
@@ -428,7 +436,14 @@ impl Executor {
                     TaskStatus::Failed
                 };
                 let error = error.unwrap_or_else(|| TaskError::new("Unknown", "no error recorded"));
-                let mut record = ResultRecord::failure(name, status, attempt, error);
+                // A throttled attempt is not spent: the next delivery runs
+                // this attempt number again.
+                let spent = if matches!(outcome, Outcome::Failed(Failure::Throttled { .. })) {
+                    attempt.saturating_sub(1)
+                } else {
+                    attempt
+                };
+                let mut record = ResultRecord::failure(name, status, spent, error);
                 record.execution_time = elapsed.as_secs_f64();
                 record
             }

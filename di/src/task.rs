@@ -28,6 +28,16 @@ pub enum Failure {
         /// What went wrong.
         message: String,
     },
+    /// Telegram's limits need a pause (the flood-control governor, or a
+    /// 429): the task runs again after `retry_after` and the attempt is not
+    /// spent.
+    #[error("{message}")]
+    Throttled {
+        /// Why.
+        message: String,
+        /// How long to wait.
+        retry_after: Duration,
+    },
 }
 
 impl Failure {
@@ -46,9 +56,14 @@ impl Failure {
         Self::Fatal { message: message.to_string() }
     }
 
+    /// A pause for Telegram's limits that spends no attempt.
+    pub fn throttled(message: impl fmt::Display, retry_after: Duration) -> Self {
+        Self::Throttled { message: message.to_string(), retry_after }
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. })
+        matches!(self, Self::Retryable { .. } | Self::Throttled { .. })
     }
 }
 
@@ -76,7 +91,9 @@ impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
 impl From<BotError> for Failure {
     fn from(err: BotError) -> Self {
         match err {
-            BotError::RateLimited { retry_after } => Self::retry_after(&err, retry_after),
+            BotError::RateLimited { retry_after } | BotError::Throttled { retry_after } => {
+                Self::throttled(&err, retry_after)
+            }
             BotError::Unavailable(_) => Self::retryable(err),
             BotError::Rejected(_) => Self::fatal(err),
         }
@@ -157,12 +174,21 @@ pub struct TaskOptions {
     pub timeout: Duration,
     /// The queue (subject suffix) to publish to; `None` is the default queue.
     pub queue: Option<&'static str>,
+    /// The lane its messages to Telegram travel in, unless an enqueue says
+    /// otherwise (label `lane`).
+    pub lane: crate::Lane,
 }
 
 impl TaskOptions {
     /// The defaults: file name, [`RetryPolicy::DEFAULT`], 5 min timeout.
     pub const fn new() -> Self {
-        Self { name: None, retry: RetryPolicy::DEFAULT, timeout: Duration::from_secs(300), queue: None }
+        Self {
+            name: None,
+            retry: RetryPolicy::DEFAULT,
+            timeout: Duration::from_secs(300),
+            queue: None,
+            lane: crate::Lane::Transactional,
+        }
     }
 
     /// Registers the task under `name` instead of the file name.
@@ -186,6 +212,12 @@ impl TaskOptions {
     /// Sets the timeout of one attempt.
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The lane of the task's Telegram messages (default: transactional).
+    pub const fn lane(mut self, lane: crate::Lane) -> Self {
+        self.lane = lane;
         self
     }
 

@@ -20,7 +20,8 @@ use serde::Deserialize;
 
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use sections::{
-    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, RedisSettings, TelegramSettings, WorkerSettings,
+    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, RedisSettings, TelegramLimits, TelegramSettings,
+    WorkerSettings,
 };
 pub use validate::Invalid;
 

@@ -130,6 +130,41 @@ pub struct TelegramSettings {
     /// Timeout of one Bot API request.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Flood control: Telegram's limits, shared by every worker of the bot.
+    pub limits: TelegramLimits,
+}
+
+/// Telegram's limits as the governor enforces them. A bucket with rate `r`
+/// and burst `b` lets at most `b + r * t` messages through in any `t`.
+/// Telegram publishes approximations; a `429` is the ground truth.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramLimits {
+    /// Messages per second to all chats together.
+    pub global_per_second: f64,
+    /// How many of them may go at once.
+    pub global_burst: u32,
+    /// Messages per second to one private chat.
+    pub private_per_second: f64,
+    /// How many may go to one private chat at once.
+    pub private_burst: u32,
+    /// Messages per minute to one group or channel (negative chat ids).
+    pub group_per_minute: f64,
+    /// How many may go to one group at once.
+    pub group_burst: u32,
+    /// Share of the global rate kept for the interactive lane (0 to 0.9):
+    /// other lanes together never use more than the rest.
+    pub interactive_reserve: f64,
+    /// A send that would wait up to this long waits inside the task; a
+    /// longer wait hands the task back for that long (no attempt spent).
+    #[serde(with = "duration")]
+    pub wait_threshold: Duration,
+    /// 429s from this many different chats within a second freeze the
+    /// whole bot for the `retry_after`, not only those chats.
+    pub global_freeze_chats: u32,
+    /// Messages per second one worker process sends while Redis is
+    /// unreachable (the shared budget cannot be read; keep it small).
+    pub fallback_per_second: f64,
 }
 
 /// The worker process.

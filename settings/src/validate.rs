@@ -108,6 +108,30 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         ),
     }
 
+    let limits = &tg.limits;
+    for (key, rate) in [
+        ("telegram.limits.global_per_second", limits.global_per_second),
+        ("telegram.limits.private_per_second", limits.private_per_second),
+        ("telegram.limits.group_per_minute", limits.group_per_minute),
+        ("telegram.limits.fallback_per_second", limits.fallback_per_second),
+    ] {
+        c.check(rate.is_finite() && rate > 0.0 && rate <= 100_000.0, key, || format!("{rate} is not a rate above 0"));
+    }
+    for (key, burst) in [
+        ("telegram.limits.global_burst", limits.global_burst),
+        ("telegram.limits.private_burst", limits.private_burst),
+        ("telegram.limits.group_burst", limits.group_burst),
+        ("telegram.limits.global_freeze_chats", limits.global_freeze_chats),
+    ] {
+        c.check(burst >= 1, key, || "must be at least 1".to_owned());
+    }
+    c.check((0.0..=0.9).contains(&limits.interactive_reserve), "telegram.limits.interactive_reserve", || {
+        format!("{} is not a share between 0 and 0.9", limits.interactive_reserve)
+    });
+    c.check(limits.wait_threshold <= std::time::Duration::from_secs(10), "telegram.limits.wait_threshold", || {
+        "must be at most 10s (a task holds its slot while it waits)".to_owned()
+    });
+
     let level = settings.log.level.trim();
     let plain = ["trace", "debug", "info", "warn", "error", "off"].contains(&level.to_ascii_lowercase().as_str());
     c.check(plain || level.contains('='), "log.level", || {

@@ -9,7 +9,10 @@ use teloxide::prelude::Requester;
 use teloxide::types::ChatId;
 use teloxide::{ApiError, Bot, RequestError};
 
+use std::sync::Arc;
+
 use crate::error::{Component as Part, StartupError, scrub};
+use crate::governor::{Admission, Governor, Lane};
 
 /// A message the Bot API accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,9 +27,17 @@ pub struct SentMessage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BotError {
     /// Telegram said "too many requests": try again after `retry_after`.
+    /// The chat (or the bot) is frozen for every worker meanwhile.
     #[error("telegram rate limit: retry after {retry_after:?}")]
     RateLimited {
         /// The wait Telegram asked for.
+        retry_after: Duration,
+    },
+    /// The flood-control governor has no budget for this message now: it
+    /// was not sent; try again after `retry_after`.
+    #[error("flood control: send again after {retry_after:?}")]
+    Throttled {
+        /// How long until the budget allows it.
         retry_after: Duration,
     },
     /// The network or Telegram itself failed: worth retrying.
@@ -48,8 +59,16 @@ impl BotError {
 /// What tasks use to talk to Telegram users.
 #[async_trait]
 pub trait BotApi: Interface {
-    /// Sends a text message to a chat.
+    /// Sends a text message to a chat (in the transactional lane when
+    /// called outside a task; `ctx.bot()` sends in the task's lane).
     async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError>;
+
+    /// Sends a text message in `lane`, through flood control where the
+    /// component has it. Doubles need not care about lanes.
+    async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
+        let _ = lane;
+        self.send_message(chat_id, text).await
+    }
 
     /// Checks the token and the API (`getMe`); returns the bot's username,
     /// or a description of why nothing is checked.
@@ -67,13 +86,38 @@ pub struct TelegramBot {
     /// The token, to scrub it from error messages (teloxide may echo URLs).
     #[shaku(default)]
     pub(crate) token: String,
+    /// Flood control shared with every worker of this bot (`None`: log-only
+    /// bots and doubles).
+    #[shaku(default)]
+    pub(crate) governor: Option<Arc<Governor>>,
+}
+
+/// A bot bound to one lane: what `TaskContext::bot` hands a task.
+pub(crate) struct InLane {
+    pub(crate) bot: Arc<dyn BotApi>,
+    pub(crate) lane: Lane,
+}
+
+#[async_trait]
+impl BotApi for InLane {
+    async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
+        self.bot.send_message_in(self.lane, chat_id, text).await
+    }
+
+    async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
+        self.bot.send_message_in(lane, chat_id, text).await
+    }
+
+    async fn check(&self) -> Result<String, BotError> {
+        self.bot.check().await
+    }
 }
 
 // Written by hand: teloxide's `Bot` would print the token.
 impl std::fmt::Debug for TelegramBot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = if self.bot.is_some() { "telegram" } else { "log-only" };
-        f.debug_struct("TelegramBot").field("mode", &mode).finish()
+        f.debug_struct("TelegramBot").field("mode", &mode).field("governed", &self.governor.is_some()).finish()
     }
 }
 
@@ -93,7 +137,7 @@ impl TelegramBot {
             .build()
             .map_err(|err| misconfigured(format!("HTTP client: {err}")))?;
         let bot = Bot::with_client(token.expose(), client).set_api_url(api_url);
-        Ok(Self { bot: Some(bot), token: token.expose().to_owned() })
+        Ok(Self { bot: Some(bot), token: token.expose().to_owned(), governor: None })
     }
 
     /// Builds the bot from settings and checks it (`getMe`); returns it with
@@ -106,6 +150,20 @@ impl TelegramBot {
             reason: err.to_string(),
         })?;
         Ok((bot, status))
+    }
+
+    /// The bot's id from `getMe` (flood control is keyed by it, never by
+    /// the token); `None` for a log-only bot.
+    pub async fn bot_id(&self) -> Result<Option<i64>, BotError> {
+        let Some(bot) = &self.bot else { return Ok(None) };
+        let me = bot.get_me().await.map_err(|e| self.map_error(e))?;
+        Ok(Some(i64::try_from(me.id.0).unwrap_or(i64::MAX)))
+    }
+
+    /// Puts every message this bot sends through `governor`.
+    pub fn with_governor(mut self, governor: Arc<Governor>) -> Self {
+        self.governor = Some(governor);
+        self
     }
 
     /// A bot that only logs; what `development` runs with no token.
@@ -150,12 +208,33 @@ fn is_server_side(description: &str) -> bool {
 #[async_trait]
 impl BotApi for TelegramBot {
     async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
+        self.send_message_in(Lane::Transactional, chat_id, text).await
+    }
+
+    async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
         let Some(bot) = &self.bot else {
             tracing::info!(chat_id, text, "telegram (log-only, no token): message not sent");
             return Ok(SentMessage { chat_id, message_id: 0 });
         };
-        let message = bot.send_message(ChatId(chat_id), text).await.map_err(|e| self.map_error(e))?;
-        Ok(SentMessage { chat_id: message.chat.id.0, message_id: message.id.0 })
+        if let Some(governor) = &self.governor {
+            match governor.admit(chat_id, lane).await {
+                Admission::Go(wait) if wait.is_zero() => {}
+                Admission::Go(wait) => tokio::time::sleep(wait).await,
+                Admission::Later(retry_after) => return Err(BotError::Throttled { retry_after }),
+            }
+        }
+        match bot.send_message(ChatId(chat_id), text).await {
+            Ok(message) => Ok(SentMessage { chat_id: message.chat.id.0, message_id: message.id.0 }),
+            Err(RequestError::RetryAfter(secs)) => {
+                let retry_after = secs.duration();
+                if let Some(governor) = &self.governor {
+                    let bot_wide = governor.rate_limited(chat_id, retry_after).await;
+                    tracing::warn!(chat_id, lane = lane.name(), ?retry_after, bot_wide, "telegram answered 429");
+                }
+                Err(BotError::RateLimited { retry_after })
+            }
+            Err(err) => Err(self.map_error(err)),
+        }
     }
 
     async fn check(&self) -> Result<String, BotError> {

@@ -67,6 +67,21 @@ pub trait ResultStore: Interface {
     fn ttl(&self) -> Duration;
 }
 
+/// A Redis client for `settings` (TLS with `redis.tls_ca_file` when set),
+/// for what talks to the same Redis outside the result store.
+pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, redis::RedisError> {
+    match &settings.tls_ca_file {
+        None => redis::Client::open(settings.url.expose()),
+        Some(ca) => {
+            let root_cert = std::fs::read(ca).map_err(|err| {
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "redis.tls_ca_file", err.to_string()))
+            })?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            redis::Client::build_with_tls(settings.url.expose(), certificates)
+        }
+    }
+}
+
 /// The real [`ResultStore`]: Redis through a bb8 pool.
 #[derive(Component, Clone)]
 #[shaku(interface = ResultStore)]

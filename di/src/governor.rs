@@ -1,0 +1,372 @@
+//! Flood control shared by every worker of one bot: Telegram's limits (about
+//! 30 messages a second overall, 1 a second to one private chat, 20 a minute
+//! to one group) enforced in Redis, so N workers on N machines send like one
+//! careful sender.
+//!
+//! One Lua script per send, one round trip. Time comes from Redis `TIME`,
+//! so worker clocks do not matter. The buckets are GCRA (a theoretical
+//! arrival time per key, no counters to drift): the global one, a share of
+//! it for traffic that is not interactive (the rest stays free for replies),
+//! and one per chat (private chats by the second, groups and channels, whose
+//! ids are negative, by the minute). A send is admitted with a wait: if the
+//! wait is within `telegram.limits.wait_threshold` the slot is reserved and
+//! the caller sleeps that long; a longer wait reserves nothing and the task
+//! is handed back for that long, without spending an attempt. A `429` from
+//! Telegram freezes that chat for `retry_after` for every worker; 429s from
+//! several chats within a second freeze the whole bot. Every key carries the
+//! hash tag `{<bot id>}`, so one script's keys share a Redis Cluster slot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bb8_redis::redis::{self, aio::MultiplexedConnection};
+use serde::{Deserialize, Serialize};
+use settings::TelegramLimits;
+
+/// Who a message is for, which decides its share of the bot's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// A reply to a user who is waiting: the bot's own tasks. Has a reserved
+    /// share of the global budget.
+    Interactive,
+    /// Notifications a user expects soon (the default).
+    #[default]
+    Transactional,
+    /// Broadcasts and other mass sends: never in front of the other lanes.
+    Bulk,
+}
+
+impl Lane {
+    /// Every lane.
+    pub const ALL: [Lane; 3] = [Lane::Interactive, Lane::Transactional, Lane::Bulk];
+
+    /// The lane's name as in labels and settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Transactional => "transactional",
+            Self::Bulk => "bulk",
+        }
+    }
+
+    /// Reads a name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|lane| lane.name() == name)
+    }
+}
+
+/// The governor's answer for one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Send after this wait (zero: at once); the slot is reserved.
+    Go(Duration),
+    /// Do not send now: nothing was reserved; try again after this long.
+    Later(Duration),
+}
+
+/// Why the governor could not decide (Redis unreachable or refusing).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("flood-control store unavailable: {0}")]
+pub struct GovernorError(pub String);
+
+const ADMIT: &str = r"
+-- KEYS: 1 bot freeze, 2 chat freeze, 3 global, 4 shared (non-interactive), 5 chat
+-- ARGV: 1 global interval us, 2 global tau us, 3 shared interval us (0: skip),
+--       4 shared tau us, 5 chat interval us, 6 chat tau us, 7 threshold us
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local frozen = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]))
+if frozen > 0 then return {0, frozen * 1000} end
+local buckets = {{KEYS[3], 1, 2}, {KEYS[5], 5, 6}}
+if tonumber(ARGV[3]) > 0 then table.insert(buckets, {KEYS[4], 3, 4}) end
+local wait, tats = 0, {}
+for i, b in ipairs(buckets) do
+  local tat = tonumber(redis.call('GET', b[1]) or '0')
+  if tat < now then tat = now end
+  tats[i] = tat
+  local w = tat - tonumber(ARGV[b[3]]) - now
+  if w > wait then wait = w end
+end
+if wait > tonumber(ARGV[7]) then return {0, wait} end
+for i, b in ipairs(buckets) do
+  local new_tat = tats[i] + tonumber(ARGV[b[2]])
+  redis.call('SET', b[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+end
+return {1, wait}
+";
+
+const FREEZE: &str = r"
+-- KEYS: 1 chat freeze, 2 bot freeze, 3 recent 429s (a set of chats)
+-- ARGV: 1 retry_after ms, 2 chat id, 3 chats that freeze the bot
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], 1000)
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+  local left = redis.call('PTTL', KEYS[2])
+  if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
+  return 1
+end
+return 0
+";
+
+/// One bucket: the time between two sends and how many may go at once.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    interval_us: i64,
+    tau_us: i64,
+}
+
+impl Bucket {
+    fn per_second(rate: f64, burst: u32) -> Self {
+        let interval_us = (1_000_000.0 / rate.max(1e-6)).round() as i64;
+        Self { interval_us, tau_us: interval_us * i64::from(burst.max(1) - 1) }
+    }
+}
+
+/// The limits as buckets.
+#[derive(Debug, Clone)]
+struct Plan {
+    global: Bucket,
+    shared: Bucket,
+    private: Bucket,
+    group: Bucket,
+    threshold_us: i64,
+}
+
+impl Plan {
+    fn new(limits: &TelegramLimits) -> Self {
+        let shared_rate = limits.global_per_second * (1.0 - limits.interactive_reserve);
+        Self {
+            global: Bucket::per_second(limits.global_per_second, limits.global_burst),
+            shared: Bucket::per_second(shared_rate, limits.global_burst),
+            private: Bucket::per_second(limits.private_per_second, limits.private_burst),
+            group: Bucket::per_second(limits.group_per_minute / 60.0, limits.group_burst),
+            threshold_us: i64::try_from(limits.wait_threshold.as_micros()).unwrap_or(i64::MAX),
+        }
+    }
+
+    fn chat(&self, chat_id: i64) -> Bucket {
+        if chat_id < 0 { self.group } else { self.private }
+    }
+}
+
+/// The governor of one bot: Redis first, a conservative in-process limiter
+/// while Redis cannot answer (never unthrottled).
+pub struct Governor {
+    /// Keys start with this (the result store's prefix, then `tg:{<bot id>}:`).
+    prefix: String,
+    plan: Plan,
+    limits: TelegramLimits,
+    redis: Option<redis::Client>,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    admit: redis::Script,
+    freeze: redis::Script,
+    fallback: LocalLimiter,
+}
+
+impl std::fmt::Debug for Governor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governor").field("prefix", &self.prefix).field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl Governor {
+    /// A governor for bot `bot_id` (from `getMe`, never the token) over
+    /// `redis` (`None`: in-process only, for a bot with no Redis at hand).
+    pub fn new(bot_id: i64, key_prefix: &str, limits: TelegramLimits, redis: Option<redis::Client>) -> Self {
+        Self {
+            prefix: format!("{key_prefix}tg:{{{bot_id}}}:"),
+            plan: Plan::new(&limits),
+            fallback: LocalLimiter::new(&limits),
+            limits,
+            redis,
+            conn: Mutex::new(None),
+            admit: redis::Script::new(ADMIT),
+            freeze: redis::Script::new(FREEZE),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &TelegramLimits {
+        &self.limits
+    }
+
+    /// The key prefix of this bot's flood-control state.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Asks to send one message to `chat_id` in `lane`.
+    pub async fn admit(&self, chat_id: i64, lane: Lane) -> Admission {
+        match self.admit_shared(chat_id, lane).await {
+            Ok(admission) => admission,
+            Err(err) => {
+                tracing::warn!(%err, "flood control falls back to the per-process limit while Redis is unreachable");
+                self.fallback.admit(chat_id, self.plan.threshold_us)
+            }
+        }
+    }
+
+    async fn admit_shared(&self, chat_id: i64, lane: Lane) -> Result<Admission, GovernorError> {
+        let mut conn = self.conn().await?;
+        let chat = self.plan.chat(chat_id);
+        let shared = if lane == Lane::Interactive { Bucket { interval_us: 0, tau_us: 0 } } else { self.plan.shared };
+        let mut call = self.admit.prepare_invoke();
+        call.key(format!("{}freeze", self.prefix))
+            .key(format!("{}freeze:{chat_id}", self.prefix))
+            .key(format!("{}global", self.prefix))
+            .key(format!("{}shared", self.prefix))
+            .key(format!("{}chat:{chat_id}", self.prefix))
+            .arg(self.plan.global.interval_us)
+            .arg(self.plan.global.tau_us)
+            .arg(shared.interval_us)
+            .arg(shared.tau_us)
+            .arg(chat.interval_us)
+            .arg(chat.tau_us)
+            .arg(self.plan.threshold_us);
+        let (go, wait_us): (i64, i64) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+        Ok(if go == 1 { Admission::Go(wait) } else { Admission::Later(wait) })
+    }
+
+    /// Telegram answered 429 for `chat_id`: freezes that chat for
+    /// `retry_after` for every worker (and the bot, when several chats were
+    /// refused within a second). Returns whether the whole bot is frozen.
+    pub async fn rate_limited(&self, chat_id: i64, retry_after: Duration) -> bool {
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.fallback.freeze(chat_id, retry_after);
+        let frozen = async {
+            let mut conn = self.conn().await?;
+            let mut call = self.freeze.prepare_invoke();
+            call.key(format!("{}freeze:{chat_id}", self.prefix))
+                .key(format!("{}freeze", self.prefix))
+                .key(format!("{}recent429", self.prefix))
+                .arg(ms)
+                .arg(chat_id)
+                .arg(self.limits.global_freeze_chats);
+            let bot: i64 = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            Ok::<_, GovernorError>(bot == 1)
+        };
+        match frozen.await {
+            Ok(bot) => bot,
+            Err(err) => {
+                tracing::warn!(%err, chat_id, "cannot share the 429 freeze; frozen in this process only");
+                false
+            }
+        }
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection, GovernorError> {
+        if let Some(conn) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(conn);
+        }
+        let client = self.redis.as_ref().ok_or_else(|| GovernorError("no Redis configured".to_owned()))?;
+        let conn = client.get_multiplexed_async_connection().await.map_err(|e| GovernorError(e.to_string()))?;
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn failed(&self, err: redis::RedisError) -> GovernorError {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        GovernorError(err.to_string())
+    }
+}
+
+/// The in-process stand-in while Redis is unreachable: the same per-chat
+/// limits, and a global rate of `telegram.limits.fallback_per_second` (a
+/// share small enough for several workers at once).
+#[derive(Debug)]
+struct LocalLimiter {
+    global: Bucket,
+    plan: Plan,
+    state: Mutex<LocalState>,
+}
+
+#[derive(Debug, Default)]
+struct LocalState {
+    global_tat: i64,
+    chats: HashMap<i64, i64>,
+    frozen: HashMap<i64, Instant>,
+}
+
+/// Chats remembered by the fallback before the oldest are forgotten.
+const LOCAL_CHATS: usize = 10_000;
+
+impl LocalLimiter {
+    fn new(limits: &TelegramLimits) -> Self {
+        Self {
+            global: Bucket::per_second(limits.fallback_per_second, 1),
+            plan: Plan::new(limits),
+            state: Mutex::new(LocalState::default()),
+        }
+    }
+
+    fn admit(&self, chat_id: i64, threshold_us: i64) -> Admission {
+        let epoch = epoch();
+        let now = i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(until) = state.frozen.get(&chat_id).copied() {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Admission::Later(left);
+            }
+            state.frozen.remove(&chat_id);
+        }
+        if state.chats.len() > LOCAL_CHATS {
+            state.chats.retain(|_, tat| *tat > now);
+        }
+        let chat = self.plan.chat(chat_id);
+        let global_tat = state.global_tat.max(now);
+        let chat_tat = state.chats.get(&chat_id).copied().unwrap_or(now).max(now);
+        let wait = (global_tat - self.global.tau_us - now).max(chat_tat - chat.tau_us - now).max(0);
+        if wait > threshold_us {
+            return Admission::Later(Duration::from_micros(wait.unsigned_abs()));
+        }
+        state.global_tat = global_tat + self.global.interval_us;
+        state.chats.insert(chat_id, chat_tat + chat.interval_us);
+        Admission::Go(Duration::from_micros(wait.unsigned_abs()))
+    }
+
+    fn freeze(&self, chat_id: i64, retry_after: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.frozen.len() > LOCAL_CHATS {
+            let now = Instant::now();
+            state.frozen.retain(|_, until| *until > now);
+        }
+        state.frozen.insert(chat_id, Instant::now() + retry_after);
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The governor of the bot in `settings` (its id from `getMe`), over the
+/// Redis of `settings.redis`; `None` for a log-only bot, which sends nothing.
+pub async fn connect(
+    bot: &crate::TelegramBot,
+    settings: &settings::Settings,
+) -> Result<Option<Arc<Governor>>, crate::StartupError> {
+    use crate::error::Component as Part;
+    let unreachable = |reason: String| crate::StartupError::Unreachable {
+        component: Part::Telegram,
+        url: settings.telegram.api_url.clone(),
+        reason,
+    };
+    let Some(bot_id) = bot.bot_id().await.map_err(|err| unreachable(err.to_string()))? else { return Ok(None) };
+    let client = crate::components::result_store::redis_client(&settings.redis).map_err(|err| {
+        crate::StartupError::unreachable(
+            Part::Redis,
+            settings.redis.url.redacted(),
+            &err,
+            &[&settings.redis.url.password().unwrap_or_default()],
+        )
+    })?;
+    let limits = settings.telegram.limits.clone();
+    Ok(Some(Arc::new(Governor::new(bot_id, &settings.redis.key_prefix, limits, Some(client)))))
+}
