@@ -17,6 +17,7 @@ pub mod serve;
 pub mod serve_core;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 pub mod worker;
 
 pub use producer::{Producer, ProducerError, TaskHandle};
