@@ -112,7 +112,7 @@ async fn per_chat_limits_hold_for_private_chats_and_groups() {
     let mut senders = Vec::new();
     for governor in &governors {
         senders.push(tokio::spawn(send_until(governor.clone(), Lane::Bulk, |_| 42, until, private.clone())));
-        senders.push(tokio::spawn(send_until(governor.clone(), Lane::Bulk, |_| -100_42, until, group.clone())));
+        senders.push(tokio::spawn(send_until(governor.clone(), Lane::Bulk, |_| -10_042, until, group.clone())));
     }
     for sender in senders {
         sender.await.unwrap();
