@@ -236,10 +236,8 @@ async fn send(
         Ok(Published::Stored) => println!("{}", envelope.task_id),
         Ok(Published::Duplicate) => {
             println!("{}", envelope.task_id);
-            eprintln!(
-                "producer: task {} was sent before with these arguments; nothing new was queued",
-                envelope.task_id
-            );
+            let id = &envelope.task_id;
+            eprintln!("producer: duplicate: task {id} was sent before with these arguments; nothing new was queued");
         }
         Err(err @ ProducerError::Conflict { .. }) if explicit_id => return Err(fail(EXIT_CONFLICT, err)),
         Err(err @ (ProducerError::Invalid(_) | ProducerError::Conflict { .. })) => return Err(fail(EXIT_USAGE, err)),
