@@ -171,7 +171,10 @@ async fn an_id_sent_again_is_a_duplicate_and_with_other_arguments_a_conflict() {
     // Final: a duplicate without publishing, and still a conflict for other arguments.
     let late = producer.enqueue_with_id(task, "order-1".into(), &args(1)).await.unwrap();
     assert!(late.duplicate);
-    assert!(matches!(producer.enqueue_with_id(task, "order-1".into(), &args(2)).await, Err(ProducerError::Conflict { .. })));
+    assert!(matches!(
+        producer.enqueue_with_id(task, "order-1".into(), &args(2)).await,
+        Err(ProducerError::Conflict { .. })
+    ));
     worker.stop().await.unwrap();
     assert_eq!(scope.deliveries().await, 1, "one message was ever delivered");
 }
