@@ -33,6 +33,7 @@ const EXIT_CODES: &str = "Exit codes:
   65  send --id: that id was already sent with other arguments";
 
 /// Enqueue Courier tasks, read their results and operate dead letters.
+///
 /// Settings come from the usual layers (COURIER_* variables, settings files).
 #[derive(Debug, Parser)]
 #[command(name = "producer", after_help = EXIT_CODES)]
@@ -43,6 +44,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Enqueues a task and prints its id.
+    ///
     /// Prints the task id once the broker confirmed it; with --wait, then the
     /// result record as JSON. Sending an --id again with the same arguments
     /// is a duplicate (exit 0, said on stderr); with others, exit 65.
@@ -63,12 +66,14 @@ enum Command {
         #[arg(long, value_parser = parse_seconds)]
         wait: Option<Duration>,
     },
-    /// Prints the task's result record as JSON.
+    /// Prints a task's result record as JSON.
     #[command(after_help = EXIT_CODES)]
     Result {
         /// The task id.
         task_id: String,
     },
+    /// Lists dead letters.
+    ///
     /// Prints the newest matching dead letters, oldest first, one JSON object
     /// per line (sequence, time, task_id, task_name, reason, attempt,
     /// subject, bytes).
@@ -80,6 +85,8 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Puts dead letters back in the queue.
+    ///
     /// Puts dead letters back in the queue (records reset to queued, under
     /// the task id read from the payload) and removes them from the dead
     /// letters: the newest one of TASK_ID, or with --all every one matching
@@ -95,6 +102,8 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Measures Courier against a running worker.
+    ///
     /// Measures enqueue rate, end-to-end throughput (noop and a DI SELECT 1)
     /// and round-trip latency against a running worker; --ceiling also
     /// measures the bare primitives and a raw pipeline on the same services.
