@@ -77,9 +77,8 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::
 /// Splits the credentials out of a server URL into connect options.
 fn connect_options(raw: &str) -> Result<(String, async_nats::ConnectOptions), String> {
     let mut url = url::Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))?;
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let user = decode(url.username());
-    let password = url.password().map(decode);
+    let user = settings::percent_decode(url.username());
+    let password = url.password().map(settings::percent_decode);
     let options = match (user.is_empty(), password) {
         (true, _) => async_nats::ConnectOptions::new(),
         (false, Some(password)) => async_nats::ConnectOptions::with_user_and_password(user, password),

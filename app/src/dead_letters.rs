@@ -1,23 +1,31 @@
-//! Dead letters: listing them and putting one back in the queue.
+//! Dead letters: listing them (with filters) and putting them back in the
+//! queue, reading the dead-letter stream one message at a time so memory
+//! stays bounded however many there are.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, message::StreamMessage, stream::Stream};
+use di::Envelope;
 use serde::Serialize;
 use settings::NatsSettings;
 
 use crate::broker::{self, BrokerError};
 use crate::producer::{Producer, ProducerError};
-use crate::publish::{ATTEMPT_HEADER, REASON_HEADER, SUBJECT_HEADER, TASK_ID_HEADER};
+use crate::publish::{ATTEMPT_HEADER, REASON_HEADER, SUBJECT_HEADER, TASK_ID_HEADER, TASK_NAME_HEADER};
 
-/// One stored dead letter.
+/// One stored dead letter (its payload stays in the stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
     /// Its sequence in the dead-letter stream.
     pub sequence: u64,
     /// When it was dead-lettered, Unix seconds.
     pub time: i64,
-    /// The task id, when one could be read.
+    /// The task id: read from the payload, else from the header (which is
+    /// flattened to one line and may differ from the real id).
     pub task_id: Option<String>,
+    /// The task name: from the header, else from the payload.
+    pub task_name: Option<String>,
     /// Why.
     pub reason: String,
     /// The last attempt.
@@ -26,9 +34,48 @@ pub struct DeadLetter {
     pub subject: Option<String>,
     /// Its size in bytes.
     pub bytes: usize,
-    /// The original message, for replays.
-    #[serde(skip)]
-    pub payload: bytes::Bytes,
+}
+
+/// Which dead letters a listing or a replay is about; every field set
+/// must match (an empty filter matches all).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// The real task id (or the one in the header).
+    pub task_id: Option<String>,
+    /// The task name.
+    pub task_name: Option<String>,
+    /// Dead-lettered at or after this time.
+    pub since: Option<SystemTime>,
+    /// Dead-lettered at or before this time.
+    pub until: Option<SystemTime>,
+    /// Text the reason contains (case-sensitive).
+    pub reason_contains: Option<String>,
+}
+
+impl Filter {
+    /// Whether `letter` (dead-lettered at `at`) matches.
+    fn matches(&self, letter: &DeadLetter, header_task_id: Option<&str>, at: SystemTime) -> bool {
+        let id_ok = self
+            .task_id
+            .as_deref()
+            .is_none_or(|id| letter.task_id.as_deref() == Some(id) || header_task_id == Some(id));
+        id_ok
+            && self.task_name.as_deref().is_none_or(|name| letter.task_name.as_deref() == Some(name))
+            && self.since.is_none_or(|since| at >= since)
+            && self.until.is_none_or(|until| at <= until)
+            && self.reason_contains.as_deref().is_none_or(|text| letter.reason.contains(text))
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayCounts {
+    /// Dead letters that matched the filter.
+    pub matched: u64,
+    /// Put back in the queue and removed from the dead letters.
+    pub replayed: u64,
+    /// Matched but could not be replayed (left in the dead letters).
+    pub failed: u64,
 }
 
 /// Why a dead-letter operation failed.
@@ -49,32 +96,53 @@ fn topology(err: impl std::fmt::Display) -> DeadLetterError {
     DeadLetterError::Broker(BrokerError::Topology { what: "dead-letter stream".into(), reason: err.to_string() })
 }
 
-/// Every dead letter still kept (the newest `limit`, oldest first).
+/// The dead-letter stream and its first and last sequence, if it exists.
+async fn open(js: &jetstream::Context, settings: &NatsSettings) -> Result<Option<(Stream, u64, u64)>, DeadLetterError> {
+    let Ok(mut stream) = js.get_stream(broker::dead_letter_stream(settings)).await else { return Ok(None) };
+    let state = stream.info().await.map_err(topology)?.state.clone();
+    if state.messages == 0 {
+        return Ok(None);
+    }
+    Ok(Some((stream, state.first_sequence.max(1), state.last_sequence)))
+}
+
+/// Reads what a stored message says about itself; the header's task id
+/// is returned apart (it may be a flattened copy of the real one).
+fn describe(raw: &StreamMessage) -> (DeadLetter, Option<String>, SystemTime) {
+    let header = |name: &str| raw.headers.get(name).map(|v| v.to_string());
+    let header_task_id = header(TASK_ID_HEADER);
+    let task_name = header(TASK_NAME_HEADER).or_else(|| Envelope::salvage_task_name(&raw.payload));
+    let nanos = u64::try_from(raw.time.unix_timestamp_nanos()).unwrap_or(0);
+    let letter = DeadLetter {
+        sequence: raw.sequence,
+        time: raw.time.unix_timestamp(),
+        task_id: Envelope::salvage_task_id(&raw.payload).or_else(|| header_task_id.clone()),
+        task_name,
+        reason: header(REASON_HEADER).unwrap_or_default(),
+        attempt: header(ATTEMPT_HEADER).and_then(|a| a.parse().ok()),
+        subject: header(SUBJECT_HEADER),
+        bytes: raw.payload.len(),
+    };
+    (letter, header_task_id, UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+/// The newest `limit` dead letters that match `filter`, oldest first.
 pub async fn list(
     js: &jetstream::Context,
     settings: &NatsSettings,
+    filter: &Filter,
     limit: usize,
 ) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let mut stream = match js.get_stream(broker::dead_letter_stream(settings)).await {
-        Ok(stream) => stream,
-        Err(_) => return Ok(Vec::new()),
-    };
-    let state = stream.info().await.map_err(topology)?.state.clone();
+    let Some((stream, first, last)) = open(js, settings).await? else { return Ok(Vec::new()) };
     let mut letters = Vec::new();
-    let mut sequence = state.last_sequence;
-    while sequence >= state.first_sequence.max(1) && letters.len() < limit {
+    let mut sequence = last;
+    while sequence >= first && letters.len() < limit {
+        // A gap (a letter replayed or expired) is skipped.
         if let Ok(raw) = stream.get_raw_message(sequence).await {
-            let header = |name: &str| raw.headers.get(name).map(|v| v.to_string());
-            letters.push(DeadLetter {
-                sequence,
-                time: raw.time.unix_timestamp(),
-                task_id: header(TASK_ID_HEADER),
-                reason: header(REASON_HEADER).unwrap_or_default(),
-                attempt: header(ATTEMPT_HEADER).and_then(|a| a.parse().ok()),
-                subject: header(SUBJECT_HEADER),
-                bytes: raw.payload.len(),
-                payload: raw.payload,
-            });
+            let (letter, header_id, at) = describe(&raw);
+            if filter.matches(&letter, header_id.as_deref(), at) {
+                letters.push(letter);
+            }
         }
         sequence -= 1;
     }
@@ -82,31 +150,90 @@ pub async fn list(
     Ok(letters)
 }
 
-/// Puts the dead letter of `task_id` back in the queue: its records are
-/// reset to `queued`, it is re-published to its subject (under a new
-/// message id, since the task id may still be in the duplicate window), and
-/// it leaves the dead-letter stream.
+/// Puts the newest dead letter of `task_id` back in the queue (see
+/// [`replay_newest`]); `NotFound` if there is none.
 pub async fn replay(
     producer: &Producer,
     settings: &NatsSettings,
     task_id: &str,
 ) -> Result<DeadLetter, DeadLetterError> {
+    let filter = Filter { task_id: Some(task_id.to_owned()), ..Filter::default() };
+    replay_newest(producer, settings, &filter).await?.ok_or_else(|| DeadLetterError::NotFound(task_id.to_owned()))
+}
+
+/// Puts the newest dead letter matching `filter` back in the queue (its
+/// records reset under the real task id, read from the payload), reading
+/// the stream backwards one message at a time; `None` if none matches.
+pub async fn replay_newest(
+    producer: &Producer,
+    settings: &NatsSettings,
+    filter: &Filter,
+) -> Result<Option<DeadLetter>, DeadLetterError> {
     let js = producer.publisher().jetstream().clone();
-    let letter = list(&js, settings, usize::MAX)
-        .await?
-        .into_iter()
-        .rev()
-        .find(|l| l.task_id.as_deref() == Some(task_id))
-        .ok_or_else(|| DeadLetterError::NotFound(task_id.to_owned()))?;
-    producer.reset_to_queued(task_id).await?;
+    let Some((stream, first, last)) = open(&js, settings).await? else { return Ok(None) };
+    for sequence in (first..=last).rev() {
+        if let Ok(raw) = stream.get_raw_message(sequence).await {
+            let (letter, header_id, at) = describe(&raw);
+            if filter.matches(&letter, header_id.as_deref(), at) {
+                put_back(producer, settings, &stream, &letter, raw).await?;
+                return Ok(Some(letter));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Puts every dead letter matching `filter` back in the queue, oldest
+/// first, one at a time; one that fails stays a dead letter and is counted.
+pub async fn replay_matching(
+    producer: &Producer,
+    settings: &NatsSettings,
+    filter: &Filter,
+) -> Result<ReplayCounts, DeadLetterError> {
+    let js = producer.publisher().jetstream().clone();
+    let mut counts = ReplayCounts::default();
+    let Some((stream, first, last)) = open(&js, settings).await? else { return Ok(counts) };
+    for sequence in first..=last {
+        let Ok(raw) = stream.get_raw_message(sequence).await else { continue };
+        let (letter, header_id, at) = describe(&raw);
+        if !filter.matches(&letter, header_id.as_deref(), at) {
+            continue;
+        }
+        counts.matched += 1;
+        match put_back(producer, settings, &stream, &letter, raw).await {
+            Ok(()) => counts.replayed += 1,
+            Err(err) => {
+                tracing::warn!(sequence, %err, "dead letter not replayed");
+                counts.failed += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Resets the records of the letter's real task id to `queued`,
+/// re-publishes the payload to its subject under a new message id
+/// (`<task_id>:replay:<seq>`: the task id may still be in the duplicate
+/// window), and deletes the letter.
+async fn put_back(
+    producer: &Producer,
+    settings: &NatsSettings,
+    stream: &Stream,
+    letter: &DeadLetter,
+    raw: StreamMessage,
+) -> Result<(), DeadLetterError> {
+    if let Some(task_id) = &letter.task_id {
+        producer.reset_to_queued(task_id).await?;
+    }
     let subject = letter.subject.clone().unwrap_or_else(|| broker::task_subject(settings, None));
-    let message_id = format!("{task_id}:replay:{}", letter.sequence);
+    // An id a header cannot carry (from a foreign producer) gets a neutral one.
+    let id = letter.task_id.as_deref().filter(|id| di::validate_task_id(id).is_ok()).unwrap_or("dead");
+    let message_id = format!("{id}:replay:{}", letter.sequence);
     producer
         .publisher()
-        .send(subject, &message_id, HeaderMap::new(), letter.payload.clone())
+        .send(subject, &message_id, HeaderMap::new(), raw.payload)
         .await
         .map_err(ProducerError::from)?;
-    let stream = js.get_stream(broker::dead_letter_stream(settings)).await.map_err(topology)?;
     stream.delete_message(letter.sequence).await.map_err(topology)?;
-    Ok(letter)
+    Ok(())
 }

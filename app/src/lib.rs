@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bot;
 pub mod broker;
 pub mod check;
+pub mod cli;
 pub mod dead_letters;
 pub mod http;
 pub mod lifecycle;

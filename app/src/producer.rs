@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use di::{Envelope, RedisResultStore, ResultRecord, ResultStore, TaskRef, TaskStatus};
+use di::{ARGS_DIGEST_LABEL, Envelope, RedisResultStore, ResultRecord, ResultStore, TaskRef, TaskStatus};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,6 +30,16 @@ pub enum ProducerError {
     /// The result store failed.
     #[error(transparent)]
     Store(#[from] di::StoreError),
+    /// The task id or a label is refused (nothing was written or sent).
+    #[error(transparent)]
+    Invalid(#[from] di::IdError),
+    /// The task id is taken by a task with other arguments (nothing was
+    /// sent): an id is an idempotency key, not a name to reuse.
+    #[error("task {task_id} was already sent with other arguments; use a new task id")]
+    Conflict {
+        /// The task id.
+        task_id: String,
+    },
     /// The arguments could not be encoded.
     #[error("cannot encode the arguments: {0}")]
     Encode(#[from] di::CodecError),
@@ -83,18 +93,55 @@ impl Producer {
         task: TaskRef<A, O>,
         args: &A,
     ) -> Result<TaskHandle<O>, ProducerError> {
-        let envelope = task.envelope(args)?;
-        self.enqueue_envelope(&envelope, task.options().queue).await?;
-        Ok(TaskHandle { task_id: envelope.task_id, producer: self.clone(), _output: PhantomData })
+        self.enqueue_with_id(task, di::new_task_id(), args).await
     }
 
-    /// Enqueues a ready envelope (the CLI's path from JSON).
+    /// [`Producer::enqueue`] under a task id of the caller's choosing (an
+    /// idempotency key): sending it again with the same arguments is a
+    /// duplicate (`TaskHandle::duplicate`), with other arguments an error.
+    pub async fn enqueue_with_id<A: Serialize, O: DeserializeOwned>(
+        &self,
+        task: TaskRef<A, O>,
+        task_id: String,
+        args: &A,
+    ) -> Result<TaskHandle<O>, ProducerError> {
+        let envelope = task.envelope_with_id(task_id, args)?;
+        let published = self.enqueue_envelope(&envelope, task.options().queue).await?;
+        Ok(TaskHandle {
+            task_id: envelope.task_id,
+            duplicate: published == Published::Duplicate,
+            producer: self.clone(),
+            _output: PhantomData,
+        })
+    }
+
+    /// Enqueues a ready envelope (the CLI's path from JSON). The id and the
+    /// labels are checked before anything is written; the envelope goes out
+    /// with an [`di::ARGS_DIGEST_LABEL`] label. If the id has a record
+    /// already: other arguments are [`ProducerError::Conflict`]; the same
+    /// arguments with a final record are `Duplicate` without publishing;
+    /// otherwise it is published and the stream's duplicate flag reported.
     pub async fn enqueue_envelope(&self, envelope: &Envelope, queue: Option<&str>) -> Result<Published, ProducerError> {
+        di::validate_task_id(&envelope.task_id)?;
+        di::validate_labels(&envelope.labels)?;
+        let digest = envelope.args_digest();
+        let mut envelope = envelope.clone();
+        envelope.labels.insert(ARGS_DIGEST_LABEL.to_owned(), digest.as_str().into());
         let mut queued = ResultRecord::new(envelope.task_name.clone(), TaskStatus::Queued, 0);
         queued.labels = envelope.labels.clone();
         // Never over a record that exists: the task id may have run already.
-        self.store.put_if_absent(&envelope.task_id, &queued).await?;
-        Ok(self.publisher.publish(envelope, queue).await?)
+        if !self.store.put_if_absent(&envelope.task_id, &queued).await?
+            && let Some(existing) = self.store.get(&envelope.task_id).await?
+        {
+            // A record without a digest (an older or a taskiq producer) counts as the same.
+            if existing.labels.get(ARGS_DIGEST_LABEL).and_then(|d| d.as_str()).is_some_and(|d| d != digest) {
+                return Err(ProducerError::Conflict { task_id: envelope.task_id });
+            }
+            if existing.status.is_final() {
+                return Ok(Published::Duplicate);
+            }
+        }
+        Ok(self.publisher.publish(&envelope, queue).await?)
     }
 
     /// Replaces every record of `task_id` with a fresh `queued` one (before
@@ -162,6 +209,9 @@ impl Producer {
 pub struct TaskHandle<O> {
     /// The task id.
     pub task_id: String,
+    /// True if this id was sent before with the same arguments: nothing new
+    /// was queued, and the handle follows the first send's task.
+    pub duplicate: bool,
     producer: Producer,
     _output: PhantomData<fn() -> O>,
 }

@@ -1,8 +1,8 @@
 //! Publishing: task envelopes (deduplicated by task id, confirmed by the
 //! server), follow-up tasks from inside tasks, and dead-letter copies.
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
 use di::{EnqueueError, Enqueuer, Envelope};
@@ -18,6 +18,8 @@ pub const TASK_ID_HEADER: &str = "Courier-Task-Id";
 pub const ATTEMPT_HEADER: &str = "Courier-Attempt";
 /// Header carrying the subject the dead letter was first published to.
 pub const SUBJECT_HEADER: &str = "Courier-Subject";
+/// Header carrying the dead letter's task name (when one could be read).
+pub const TASK_NAME_HEADER: &str = "Courier-Task-Name";
 
 /// The longest label value also sent as a NATS header.
 const MAX_LABEL_HEADER: usize = 256;
@@ -28,6 +30,10 @@ pub enum PublishError {
     /// The envelope could not be encoded.
     #[error("cannot encode the task: {0}")]
     Encode(String),
+    /// The message id cannot travel as the `Nats-Msg-Id` header (a line
+    /// break in it, say); nothing was sent.
+    #[error("the message id {0:?} cannot be sent as a NATS header")]
+    InvalidMessageId(String),
     /// The server did not accept or confirm the message.
     #[error("nats did not accept the message on {subject}: {reason}")]
     Rejected {
@@ -75,14 +81,15 @@ impl Publisher {
         // Labels travel as headers too, as taskiq-nats sends them; only short
         // ones (NATS refuses headers over 64 KiB, and the envelope has them all).
         for (key, value) in &envelope.labels {
-            if let Some(text) = value.as_str().filter(|t| t.len() <= MAX_LABEL_HEADER && valid_header_name(key)) {
-                headers.insert(key.as_str(), text);
+            if let Some(text) = value.as_str().filter(|t| t.len() <= MAX_LABEL_HEADER) {
+                try_insert(&mut headers, key, text);
             }
         }
         self.send(subject, &envelope.task_id, headers, Bytes::from(bytes)).await
     }
 
-    /// Publishes raw bytes (a replay, a test's hostile payload).
+    /// Publishes raw bytes (a replay, a test's hostile payload). A message
+    /// id that cannot be a header is an error, never a panic.
     pub async fn send(
         &self,
         subject: String,
@@ -93,7 +100,9 @@ impl Publisher {
         let rejected = |reason: String| PublishError::Rejected { subject: subject.clone(), reason };
         match self.settings.mode {
             NatsMode::Jetstream => {
-                headers.insert("Nats-Msg-Id", message_id);
+                if !try_insert(&mut headers, "Nats-Msg-Id", message_id) {
+                    return Err(PublishError::InvalidMessageId(message_id.to_owned()));
+                }
                 let message = PublishMessage::build().payload(payload).headers(headers);
                 let ack = self
                     .js
@@ -116,7 +125,8 @@ impl Publisher {
     }
 
     /// Copies a message that will never succeed to the dead-letter subject,
-    /// with the reason and what is known of the task in headers.
+    /// with the reason and what is known of the task in headers; the task
+    /// name is read from the payload (see [`Publisher::dead_letter_named`]).
     pub async fn dead_letter(
         &self,
         payload: Bytes,
@@ -126,14 +136,35 @@ impl Publisher {
         dedup_key: &str,
         subject: &str,
     ) -> Result<Published, PublishError> {
+        let task_name = Envelope::salvage_task_name(&payload);
+        self.dead_letter_named(payload, reason, task_id, task_name.as_deref(), attempt, dedup_key, subject).await
+    }
+
+    /// [`Publisher::dead_letter`] with the task name already known (it
+    /// becomes the `Courier-Task-Name` header that `--task` filters on).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dead_letter_named(
+        &self,
+        payload: Bytes,
+        reason: &str,
+        task_id: Option<&str>,
+        task_name: Option<&str>,
+        attempt: u32,
+        dedup_key: &str,
+        subject: &str,
+    ) -> Result<Published, PublishError> {
         let mut headers = HeaderMap::new();
-        headers.insert(SUBJECT_HEADER, subject);
-        headers.insert(REASON_HEADER, one_line(reason).as_str());
-        headers.insert(ATTEMPT_HEADER, attempt.to_string().as_str());
+        try_insert(&mut headers, SUBJECT_HEADER, &one_line(subject));
+        try_insert(&mut headers, REASON_HEADER, &one_line(reason));
+        try_insert(&mut headers, ATTEMPT_HEADER, &attempt.to_string());
         if let Some(id) = task_id {
-            headers.insert(TASK_ID_HEADER, one_line(id).as_str());
+            try_insert(&mut headers, TASK_ID_HEADER, &one_line(id));
         }
-        self.send(self.settings.dead_letter_subject.clone(), &format!("dead:{dedup_key}"), headers, payload).await
+        if let Some(name) = task_name {
+            try_insert(&mut headers, TASK_NAME_HEADER, &one_line(name));
+        }
+        let message_id = format!("dead:{}", one_line(dedup_key));
+        self.send(self.settings.dead_letter_subject.clone(), &message_id, headers, payload).await
     }
 }
 
@@ -169,8 +200,20 @@ fn one_line(text: &str) -> String {
     flat.chars().take(1000).collect()
 }
 
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+/// Adds a header if async-nats accepts its name and value, and says
+/// whether it did (`HeaderMap::insert` with `&str` panics on a line break
+/// in the value, or a space, a colon or a control character in the name).
+fn try_insert(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    match (name.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
+        (Ok(name), Ok(value)) => {
+            headers.insert(name, value);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The [`Enqueuer`] tasks get in a worker: publishes through NATS.
@@ -194,5 +237,21 @@ impl Enqueuer for NatsEnqueuer {
             Err(PublishError::Encode(e)) => Err(EnqueueError::Encode(e)),
             Err(e) => Err(EnqueueError::Broker(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_that_async_nats_would_panic_on_are_skipped() {
+        let mut headers = HeaderMap::new();
+        assert!(!try_insert(&mut headers, "k", "v\r\nPUB x 0"));
+        assert!(!try_insert(&mut headers, "a b", "v"));
+        assert!(!try_insert(&mut headers, "a:b", "v"));
+        assert!(!try_insert(&mut headers, "", "v"));
+        assert!(try_insert(&mut headers, "k", "v"));
+        assert_eq!(headers.get("k").map(|v| v.as_str()), Some("v"));
     }
 }

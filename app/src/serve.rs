@@ -143,7 +143,15 @@ impl Runtime {
             tries += 1;
             let copied = self
                 .publisher
-                .dead_letter(payload.clone(), reason, execution.task_id.as_deref(), execution.attempt, dedup, subject)
+                .dead_letter_named(
+                    payload.clone(),
+                    reason,
+                    execution.task_id.as_deref(),
+                    execution.task_name.as_deref(),
+                    execution.attempt,
+                    dedup,
+                    subject,
+                )
                 .await;
             match copied {
                 Ok(_) => return Ok(()),

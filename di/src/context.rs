@@ -130,7 +130,9 @@ impl TaskContext {
 
     /// Enqueues a follow-up task and returns its id. The id is derived from
     /// this task's id and the call's order, so a retried task enqueues the
-    /// same ids again and the broker drops the duplicates.
+    /// same ids again and the broker drops the duplicates. An id or label
+    /// that [`crate::ids`] refuses (a parent id near the length limit, say)
+    /// is a fatal failure.
     pub async fn enqueue<A: Serialize, O: DeserializeOwned>(
         &self,
         task: TaskRef<A, O>,
@@ -140,6 +142,10 @@ impl TaskContext {
         let task_id = format!("{}.{n}", self.inner.task_id);
         let mut envelope = task.envelope_with_id(task_id.clone(), args)?;
         envelope.labels.insert("parent_task_id".to_owned(), rmpv::Value::from(self.inner.task_id.as_str()));
+        // A bad id fails the same way on every retry: fatal, nothing published.
+        crate::ids::validate_task_id(&envelope.task_id)
+            .and_then(|()| crate::ids::validate_labels(&envelope.labels))
+            .map_err(|e| Failure::fatal(format!("enqueue {}: {e}", task.name())))?;
         self.inner
             .enqueuer
             .enqueue(envelope, task.options().queue)

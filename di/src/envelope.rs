@@ -27,6 +27,10 @@ pub struct Envelope {
     pub kwargs: BTreeMap<String, rmpv::Value>,
 }
 
+/// The label a producer puts the [`Envelope::args_digest`] in, to tell a
+/// re-send of the same task from another task reusing its id.
+pub const ARGS_DIGEST_LABEL: &str = "courier_args_digest";
+
 /// Why bytes are not an envelope, or arguments not the task's type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -71,6 +75,31 @@ impl Envelope {
         whole.or_else(|| leading_task_id(bytes)).filter(|id| !id.is_empty())
     }
 
+    /// The FNV-1a 64-bit digest (16 hex digits) of the MessagePack of
+    /// `[args, kwargs]`: equal arguments give equal digests.
+    pub fn args_digest(&self) -> String {
+        let kwargs = self.kwargs.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), v.clone())).collect();
+        let value = rmpv::Value::Array(vec![rmpv::Value::Array(self.args.clone()), rmpv::Value::Map(kwargs)]);
+        let mut bytes = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = rmpv::encode::write_value(&mut bytes, &value);
+        format!("{:016x}", fnv1a64(&bytes))
+    }
+
+    /// The task name of bytes that may not be a whole envelope, if one can
+    /// be read (to file a dead letter under it).
+    pub fn salvage_task_name(bytes: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct NameOnly {
+            task_name: String,
+        }
+        crate::shape::check(bytes, crate::shape::MAX_DEPTH)
+            .ok()
+            .and_then(|()| rmp_serde::from_slice::<NameOnly>(bytes).ok())
+            .map(|v| v.task_name)
+            .filter(|name| !name.is_empty())
+    }
+
     /// Decodes the arguments as `A`: from `kwargs` by field name, or from
     /// positional `args` in field order.
     pub fn decode_args<A: DeserializeOwned>(&self) -> Result<A, CodecError> {
@@ -93,6 +122,11 @@ impl Envelope {
         };
         rmpv::ext::from_value(value).map_err(|e| CodecError(format!("arguments do not fit the task: {e}")))
     }
+}
+
+/// FNV-1a, 64 bits: a few lines, stable across versions and platforms.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The task id of a map whose first entry is `task_id` (as Courier and
@@ -143,6 +177,23 @@ mod tests {
     struct Args {
         chat_id: i64,
         text: String,
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn args_digest_tells_arguments_apart_but_not_ids() {
+        let a = Envelope::new("id-1".into(), "t", &Args { chat_id: 7, text: "x".into() }).unwrap();
+        let same = Envelope::new("id-2".into(), "t", &Args { chat_id: 7, text: "x".into() }).unwrap();
+        let other = Envelope::new("id-1".into(), "t", &Args { chat_id: 8, text: "x".into() }).unwrap();
+        assert_eq!(a.args_digest(), same.args_digest());
+        assert_ne!(a.args_digest(), other.args_digest());
+        assert_eq!(a.args_digest().len(), 16);
     }
 
     #[test]

@@ -337,6 +337,16 @@ impl Executor {
         }
         let envelope = Envelope::from_msgpack(bytes)
             .map_err(|e| (Envelope::salvage_task_id(bytes), None, Outcome::BadEnvelope(e.0)))?;
+        // From a foreign producer: recorded under the raw id (any bytes make
+        // a Redis key) and dead-lettered, never run.
+        let invalid = match crate::ids::validate_task_id(&envelope.task_id) {
+            Err(e) => Some(format!("invalid task id: {e}")),
+            Ok(()) => crate::ids::validate_labels(&envelope.labels).err().map(|e| format!("invalid label: {e}")),
+        };
+        if let Some(why) = invalid {
+            let task_id = Some(envelope.task_id).filter(|id| !id.is_empty());
+            return Err((task_id, Some(envelope.task_name), Outcome::BadEnvelope(why)));
+        }
         match self.registry.get(&envelope.task_name) {
             Some(def) => Ok((envelope, def)),
             None => {

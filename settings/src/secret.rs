@@ -91,8 +91,12 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
-fn percent_decode(raw: &str) -> String {
-    url::form_urlencoded::parse(format!("x={raw}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+/// Decodes a URL's user or password part the way clients do (RFC 3986
+/// percent-decoding: `%2B` is `+`, and a `+` stays a `+`; never form
+/// decoding, which reads `+` as a space). Invalid UTF-8 is replaced.
+/// Every reader of URL credentials in Courier uses this one.
+pub fn percent_decode(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned()
 }
 
 /// Replaces the password of a URL with `***`; a URL that does not parse is
@@ -138,6 +142,22 @@ mod tests {
         assert_eq!(SecretUrl::new("postgres://app:p%40ss@db/app").password().as_deref(), Some("p@ss"));
         assert_eq!(SecretUrl::new("nats://tok@h:4222").password().as_deref(), Some("tok"));
         assert_eq!(SecretUrl::new("redis://h:6379").password(), None);
+    }
+
+    #[test]
+    fn passwords_decode_as_clients_decode_them() {
+        for (in_url, password) in [
+            ("a+b", "a+b"),
+            ("a%2Bb", "a+b"),
+            ("a%252Bb", "a%2Bb"),
+            ("p%40ss", "p@ss"),
+            ("p%3Ass", "p:ss"),
+            ("dGVzdA%2B%2Fx%3D%3D", "dGVzdA+/x=="),
+        ] {
+            let url = SecretUrl::new(format!("redis://:{in_url}@h:6379"));
+            assert_eq!(url.password().as_deref(), Some(password), "{in_url}");
+            assert!(!url.redacted().contains(in_url), "{}", url.redacted());
+        }
     }
 
     #[test]

@@ -140,7 +140,7 @@ async fn payload_over_the_size_limit_is_refused_unread() {
     let producer = scope.producer().await;
     let mut envelope =
         Envelope::new("big-1".into(), "test_di_task", &tasks::test_di_task::Args { chat_id: 1 }).unwrap();
-    envelope.labels.insert("padding".into(), "p".repeat(100 * 1024).into());
+    envelope.kwargs.insert("padding".into(), "p".repeat(100 * 1024).into());
     producer.enqueue_envelope(&envelope, None).await.unwrap();
     let record = producer.wait("big-1", WAIT).await.unwrap();
     assert_eq!(record.status, TaskStatus::Failed);

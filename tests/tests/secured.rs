@@ -184,3 +184,70 @@ async fn a_malformed_credentials_file_fails_startup_clearly() {
     assert!(err.contains("nats.credentials_file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Passwords with characters that URLs treat specially (issue 11, point 15).
+const TRICKY: [&str; 5] = ["a+b", "a%2Bb", "p@ss", "p:ss", "dGVzdA+/x=="];
+
+/// Percent-encodes all but ASCII letters and digits, as a URL's user part needs.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Runs the `worker` binary with `env` until it gives up; all it printed.
+async fn worker_output(env: Vec<(String, String)>) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = it::process::command("worker").envs(env).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn passwords_with_url_special_characters_connect_and_never_leak() {
+    for password in TRICKY {
+        let nats = PrivateNats::start_with(&["--user", "u", "--pass", password]);
+        let redis = PrivateRedis::redis_with(&["--requirepass", password]);
+        let nats_url = |pw: &str| SecretUrl::new(format!("nats://u:{pw}@127.0.0.1:{}", nats.port));
+        let redis_url = |pw: &str| SecretUrl::new(format!("redis://:{pw}@127.0.0.1:{}", redis.port));
+
+        // Percent-encoded (and, where a URL allows it, as typed): connects.
+        let mut forms = vec![encode(password)];
+        if password == "a+b" {
+            forms.push(password.to_owned());
+        }
+        for form in forms {
+            let mut scope = Scope::new();
+            scope.settings.nats.url = nats_url(&form);
+            scope.settings.redis.url = redis_url(&form);
+            for url in [&scope.settings.nats.url, &scope.settings.redis.url] {
+                assert_eq!(url.password().as_deref(), Some(password), "{form}: what the scrubber masks");
+            }
+            let producer = courier::Producer::connect(&scope.settings)
+                .await
+                .unwrap_or_else(|e| panic!("{password:?} as {form}: {e}"));
+            let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+            assert!(producer.result(&handle.task_id).await.unwrap().is_some(), "{form}: the record was written");
+        }
+
+        // A wrong password, to NATS and then to Redis: it is nowhere in the
+        // error, the settings' Debug or the worker's log.
+        let wrong = format!("{password}-wr0ng");
+        for (nats_pw, redis_pw) in [(encode(&wrong), encode(password)), (encode(password), encode(&wrong))] {
+            let mut scope = Scope::new();
+            scope.settings.nats.url = nats_url(&nats_pw);
+            scope.settings.redis.url = redis_url(&redis_pw);
+            let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err();
+            let (code, log) = worker_output(scope.env()).await;
+            assert_ne!(code, Some(0), "{log}");
+            let texts = [err.to_string(), format!("{err:?}"), format!("{:?}", scope.settings), log];
+            for text in &texts {
+                for secret in [wrong.as_str(), &encode(&wrong)] {
+                    assert!(!text.contains(secret), "{secret:?} leaked: {text}");
+                }
+            }
+        }
+    }
+}
