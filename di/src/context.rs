@@ -148,7 +148,7 @@ impl TaskContext {
             .map_err(|e| Failure::fatal(format!("enqueue {}: {e}", task.name())))?;
         self.inner
             .enqueuer
-            .enqueue(envelope, task.options().queue)
+            .enqueue(envelope, task.options().lane)
             .await
             .map_err(|e| Failure::retryable(format!("enqueue {}: {e}", task.name())))?;
         Ok(task_id)

@@ -100,6 +100,11 @@ impl Envelope {
             .filter(|name| !name.is_empty())
     }
 
+    /// The lane its `lane` label names, if it names one.
+    pub fn lane(&self) -> Option<crate::Lane> {
+        self.labels.get("lane").and_then(rmpv::Value::as_str).and_then(crate::Lane::parse)
+    }
+
     /// Decodes the arguments as `A`: from `kwargs` by field name, or from
     /// positional `args` in field order.
     pub fn decode_args<A: DeserializeOwned>(&self) -> Result<A, CodecError> {

@@ -366,10 +366,7 @@ impl Executor {
         attempt: u32,
         interrupt: &CancellationToken,
     ) -> Outcome {
-        let lane = match envelope.labels.get("lane").and_then(rmpv::Value::as_str) {
-            Some(name) => crate::Lane::parse(name).unwrap_or(def.options.lane),
-            None => def.options.lane,
-        };
+        let lane = envelope.lane().unwrap_or(def.options.lane);
         let ctx = TaskContext::new(
             envelope.task_id.clone(),
             def.name(),

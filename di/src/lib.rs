@@ -42,8 +42,8 @@ pub use {inventory, rmpv, shaku, sqlx};
 /// What a task file imports: `use di::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Failure, HookContext, HookResult, ResultExt, RetryPolicy, TaskContext, TaskOptions, TaskResult, register_hook,
-        register_task,
+        Failure, HookContext, HookResult, Lane, ResultExt, RetryPolicy, TaskContext, TaskOptions, TaskResult,
+        register_hook, register_task,
     };
     pub use serde::{Deserialize, Serialize};
     pub use std::time::Duration;
