@@ -424,7 +424,8 @@ async fn handle(
         task.delivery = count,
         task.outcome = tracing::field::Empty
     );
-    let work = async {
+    // Boxed: the executor's state machine is large, and this runs per message.
+    let work = Box::pin(async {
         let delivery = Delivery { count, interrupt: hard_stop.clone() };
         let execution = match runtime.execute(&message.payload, &delivery).await {
             Ok(execution) => execution,
@@ -448,7 +449,7 @@ async fn handle(
         tracing::Span::current().record("task.attempt", execution.attempt);
         settle(&runtime, &message, &execution, sequence).await;
         runtime.finished(&execution).await;
-    };
+    });
     let heartbeat = async {
         let mut every = tokio::time::interval(runtime.progress_every);
         every.tick().await;
