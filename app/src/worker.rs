@@ -47,6 +47,7 @@ pub enum WorkerError {
 pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let registry = lifecycle::load_registry()?;
+    lifecycle::warn_if_pool_below_concurrency(&settings);
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
     let publisher = Publisher::new(nats.clone(), settings.nats.clone());
     let consumer = match settings.nats.mode {
@@ -76,16 +77,17 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
 
     let names = registry.names();
     let enqueuer = Arc::new(NatsEnqueuer::new(publisher.clone()));
-    let executor = Executor::new(Arc::new(registry), module.clone(), enqueuer, settings.nats.max_payload);
+    let executor =
+        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(&settings));
     let store: Arc<dyn ResultStore> = module.resolve();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&names));
     let progress = broker::progress_interval(&settings.nats);
     let runtime = Arc::new(Runtime::new(executor, publisher, store.clone(), progress, metrics.clone()));
     let token = CancellationToken::new();
     let addr = settings.worker.http_addr.trim();
     if !addr.is_empty() {
         let health = Health { metrics, nats: nats.clone(), consumer: consumer.clone(), store, db: module.resolve() };
-        let bound = http::serve(addr, health, token.clone())
+        let bound = http::serve(addr, http::HttpLimits::from_settings(&settings.worker), health, token.clone())
             .await
             .map_err(|err| WorkerError::Http { addr: addr.to_owned(), reason: err.to_string() })?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");

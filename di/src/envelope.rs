@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::shape::DecodeLimits;
+
 /// One task invocation as it travels from producer to worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -50,10 +52,16 @@ impl Envelope {
         rmp_serde::to_vec_named(self).map_err(|e| CodecError(format!("cannot encode envelope: {e}")))
     }
 
-    /// Decodes an envelope; any malformed input is an error, never a panic.
+    /// Decodes an envelope within the default [`DecodeLimits`]; any
+    /// malformed input is an error, never a panic.
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, CodecError> {
-        crate::shape::check(bytes, crate::shape::MAX_DEPTH)
-            .map_err(|e| CodecError(format!("not a task envelope: {e}")))?;
+        Self::from_msgpack_within(bytes, &DecodeLimits::DEFAULT)
+    }
+
+    /// Decodes an envelope if its shape is within `limits` (depth, values,
+    /// estimated memory), checked before anything is decoded.
+    pub fn from_msgpack_within(bytes: &[u8], limits: &DecodeLimits) -> Result<Self, CodecError> {
+        crate::shape::check(bytes, limits).map_err(|e| CodecError(format!("not a task envelope: {e}")))?;
         rmp_serde::from_slice(bytes).map_err(|e| CodecError(format!("not a task envelope: {e}")))
     }
 
@@ -64,7 +72,9 @@ impl Envelope {
         struct IdOnly {
             task_id: String,
         }
-        let whole = crate::shape::check(bytes, crate::shape::MAX_DEPTH)
+        // Only the id is kept (the rest is skipped, not decoded): depth is
+        // the one bound needed.
+        let whole = crate::shape::check(bytes, &DecodeLimits::depth_only(crate::shape::MAX_DEPTH))
             .ok()
             .and_then(|()| rmp_serde::from_slice::<IdOnly>(bytes).ok())
             .map(|v| v.task_id);
