@@ -43,7 +43,7 @@ pub struct DecodeLimits {
 impl DecodeLimits {
     /// The defaults of `settings.toml`.
     pub const DEFAULT: Self =
-        Self { max_payload: 1 << 20, max_depth: MAX_DEPTH, max_items: 65_536, max_bytes: 2 << 20 };
+        Self { max_payload: 1 << 20, max_depth: MAX_DEPTH, max_items: 16_384, max_bytes: 1 << 20 };
 
     /// Only a depth bound, for data Courier wrote itself (result records),
     /// whose size its writer already decided.
