@@ -50,6 +50,7 @@ pub enum WorkerError {
 pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let registry = lifecycle::load_registry()?;
+    lifecycle::warn_if_pool_below_concurrency(&settings);
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
     // Boxed: the whole worker's state machine would make every caller's future large.
     let result = Box::pin(with_nats(&settings, registry, &nats, started, shutdown)).await;
@@ -127,9 +128,10 @@ async fn serve_container(
 
     let names = registry.names();
     let enqueuer = Arc::new(NatsEnqueuer::new(publisher.clone()));
-    let executor = Executor::new(Arc::new(registry), module.clone(), enqueuer, settings.nats.max_payload);
+    let executor =
+        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(&settings));
     let store: Arc<dyn ResultStore> = module.resolve();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&names));
     let progress = broker::progress_interval(&settings.nats);
     let bot: Arc<dyn di::BotApi> = module.resolve();
     let runtime = Arc::new(
@@ -149,7 +151,7 @@ async fn serve_container(
             db: module.resolve(),
             pulling: pulling.clone(),
         };
-        let bound = http::serve(addr, health, token.clone())
+        let bound = http::serve(addr, http::HttpLimits::from_settings(&settings.worker), health, token.clone())
             .await
             .map_err(|err| WorkerError::Http { addr: addr.to_owned(), reason: err.to_string() })?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::container::Container;
@@ -109,6 +109,15 @@ impl TaskContext {
             Some(tx) => &mut **tx,
             None => unreachable!("the session was begun above"),
         }))
+    }
+
+    /// The database pool itself, for a task's own short transactions that
+    /// must commit before the task ends (a claim written before a slow
+    /// call). Most tasks want [`TaskContext::db`]; a connection taken from
+    /// here is not the session's and never sees its uncommitted writes.
+    pub fn db_pool(&self) -> AnyPool {
+        let db: Arc<dyn Db> = self.inner.container.resolve();
+        db.pool().clone()
     }
 
     /// `"PostgreSQL"` or `"SQLite"`.

@@ -34,6 +34,7 @@ pub use governor::{Admission, Governor, Lane};
 pub use ids::{IdError, validate_labels, validate_task_id};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
+pub use shape::{DecodeLimits, ShapeError};
 pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
 
 // Re-exported so task crates use the very versions the runtime does.
