@@ -129,7 +129,7 @@ async fn serve_container(
     let names = registry.names();
     let enqueuer = Arc::new(NatsEnqueuer::new(publisher.clone()));
     let executor =
-        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(&settings));
+        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(settings));
     let store: Arc<dyn ResultStore> = module.resolve();
     let metrics = Arc::new(Metrics::new(&names));
     let progress = broker::progress_interval(&settings.nats);
