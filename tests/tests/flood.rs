@@ -161,3 +161,29 @@ async fn a_429_freezes_its_chat_for_every_worker_and_a_global_one_stops_all_send
     assert_eq!(late, 0, "sends went on during the bot-wide freeze");
     exactly_once(&fake, &texts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code() {
+    let limits = limits(100.0);
+    let mut scope = Scope::new();
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    scope.settings.telegram.token = Some(settings::Secret::new("123456:TEST-TOKEN"));
+    scope.settings.telegram.api_url = fake.url.clone();
+    fake.rules(|rules| {
+        rules.block(801);
+        rules.deactivate(802);
+        rules.forget(803);
+    });
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    for (chat_id, code) in [(801, "blocked"), (802, "deactivated"), (803, "not_found")] {
+        let args = send_message::Args { chat_id, text: "hello".into() };
+        let record = producer.enqueue(send_message::TASK, &args).await.unwrap().wait(WAIT).await.unwrap();
+        assert_eq!(record.status, di::TaskStatus::Failed, "{record:?}");
+        let error = record.error.unwrap();
+        assert_eq!(error.exc_type, "Fatal");
+        assert!(error.message().contains(&format!("({code})")), "{}", error.message());
+        assert_eq!(fake.sent_to(chat_id).len(), 1, "not retried");
+    }
+    worker.stop().await.unwrap();
+}
