@@ -253,7 +253,12 @@ pub async fn ensure_consumer(
     let mut consumer: consumer::PullConsumer =
         task_stream.get_or_create_consumer(&durable, wanted.clone()).await.map_err(|e| topology(&e))?;
     let mut found = consumer.info().await.map_err(|e| topology(&e))?.config.clone();
-    if found.filter_subject != wanted.filter_subject {
+    // Looked at again just before deleting: another worker starting at the
+    // same moment may have replaced it already.
+    if found.filter_subject != wanted.filter_subject
+        && task_stream.consumer_info(&durable).await.map_err(|e| topology(&e))?.config.filter_subject
+            != wanted.filter_subject
+    {
         tracing::warn!(
             consumer = %durable,
             found = ?found.filter_subject,

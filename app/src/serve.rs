@@ -30,6 +30,8 @@ const STORE_RETRY: Duration = Duration::from_secs(2);
 /// How often a dead-letter copy is tried before the message is handed back
 /// (its failed record is kept, so the redelivery only retries the copy).
 const DEAD_LETTER_TRIES: u32 = 5;
+/// The most messages one pull asks for (also bounded by the free slots).
+const MAX_BATCH: usize = 256;
 /// After the shutdown timeout: how long interrupted tasks get to hand their
 /// messages back before they are aborted.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -221,11 +223,23 @@ impl Slots {
         Slot { _all: all, _other: other }
     }
 
-    fn free(&self, lane: Lane) -> usize {
-        match lane {
-            Lane::Interactive => self.all.available_permits(),
-            _ => self.all.available_permits().min(self.others.available_permits()),
+    /// Up to `most` more slots that are free right now (never waits).
+    fn take_free(&self, lane: Lane, most: usize) -> Vec<Slot> {
+        let mut taken = Vec::new();
+        while taken.len() < most {
+            let other = match lane {
+                Lane::Interactive => None,
+                _ => match self.others.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                },
+            };
+            match self.all.clone().try_acquire_owned() {
+                Ok(all) => taken.push(Slot { _all: all, _other: other }),
+                Err(_) => break,
+            }
         }
+        taken
     }
 }
 
@@ -297,31 +311,35 @@ async fn pull_loop(
             break 'pull;
         }
         puller.recheck_after_reconnect().await;
-        let mut wanted = slots.free(lane) + 1;
+        // The slots for the whole batch are taken before asking: several
+        // lanes share them, and a message must never wait for one (it would
+        // wait without progress acks while its ack_wait runs out).
+        let mut batch_slots = vec![first];
+        batch_slots.extend(slots.take_free(lane, MAX_BATCH - 1));
         if lane == Lane::Bulk
             && let Some(governor) = &runtime.governor
         {
-            let (budget, wait) = governor.bulk_budget(wanted).await;
+            let (budget, wait) = governor.bulk_budget(batch_slots.len()).await;
             if budget == 0 {
-                drop(first);
+                drop(batch_slots);
                 if sleep_or_shutdown(wait.max(Duration::from_millis(5)), &shutdown).await {
                     break 'pull;
                 }
                 continue;
             }
-            wanted = wanted.min(budget);
+            batch_slots.truncate(budget);
         }
+        let wanted = batch_slots.len();
         let mut batch = match puller.consumer().batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
             Ok(batch) => batch,
             Err(err) => {
-                drop(first);
+                drop(batch_slots);
                 if !puller.failed(format!("pull request failed: {err}"), &shutdown).await {
                     break 'pull;
                 }
                 continue;
             }
         };
-        let mut first = Some(first);
         let (mut received, mut failure) = (0_usize, None);
         loop {
             let next = tokio::select! {
@@ -344,9 +362,10 @@ async fn pull_loop(
                 }
             };
             received += 1;
-            let slot = match first.take() {
-                Some(slot) => slot,
-                None => slots.acquire(lane).await,
+            // The server sends at most `wanted` messages; a slot is there for each.
+            let Some(slot) = batch_slots.pop() else {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                continue;
             };
             running.spawn(handle(runtime.clone(), message, slot, hard_stop.clone(), abandon.clone()));
             while let Some(done) = running.try_join_next() {

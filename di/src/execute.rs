@@ -199,9 +199,12 @@ impl Executor {
         &self.registry
     }
 
-    /// The one step: decode, count the attempt, record `running`, run,
-    /// record the outcome. A redelivery whose record is already final does
-    /// not run again; one whose attempts are all spent is failed.
+    /// The one step: decode, record `running` (learning what the task's
+    /// record said before), count the attempt, run, record the outcome. A
+    /// task whose record is already final does not run again; one whose
+    /// attempts are all spent is failed. Every delivery reads the record
+    /// (in the same round trip as the `running` write): delivery counts
+    /// restart when a consumer is re-created, so they decide nothing.
     pub async fn process(&self, bytes: &[u8], delivery: &Delivery) -> Result<Execution, ProcessError> {
         let started = Instant::now();
         let (envelope, def) = match self.prepare(bytes) {
@@ -209,17 +212,19 @@ impl Executor {
             Err(rejected) => return self.reject(rejected, delivery.count.max(1), started).await,
         };
         record_on_span(Some(&envelope.task_id), Some(def.name()));
-        let mut attempt = 1;
-        if delivery.count > 1 {
-            let previous = self.store.get(&envelope.task_id).await.map_err(ProcessError::NotStarted)?;
-            match previous {
-                Some(record) if record.status.is_final() => {
-                    return Ok(already_finished(envelope.task_id, def.name().to_owned(), record, started));
-                }
-                Some(record) => attempt = record.attempt.saturating_add(1),
-                None => {}
+        let mut running = ResultRecord::new(def.name(), TaskStatus::Running, 1);
+        running.labels = envelope.labels.clone();
+        running.started_at = Some(running.updated_at);
+        let previous = self.store.begin(&envelope.task_id, &running).await.map_err(ProcessError::NotStarted)?;
+        let attempt = match previous {
+            Some(record) if record.status.is_final() => {
+                return Ok(already_finished(envelope.task_id, def.name().to_owned(), record, started));
             }
-        }
+            Some(record) if matches!(record.status, TaskStatus::Running | TaskStatus::Retrying) => {
+                record.attempt.saturating_add(1)
+            }
+            _ => 1,
+        };
         let limit = def.options.retry.max_attempts;
         if attempt > limit {
             let outcome = Outcome::AttemptsExhausted { started: attempt - 1 };
@@ -236,7 +241,11 @@ impl Executor {
             }
             return self.saved(execution).await;
         }
-        self.run_attempt(envelope, def, attempt, &delivery.interrupt, started).await
+        if attempt != running.attempt {
+            running.attempt = attempt;
+            self.store.put(&envelope.task_id, &running).await.map_err(ProcessError::NotStarted)?;
+        }
+        self.run_started(envelope, def, running, &delivery.interrupt, started).await
     }
 
     /// Runs `bytes` as attempt `attempt` without reading the store first
@@ -252,7 +261,7 @@ impl Executor {
         }
     }
 
-    /// Writes `running`, runs the body (interruptible), records the outcome.
+    /// Writes `running`, then runs the attempt.
     async fn run_attempt(
         &self,
         envelope: Envelope,
@@ -265,7 +274,20 @@ impl Executor {
         running.labels = envelope.labels.clone();
         running.started_at = Some(running.updated_at);
         self.store.put(&envelope.task_id, &running).await.map_err(ProcessError::NotStarted)?;
+        self.run_started(envelope, def, running, interrupt, started).await
+    }
 
+    /// Runs the body (interruptible) of an attempt whose `running` record
+    /// is written, and records the outcome.
+    async fn run_started(
+        &self,
+        envelope: Envelope,
+        def: &'static TaskDef,
+        running: ResultRecord,
+        interrupt: &CancellationToken,
+        started: Instant,
+    ) -> Result<Execution, ProcessError> {
+        let attempt = running.attempt;
         let outcome = self.run(&envelope, def, attempt, interrupt).await;
         let mut execution = self.conclude(
             Some(envelope.task_id.clone()),

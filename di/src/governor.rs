@@ -90,8 +90,10 @@ for i, b in ipairs(buckets) do
   if w > wait then wait = w end
 end
 if wait > tonumber(ARGV[7]) then return {0, wait} end
+-- The message leaves after the longest wait: every bucket is charged from then.
+local send = now + wait
 for i, b in ipairs(buckets) do
-  local new_tat = tats[i] + tonumber(ARGV[b[2]])
+  local new_tat = math.max(tats[i], send) + tonumber(ARGV[b[2]])
   redis.call('SET', b[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
 end
 return {1, wait}
@@ -119,12 +121,15 @@ return {n, 0}
 ";
 
 const FREEZE: &str = r"
--- KEYS: 1 chat freeze, 2 bot freeze, 3 recent 429s (a set of chats)
+-- KEYS: 1 chat freeze, 2 bot freeze, 3 recent 429s (chats scored by time)
 -- ARGV: 1 retry_after ms, 2 chat id, 3 chats that freeze the bot
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], 1000)
-if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 1000)
+redis.call('PEXPIRE', KEYS[3], 2000)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
   local left = redis.call('PTTL', KEYS[2])
   if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
   return 1

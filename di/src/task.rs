@@ -386,9 +386,14 @@ mod tests {
 
     #[test]
     fn bot_errors_map_to_failures() {
+        // Telegram's limits are not the task's failure: no attempt is spent.
         let f: Failure = BotError::RateLimited { retry_after: Duration::from_secs(3) }.into();
-        assert_eq!(f, Failure::Retryable { message: f.to_string(), retry_after: Some(Duration::from_secs(3)) });
-        assert!(!Failure::from(BotError::Rejected("blocked".into())).is_retryable());
+        assert_eq!(f, Failure::Throttled { message: f.to_string(), retry_after: Duration::from_secs(3) });
+        let f: Failure = BotError::Throttled { retry_after: Duration::from_millis(400) }.into();
+        assert!(matches!(f, Failure::Throttled { .. }) && f.is_retryable());
+        assert!(!Failure::from(BotError::Rejected("bad request".into())).is_retryable());
+        let gone = BotError::ChatGone { reason: crate::ChatGone::Blocked, detail: "blocked".into() };
+        assert!(!Failure::from(gone).is_retryable());
         assert!(Failure::from(BotError::Unavailable("down".into())).is_retryable());
     }
 

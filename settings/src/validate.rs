@@ -108,6 +108,17 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         ),
     }
 
+    c.check(
+        i64::try_from(settings.worker.concurrency).unwrap_or(i64::MAX) < settings.nats.max_ack_pending,
+        "worker.concurrency",
+        || {
+            format!(
+                "{} must be below nats.max_ack_pending ({}): a pull for more than the consumer allows is refused",
+                settings.worker.concurrency, settings.nats.max_ack_pending
+            )
+        },
+    );
+
     let limits = &tg.limits;
     for (key, rate) in [
         ("telegram.limits.global_per_second", limits.global_per_second),

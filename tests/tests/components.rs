@@ -162,7 +162,7 @@ async fn bot_errors_are_split_into_retryable_and_fatal() {
         serde_json::json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
     );
     let e = bot.send_message(1, "x").await.unwrap_err();
-    assert!(matches!(e, BotError::Rejected(_)) && !e.is_retryable(), "{e:?}");
+    assert!(matches!(e, BotError::ChatGone { reason: di::ChatGone::Blocked, .. }) && !e.is_retryable(), "{e:?}");
 
     // teloxide waits 10 s after any 5xx before it returns the error.
     fake.script(

@@ -42,6 +42,16 @@ pub trait ResultStore: Interface {
     /// overwrites the result of the run that already happened.
     async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError>;
 
+    /// Records `running` for `task_id` and returns what was there before it
+    /// (the final record if there is one, else the in-flight one), in as few
+    /// round trips as the store allows: a worker learns how many attempts a
+    /// task already started, and whether it already finished, at no extra cost.
+    async fn begin(&self, task_id: &str, running: &ResultRecord) -> Result<Option<ResultRecord>, StoreError> {
+        let previous = self.get(task_id).await?;
+        self.put(task_id, running).await?;
+        Ok(previous)
+    }
+
     /// Removes every record of `task_id` (before a dead letter is replayed).
     async fn delete(&self, task_id: &str) -> Result<(), StoreError>;
 
@@ -198,6 +208,28 @@ impl ResultStore for RedisResultStore {
             let () = conn.set_ex(self.status_key(task_id), bytes, ttl).await.map_err(|e| self.failed(e))?;
         }
         Ok(())
+    }
+
+    async fn begin(&self, task_id: &str, running: &ResultRecord) -> Result<Option<ResultRecord>, StoreError> {
+        let bytes = running.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
+        let mut conn = self.conn().await?;
+        // One round trip: the final record, and the in-flight one that the
+        // `running` record replaces (SET .. GET, Redis 6.2+).
+        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
+            .get(self.key(task_id))
+            .cmd("SET")
+            .arg(self.status_key(task_id))
+            .arg(bytes)
+            .arg("EX")
+            .arg(self.ttl.as_secs().max(1))
+            .arg("GET")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        done.or(before)
+            .map(|b| ResultRecord::from_msgpack(&b))
+            .transpose()
+            .map_err(|err| StoreError::Corrupt { task_id: task_id.to_owned(), reason: err.to_string() })
     }
 
     async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError> {
