@@ -163,9 +163,7 @@ impl<'de> Deserialize<'de> for SecretUrls {
             List(Vec<String>),
         }
         Written::deserialize(deserializer)
-            .map_err(|_| {
-                serde::de::Error::custom("expected a URL, URLs separated by commas, or a list of URL strings")
-            })
+            .map_err(|_| serde::de::Error::custom("expected a URL, URLs separated by commas, or a list of URL strings"))
             .map(|written| match written {
                 Written::One(urls) => Self::new(urls),
                 Written::List(urls) => Self::from_list(urls),

@@ -256,3 +256,28 @@ fn every_nats_server_is_validated_and_redacted() {
         Ok(())
     });
 }
+
+#[test]
+fn the_cluster_compose_file_gives_every_worker_every_nats_node() {
+    let compose = include_str!("../../docker/compose.cluster.yml");
+    // The NATS services: `  nats-N:` in `services:` (`volumes:` has them too).
+    let services = compose.split("\nservices:\n").nth(1).and_then(|rest| rest.split("\nvolumes:\n").next());
+    let nodes: Vec<String> = services
+        .expect("a services: section")
+        .lines()
+        .filter_map(|line| line.strip_prefix("  nats-")?.strip_suffix(':').map(|n| format!("nats://nats-{n}:4222")))
+        .collect();
+    assert!(nodes.len() >= 3, "{nodes:?}");
+    let value = compose
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("COURIER_NATS__URL:"))
+        .expect("the worker's COURIER_NATS__URL")
+        .trim()
+        .to_owned();
+    Jail::expect_with(|jail| -> JailResult {
+        jail.set_env("COURIER_NATS__URL", &value);
+        let s = load(jail, "development").map_err(err)?;
+        assert_eq!(servers(&s), nodes, "every node, as the worker reads them");
+        Ok(())
+    });
+}
