@@ -1,6 +1,14 @@
 //! The Telegram bot (the producer of the spec): long polling against
 //! `telegram.api_url`; `/report` enqueues `test_di_task` for the chat,
 //! `/status <task_id>` answers from the result store.
+//!
+//! A report's task id is derived from the update (`report-<chat>-<update>`)
+//! and published with it as `Nats-Msg-Id`, so an update read twice (Telegram
+//! serves an update again until a later `getUpdates` offset confirms it,
+//! for example after a crash) is dropped by the broker as a duplicate
+//! instead of queueing a second report. At shutdown the bot confirms what
+//! it handled with one `getUpdates(offset = last + 1, timeout = 0)`, so a
+//! clean restart reads nothing twice.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,9 +18,10 @@ use settings::Settings;
 use teloxide::Bot;
 use teloxide::payloads::GetUpdatesSetters;
 use teloxide::prelude::Requester;
-use teloxide::types::{ChatId, Message, UpdateKind};
+use teloxide::types::{ChatId, Message, UpdateId, UpdateKind};
 
 use crate::producer::{Producer, ProducerError};
+use crate::publish::Published;
 
 /// Why the bot could not run.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +41,9 @@ const HELP: &str = "Commands:\n/report - prepare your report (you get a message 
 
 /// Long-poll timeout; teloxide adds it to the HTTP timeout itself.
 const POLL_SECONDS: u32 = 25;
+
+/// How long the confirming `getUpdates` at shutdown may take.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the bot until `shutdown` resolves.
 pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), BotError> {
@@ -66,23 +78,42 @@ pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> 
         for update in updates {
             offset = offset.max(i32::try_from(update.id.0).unwrap_or(i32::MAX).saturating_add(1));
             if let UpdateKind::Message(message) = update.kind {
-                handle_message(&bot, &producer, &message).await;
+                handle_message(&bot, &producer, update.id, &message).await;
             }
         }
+    }
+    // The last poll may never have reached Telegram (or was cut off while
+    // waiting): say once more, and wait for nothing, what was handled.
+    if offset > 0 {
+        confirm(&bot, offset).await;
     }
     tracing::info!("bot stopped");
     Ok(())
 }
 
+/// Tells Telegram that every update below `offset` was handled, so none is
+/// served again after a restart: a getUpdates that waits for nothing.
+async fn confirm(bot: &Bot, offset: i32) {
+    let request = bot.get_updates().offset(offset).timeout(0).limit(1);
+    match tokio::time::timeout(CONFIRM_TIMEOUT, request).await {
+        Ok(Ok(_)) => tracing::info!(offset, "confirmed the updates handled"),
+        Ok(Err(err)) => tracing::warn!(offset, %err, "could not confirm the updates handled; they may be read again"),
+        Err(_) => tracing::warn!(offset, "confirming the updates handled timed out; they may be read again"),
+    }
+}
+
 /// Answers one message; every failure becomes a reply or a log line.
-async fn handle_message(bot: &Bot, producer: &Producer, message: &Message) {
+async fn handle_message(bot: &Bot, producer: &Producer, update: UpdateId, message: &Message) {
     let chat = message.chat.id;
     let text = message.text().unwrap_or("").trim();
     let (command, argument) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
     // Commands may be addressed as /report@SomeBot.
     let command = command.split('@').next().unwrap_or(command);
     let reply = match command {
-        "/report" => report(producer, chat).await,
+        "/report" => match report(producer, chat, update).await {
+            Some(reply) => reply,
+            None => return,
+        },
         "/status" => status(producer, argument.trim()).await,
         "/start" | "/help" => HELP.to_owned(),
         _ => format!("I don't know that one.\n{HELP}"),
@@ -92,17 +123,38 @@ async fn handle_message(bot: &Bot, producer: &Producer, message: &Message) {
     }
 }
 
-async fn report(producer: &Producer, chat: ChatId) -> String {
-    match producer.enqueue(tasks::test_di_task::TASK, &tasks::test_di_task::Args { chat_id: chat.0 }).await {
-        Ok(handle) => {
-            tracing::info!(chat_id = chat.0, task.id = %handle.task_id, "report queued");
-            format!("Your report is queued: task {}\nI'll message you when it is ready.", handle.task_id)
+/// The task id of the report asked for in `update`: the same every time
+/// the update is read. Chat ids are integers and update ids unsigned, so it
+/// stays within the ASCII letters, digits and `-` of a valid task id, and
+/// within 48 bytes.
+pub fn report_task_id(chat: ChatId, update: UpdateId) -> String {
+    format!("report-{}-{}", chat.0, update.0)
+}
+
+/// Enqueues the report; `None` when this update was already enqueued (read
+/// again): the first reading replied.
+async fn report(producer: &Producer, chat: ChatId, update: UpdateId) -> Option<String> {
+    let task = tasks::test_di_task::TASK;
+    let task_id = report_task_id(chat, update);
+    let enqueued = match task.envelope_with_id(task_id.clone(), &tasks::test_di_task::Args { chat_id: chat.0 }) {
+        // The bot's own tasks answer a user who is waiting: the interactive lane.
+        Ok(envelope) => producer.enqueue_envelope(&envelope, Some(di::Lane::Interactive)).await,
+        Err(err) => Err(ProducerError::from(err)),
+    };
+    Some(match enqueued {
+        Ok(Published::Duplicate) => {
+            tracing::info!(chat_id = chat.0, task.id = %task_id, "update read again: the report is already queued");
+            return None;
+        }
+        Ok(Published::Stored) => {
+            tracing::info!(chat_id = chat.0, task.id = %task_id, "report queued");
+            format!("Your report is queued: task {task_id}\nI'll message you when it is ready.")
         }
         Err(err) => {
             tracing::error!(chat_id = chat.0, %err, "could not enqueue the report");
             "Sorry, I could not queue your report right now. Please try again in a minute.".to_owned()
         }
-    }
+    })
 }
 
 async fn status(producer: &Producer, task_id: &str) -> String {

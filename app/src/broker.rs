@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use di::Lane;
 use settings::NatsSettings;
 
 /// A broker failure.
@@ -121,11 +122,24 @@ pub async fn check_jetstream(client: &async_nats::Client, settings: &NatsSetting
     if body.contains("\"error\"") { Err(no_js(body.into_owned())) } else { Ok(()) }
 }
 
-/// The subject a task of `queue` is published to.
-pub fn task_subject(settings: &NatsSettings, queue: Option<&str>) -> String {
-    match queue {
-        Some(queue) => format!("{}.{queue}", settings.subject),
-        None => settings.subject.clone(),
+/// The subject a task in `lane` is published to: the transactional lane
+/// keeps `nats.subject` itself (what taskiq producers publish to), the
+/// others are `<subject>.interactive` and `<subject>.bulk`.
+pub fn lane_subject(settings: &NatsSettings, lane: Lane) -> String {
+    match lane {
+        Lane::Transactional => settings.subject.clone(),
+        other => format!("{}.{}", settings.subject, other.name()),
+    }
+}
+
+/// The durable consumer of `lane`: `nats.durable` for the transactional
+/// lane, `<durable>_interactive` and `<durable>_bulk` for the others. Each
+/// filters its lane's subject, so a bulk backlog never sits in front of a
+/// reply (filters that do not overlap may share a work-queue stream).
+pub fn lane_durable(settings: &NatsSettings, lane: Lane) -> String {
+    match lane {
+        Lane::Transactional => settings.durable.clone(),
+        other => format!("{}_{}", settings.durable, other.name()),
     }
 }
 
@@ -149,7 +163,7 @@ pub fn max_deliveries_subject(settings: &NatsSettings) -> String {
 /// spends no attempt unless it starts the task (naks while the store is
 /// down, hand-backs at shutdown, redeliveries of finished tasks), so the
 /// server's `max_deliver` is only a backstop well above what tasks allow.
-pub const MAX_DELIVER_HEADROOM: i64 = 10;
+pub const MAX_DELIVER_HEADROOM: i64 = 50;
 
 /// Creates (or reuses) the task stream and the dead-letter stream. An
 /// existing task stream with another retention or storage is an error: a
@@ -221,12 +235,14 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
     Ok(task_stream)
 }
 
-/// The durable consumer every worker binds to. `max_deliver` is raised to
-/// `most_attempts` + [`MAX_DELIVER_HEADROOM`] if settings give less, so the
-/// server never gives up on a message before its task's attempts are spent.
-pub fn consumer_config(settings: &NatsSettings, most_attempts: i64) -> consumer::pull::Config {
+/// The durable consumer of `lane` every worker binds to. `max_deliver` is
+/// raised to `most_attempts` + [`MAX_DELIVER_HEADROOM`] if settings give
+/// less, so the server never gives up on a message before its task's
+/// attempts are spent (deliveries that wait out Telegram's limits spend none).
+pub fn consumer_config(settings: &NatsSettings, most_attempts: i64, lane: Lane) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(settings.durable.clone()),
+        durable_name: Some(lane_durable(settings, lane)),
+        filter_subject: lane_subject(settings, lane),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: settings.max_deliver.max(most_attempts.saturating_add(MAX_DELIVER_HEADROOM)),
@@ -235,30 +251,43 @@ pub fn consumer_config(settings: &NatsSettings, most_attempts: i64) -> consumer:
     }
 }
 
-/// Binds to (or creates) the durable consumer. An existing one whose
-/// configuration differs (a taskiq producer's `startup()` rewrites it) is
-/// used as it is, with a warning naming each difference: the worker counts
-/// attempts itself, so delivery stays correct.
+/// Binds to (or creates) the durable consumer of `lane`. One that filters
+/// another subject (an unfiltered one from before lanes, or one a taskiq
+/// producer rewrote) cannot live beside the other lanes' consumers: it is
+/// deleted and created again (its unacknowledged messages stay in the stream
+/// and are delivered again). Other differences are used as they are, with a
+/// warning naming each: the worker counts attempts itself.
 pub async fn ensure_consumer(
     task_stream: &stream::Stream,
     settings: &NatsSettings,
     most_attempts: i64,
+    lane: Lane,
 ) -> Result<consumer::PullConsumer, BrokerError> {
-    let wanted = consumer_config(settings, most_attempts);
-    let mut consumer: consumer::PullConsumer = task_stream
-        .get_or_create_consumer(&settings.durable, wanted.clone())
-        .await
-        .map_err(|e| BrokerError::Topology { what: format!("consumer {}", settings.durable), reason: e.to_string() })?;
-    let found = consumer
-        .info()
-        .await
-        .map_err(|e| BrokerError::Topology { what: format!("consumer {}", settings.durable), reason: e.to_string() })?
-        .config
-        .clone();
+    let wanted = consumer_config(settings, most_attempts, lane);
+    let durable = lane_durable(settings, lane);
+    let topology = |e: &dyn std::fmt::Display| BrokerError::Topology {
+        what: format!("consumer {durable}"),
+        reason: e.to_string(),
+    };
+    let mut consumer: consumer::PullConsumer =
+        task_stream.get_or_create_consumer(&durable, wanted.clone()).await.map_err(|e| topology(&e))?;
+    let mut found = consumer.info().await.map_err(|e| topology(&e))?.config.clone();
+    if found.filter_subject != wanted.filter_subject {
+        tracing::warn!(
+            consumer = %durable,
+            found = ?found.filter_subject,
+            wanted = %wanted.filter_subject,
+            "the consumer filters another subject (created before lanes, or rewritten by a taskiq producer); \
+             re-creating it (unacknowledged messages are delivered again)"
+        );
+        task_stream.delete_consumer(&durable).await.map_err(|e| topology(&e))?;
+        consumer = task_stream.create_consumer(wanted.clone()).await.map_err(|e| topology(&e))?;
+        found = consumer.info().await.map_err(|e| topology(&e))?.config.clone();
+    }
     let differences = consumer_differences(&found, &wanted);
     if !differences.is_empty() {
         tracing::warn!(
-            consumer = %settings.durable,
+            consumer = %durable,
             differences = %differences.join(", "),
             "the durable consumer's configuration differs from settings (was it created by a taskiq producer?); \
              it is used as it is. Delete it while no worker runs to apply the settings"
@@ -300,12 +329,24 @@ impl Topology {
         Self { js, settings, most_attempts }
     }
 
-    /// Creates what is missing and binds the consumer, warning about a
-    /// consumer whose configuration differs from settings.
-    pub async fn ensure(&self) -> Result<(stream::Stream, consumer::PullConsumer), BrokerError> {
+    /// Creates what is missing and binds every lane's consumer, warning
+    /// about a consumer whose configuration differs from settings.
+    pub async fn ensure(&self) -> Result<Vec<(Lane, consumer::PullConsumer)>, BrokerError> {
         let stream = ensure_streams(&self.js, &self.settings).await?;
-        let consumer = ensure_consumer(&stream, &self.settings, self.most_attempts).await?;
-        Ok((stream, consumer))
+        let mut consumers = Vec::new();
+        // The transactional lane first: its durable is the one an older
+        // Courier (or a taskiq producer) left unfiltered, which must be
+        // replaced before the other lanes' consumers can exist beside it.
+        for lane in [Lane::Transactional, Lane::Interactive, Lane::Bulk] {
+            consumers.push((lane, ensure_consumer(&stream, &self.settings, self.most_attempts, lane).await?));
+        }
+        Ok(consumers)
+    }
+
+    /// Creates what is missing and binds `lane`'s consumer.
+    pub async fn ensure_lane(&self, lane: Lane) -> Result<consumer::PullConsumer, BrokerError> {
+        let stream = ensure_streams(&self.js, &self.settings).await?;
+        ensure_consumer(&stream, &self.settings, self.most_attempts, lane).await
     }
 
     /// The JetStream context.

@@ -225,7 +225,7 @@ async fn put_back(
     if let Some(task_id) = &letter.task_id {
         producer.reset_to_queued(task_id).await?;
     }
-    let subject = letter.subject.clone().unwrap_or_else(|| broker::task_subject(settings, None));
+    let subject = letter.subject.clone().unwrap_or_else(|| broker::lane_subject(settings, di::Lane::Transactional));
     // An id a header cannot carry (from a foreign producer) gets a neutral one.
     let id = letter.task_id.as_deref().filter(|id| di::validate_task_id(id).is_ok()).unwrap_or("dead");
     let message_id = format!("{id}:replay:{}", letter.sequence);

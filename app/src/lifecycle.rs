@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use di::registry::{HookContext, HookDef, HookKind};
 use di::{Container, Db, Registry, RegistryError};
+use settings::Settings;
 
 /// A start-up step failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,23 @@ pub async fn migrate(db: &dyn Db) -> Result<(), LifecycleError> {
         .map_err(|e| LifecycleError::Migrations { backend: db.backend(), reason: e.to_string() })?;
     tracing::info!(backend = db.backend(), migrations = tasks::MIGRATOR.iter().count(), "schema up to date");
     Ok(())
+}
+
+/// Warns (and returns true) when the database pool is smaller than the
+/// task concurrency: tasks beyond the pool's size wait for a connection, and
+/// fail after `database.connect_timeout` if none comes back in time.
+pub fn warn_if_pool_below_concurrency(settings: &Settings) -> bool {
+    let (pool, concurrency) = (settings.database.max_connections, settings.worker.concurrency);
+    let short = usize::try_from(pool).unwrap_or(usize::MAX) < concurrency;
+    if short {
+        tracing::warn!(
+            database.max_connections = pool,
+            worker.concurrency = concurrency,
+            "database.max_connections < worker.concurrency: tasks holding a database session can wait for a \
+             connection; raise database.max_connections or lower worker.concurrency"
+        );
+    }
+    short
 }
 
 /// Runs `hooks` in order; the first failure stops start-up with its name.

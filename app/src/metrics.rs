@@ -1,6 +1,12 @@
 //! The worker's Prometheus metrics: tasks received, succeeded, failed,
 //! retried and dead-lettered by task name, execution time by task name,
 //! tasks in flight, and the consumer's pending count.
+//!
+//! Label values come only from the task registry: a name the worker does
+//! not know (anyone can publish one) is counted as `unknown`, so the number
+//! of series is bounded by the registry, not by what arrives.
+
+use std::collections::BTreeSet;
 
 use di::{Disposition, Execution};
 use prometheus_client::encoding::text::encode;
@@ -10,7 +16,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The `task` label of every name the registry does not know.
+pub const UNKNOWN_TASK: &str = "unknown";
 
 fn duration_histogram() -> Histogram {
     // 0.25 ms .. ~8 s, doubling.
@@ -31,17 +40,15 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Messages the consumer has not delivered yet (refreshed per scrape).
     pub pending: Gauge,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The registered task names: the only `task` label values besides
+    /// [`UNKNOWN_TASK`].
+    known: BTreeSet<&'static str>,
 }
 
 impl Metrics {
-    /// Registers every metric under the `courier_` prefix.
-    pub fn new() -> Self {
+    /// Registers every metric under the `courier_` prefix; `task_names`
+    /// (the registry's) are the only task labels, any other is `unknown`.
+    pub fn new(task_names: &[&'static str]) -> Self {
         let mut registry = Registry::with_prefix("courier");
         let metrics = Self {
             received: Family::default(),
@@ -53,6 +60,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             pending: Gauge::default(),
             registry: Registry::default(),
+            known: task_names.iter().copied().collect(),
         };
         registry.register("tasks_received", "Task messages received (every delivery)", metrics.received.clone());
         registry.register("tasks_succeeded", "Tasks that succeeded", metrics.succeeded.clone());
@@ -67,7 +75,7 @@ impl Metrics {
 
     /// Counts one processed message.
     pub fn observe(&self, execution: &Execution) {
-        let labels = vec![("task", execution.task_name.clone().unwrap_or_else(|| "unknown".to_owned()))];
+        let labels = vec![("task", self.task_label(execution.task_name.as_deref()))];
         self.received.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(execution.elapsed.as_secs_f64());
         match execution.disposition {
@@ -82,6 +90,11 @@ impl Metrics {
                 self.dead_lettered.get_or_create(&labels).inc();
             }
         }
+    }
+
+    /// The label for `name`: itself if registered, else [`UNKNOWN_TASK`].
+    fn task_label(&self, name: Option<&str>) -> &'static str {
+        name.and_then(|name| self.known.get(name).copied()).unwrap_or(UNKNOWN_TASK)
     }
 
     /// The Prometheus text exposition.

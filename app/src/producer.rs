@@ -106,7 +106,7 @@ impl Producer {
         args: &A,
     ) -> Result<TaskHandle<O>, ProducerError> {
         let envelope = task.envelope_with_id(task_id, args)?;
-        let published = self.enqueue_envelope(&envelope, task.options().queue).await?;
+        let published = self.enqueue_envelope(&envelope, Some(task.options().lane)).await?;
         Ok(TaskHandle {
             task_id: envelope.task_id,
             duplicate: published == Published::Duplicate,
@@ -121,7 +121,11 @@ impl Producer {
     /// already: other arguments are [`ProducerError::Conflict`]; the same
     /// arguments with a final record are `Duplicate` without publishing;
     /// otherwise it is published and the stream's duplicate flag reported.
-    pub async fn enqueue_envelope(&self, envelope: &Envelope, queue: Option<&str>) -> Result<Published, ProducerError> {
+    pub async fn enqueue_envelope(
+        &self,
+        envelope: &Envelope,
+        lane: Option<di::Lane>,
+    ) -> Result<Published, ProducerError> {
         di::validate_task_id(&envelope.task_id)?;
         di::validate_labels(&envelope.labels)?;
         let digest = envelope.args_digest();
@@ -141,7 +145,7 @@ impl Producer {
                 return Ok(Published::Duplicate);
             }
         }
-        Ok(self.publisher.publish(&envelope, queue).await?)
+        Ok(self.publisher.publish(&envelope, lane).await?)
     }
 
     /// Replaces every record of `task_id` with a fresh `queued` one (before

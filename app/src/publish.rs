@@ -5,7 +5,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
-use di::{EnqueueError, Enqueuer, Envelope};
+use di::{EnqueueError, Enqueuer, Envelope, Lane};
 use settings::{NatsMode, NatsSettings};
 
 use crate::broker;
@@ -72,11 +72,14 @@ impl Publisher {
         &self.js
     }
 
-    /// Publishes one envelope with `Nats-Msg-Id` = task id and waits for the
-    /// stream's ack (JetStream) or the server's flush (core NATS).
-    pub async fn publish(&self, envelope: &Envelope, queue: Option<&str>) -> Result<Published, PublishError> {
+    /// Publishes one envelope with `Nats-Msg-Id` = task id to its lane's
+    /// subject (the envelope's `lane` label, else `lane`, else
+    /// transactional) and waits for the stream's ack (JetStream) or the
+    /// server's flush (core NATS).
+    pub async fn publish(&self, envelope: &Envelope, lane: Option<Lane>) -> Result<Published, PublishError> {
         let bytes = envelope.to_msgpack().map_err(|e| PublishError::Encode(e.0))?;
-        let subject = broker::task_subject(&self.settings, queue);
+        let lane = envelope.lane().or(lane).unwrap_or_default();
+        let subject = broker::lane_subject(&self.settings, lane);
         let mut headers = HeaderMap::new();
         // Labels travel as headers too, as taskiq-nats sends them; only short
         // ones (NATS refuses headers over 64 KiB, and the envelope has them all).
@@ -231,8 +234,8 @@ impl NatsEnqueuer {
 
 #[async_trait]
 impl Enqueuer for NatsEnqueuer {
-    async fn enqueue(&self, envelope: Envelope, queue: Option<&str>) -> Result<(), EnqueueError> {
-        match self.publisher.publish(&envelope, queue).await {
+    async fn enqueue(&self, envelope: Envelope, lane: Lane) -> Result<(), EnqueueError> {
+        match self.publisher.publish(&envelope, Some(lane)).await {
             Ok(_) => Ok(()),
             Err(PublishError::Encode(e)) => Err(EnqueueError::Encode(e)),
             Err(e) => Err(EnqueueError::Broker(e.to_string())),

@@ -3,10 +3,12 @@
 //! from settings with backoff, a reconnect re-checks the consumer's
 //! configuration, and `/readyz` says why while pulling is impossible.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use di::Lane;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Topology;
@@ -17,25 +19,32 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest pause between repairs.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Whether the worker can pull, for `/readyz`: `None` when it can, else why not.
+/// Whether the worker can pull from each lane's consumer, for `/readyz`.
 #[derive(Debug, Default)]
-pub struct PullHealth(Mutex<Option<String>>);
+pub struct PullHealth(Mutex<BTreeMap<&'static str, String>>);
 
 impl PullHealth {
-    /// Why pulling is impossible now, if it is.
+    /// Why pulling is impossible now, if it is (every lane that cannot).
     pub fn problem(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let problems = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (!problems.is_empty())
+            .then(|| problems.iter().map(|(lane, why)| format!("{lane} lane: {why}")).collect::<Vec<_>>().join("; "))
     }
 
-    fn set(&self, problem: Option<String>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = problem;
+    fn set(&self, lane: Lane, problem: Option<String>) {
+        let mut problems = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match problem {
+            Some(why) => problems.insert(lane.name(), why),
+            None => problems.remove(lane.name()),
+        };
     }
 }
 
-/// The consumer in use and what it takes to build it again.
+/// One lane's consumer in use and what it takes to build it again.
 #[derive(Debug)]
 pub struct Puller {
     topology: Topology,
+    lane: Lane,
     consumer: PullConsumer,
     client: async_nats::Client,
     /// The client's connect count when the consumer was last checked.
@@ -46,20 +55,26 @@ pub struct Puller {
 }
 
 impl Puller {
-    /// Pulls from `consumer`, repairing it through `topology` when needed.
+    /// Pulls `lane` from `consumer`, repairing it through `topology` when needed.
     pub fn new(
         topology: Topology,
+        lane: Lane,
         consumer: PullConsumer,
         client: async_nats::Client,
         health: Arc<PullHealth>,
     ) -> Self {
         let connects = client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
-        Self { topology, consumer, client, connects, failures: 0, health }
+        Self { topology, lane, consumer, client, connects, failures: 0, health }
     }
 
     /// The consumer to pull from.
     pub fn consumer(&self) -> &PullConsumer {
         &self.consumer
+    }
+
+    /// The lane it pulls.
+    pub fn lane(&self) -> Lane {
+        self.lane
     }
 
     /// A pull worked: pulling is healthy.
@@ -68,7 +83,7 @@ impl Puller {
             tracing::info!("pulling works again");
         }
         self.failures = 0;
-        self.health.set(None);
+        self.health.set(self.lane, None);
     }
 
     /// After the client reconnected, checks the streams and the consumer
@@ -81,9 +96,9 @@ impl Puller {
         }
         self.connects = connects;
         tracing::info!("reconnected to NATS: checking the streams and the consumer");
-        match self.topology.ensure().await {
-            Ok((_, consumer)) => self.consumer = consumer,
-            Err(err) => tracing::warn!(%err, "cannot check the topology after the reconnect"),
+        match self.topology.ensure_lane(self.lane).await {
+            Ok(consumer) => self.consumer = consumer,
+            Err(err) => tracing::warn!(%err, lane = self.lane.name(), "cannot check the topology after the reconnect"),
         }
     }
 
@@ -106,13 +121,14 @@ impl Puller {
     pub async fn failed(&mut self, why: String, shutdown: &CancellationToken) -> bool {
         self.failures = self.failures.saturating_add(1);
         let pause = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(8).saturating_sub(1)).min(MAX_BACKOFF);
-        tracing::warn!(reason = %why, failures = self.failures, retry_in = ?pause, "cannot pull; repairing the consumer");
-        self.health.set(Some(why));
-        match self.topology.ensure().await {
-            Ok((_, consumer)) => self.consumer = consumer,
+        let lane = self.lane;
+        tracing::warn!(reason = %why, lane = lane.name(), failures = self.failures, retry_in = ?pause, "cannot pull; repairing the consumer");
+        self.health.set(lane, Some(why));
+        match self.topology.ensure_lane(lane).await {
+            Ok(consumer) => self.consumer = consumer,
             Err(err) => {
-                tracing::warn!(%err, "cannot re-create the streams and the consumer");
-                self.health.set(Some(err.to_string()));
+                tracing::warn!(%err, lane = lane.name(), "cannot re-create the streams and the consumer");
+                self.health.set(lane, Some(err.to_string()));
             }
         }
         !sleep_or_shutdown(pause, shutdown).await

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use di::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError, ResultStore};
+use di::{Delivery, Disposition, Execution, Executor, Lane, Outcome, ProcessError, ResultStore};
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -48,6 +48,8 @@ pub struct Runtime {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Re-creates the streams when a dead-letter copy finds none (JetStream mode).
     pub topology: Option<Topology>,
+    /// Flood control, to pace the bulk lane (`None`: a log-only bot).
+    pub governor: Option<Arc<di::Governor>>,
     /// False while the store is unreachable: pulling pauses.
     store_ok: AtomicBool,
 }
@@ -85,7 +87,22 @@ impl Runtime {
         metrics: Arc<crate::metrics::Metrics>,
         topology: Option<Topology>,
     ) -> Self {
-        Self { executor, publisher, store, progress_every, metrics, topology, store_ok: AtomicBool::new(true) }
+        Self {
+            executor,
+            publisher,
+            store,
+            progress_every,
+            metrics,
+            topology,
+            governor: None,
+            store_ok: AtomicBool::new(true),
+        }
+    }
+
+    /// Paces the bulk lane by `governor`'s budget.
+    pub fn with_governor(mut self, governor: Option<Arc<di::Governor>>) -> Self {
+        self.governor = governor;
+        self
     }
 
     /// Runs one message through the executor, counted as in flight.
@@ -159,7 +176,7 @@ impl Runtime {
                 Err(err) => {
                     tracing::warn!(%err, retry_in = ?pause, "dead letter not stored; retrying the copy only");
                     if let Some(topology) = &self.topology
-                        && let Err(err) = topology.ensure().await
+                        && let Err(err) = topology.ensure_lane(Lane::Transactional).await
                     {
                         tracing::warn!(%err, "cannot re-create the streams");
                     }
@@ -171,38 +188,129 @@ impl Runtime {
     }
 }
 
-/// Serves until `shutdown` is cancelled, then lets running tasks finish
-/// within `grace`, interrupts what is left (their messages go back), and
-/// returns.
+/// Execution slots shared by the lanes' pull loops: every task takes one
+/// from `all`; tasks of lanes other than interactive also take one from
+/// `others`, so a few slots always stay free for replies.
+#[derive(Debug, Clone)]
+struct Slots {
+    all: Arc<Semaphore>,
+    others: Arc<Semaphore>,
+}
+
+/// One task's slot(s), released when its handler ends.
+#[derive(Debug)]
+struct Slot {
+    _all: OwnedSemaphorePermit,
+    _other: Option<OwnedSemaphorePermit>,
+}
+
+impl Slots {
+    /// `concurrency` slots, of which a quarter (at least one, when there
+    /// are two or more) only interactive tasks may use.
+    fn new(concurrency: usize) -> Self {
+        let reserved = if concurrency > 1 { (concurrency / 4).max(1) } else { 0 };
+        Self { all: Arc::new(Semaphore::new(concurrency)), others: Arc::new(Semaphore::new(concurrency - reserved)) }
+    }
+
+    async fn acquire(&self, lane: Lane) -> Slot {
+        let other = match lane {
+            Lane::Interactive => None,
+            _ => Some(self.others.clone().acquire_owned().await.expect("the semaphore is never closed")),
+        };
+        let all = self.all.clone().acquire_owned().await.expect("the semaphore is never closed");
+        Slot { _all: all, _other: other }
+    }
+
+    fn free(&self, lane: Lane) -> usize {
+        match lane {
+            Lane::Interactive => self.all.available_permits(),
+            _ => self.all.available_permits().min(self.others.available_permits()),
+        }
+    }
+}
+
+/// Serves every lane's consumer until `shutdown` is cancelled, then lets
+/// running tasks finish within `grace`, interrupts what is left (their
+/// messages go back), and returns.
 ///
-/// A pull asks for exactly as many messages as there are free execution
-/// slots, so no message waits in this worker behind a long task while
-/// another worker is idle.
+/// Each lane has its own pull loop. A pull asks for exactly as many
+/// messages as there are free execution slots, so no message waits in this
+/// worker behind a long task while another worker is idle; the bulk lane
+/// also asks no faster than the flood-control budget allows.
 pub async fn serve(
-    mut puller: Puller,
+    pullers: Vec<Puller>,
     runtime: Arc<Runtime>,
     concurrency: usize,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency));
+    let slots = Slots::new(concurrency);
     let hard_stop = CancellationToken::new();
     // Cancelled just before the handlers are aborted: a body that returned
     // keeps trying to save its record until then.
     let abandon = CancellationToken::new();
+    let loops = pullers.into_iter().map(|puller| {
+        pull_loop(puller, runtime.clone(), slots.clone(), shutdown.clone(), hard_stop.clone(), abandon.clone())
+    });
+    let mut running = JoinSet::new();
+    for mut set in futures_util::future::join_all(loops).await {
+        while let Some(done) = set.try_join_next() {
+            let _ = done;
+        }
+        // One set to drain: move the rest under a single waiter per lane.
+        running.spawn(async move { while set.join_next().await.is_some() {} });
+    }
+    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("shutdown timeout: interrupting the tasks still running");
+        hard_stop.cancel();
+        let rest = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(HARD_STOP_GRACE, rest).await.is_err() {
+            abandon.cancel();
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            running.abort_all();
+        }
+    }
+}
+
+/// One lane's loop: pulls for free slots and spawns a handler per message;
+/// returns the handlers still running when `shutdown` came.
+async fn pull_loop(
+    mut puller: Puller,
+    runtime: Arc<Runtime>,
+    slots: Slots,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    abandon: CancellationToken,
+) -> JoinSet<()> {
+    let lane = puller.lane();
     let mut running = JoinSet::new();
     'pull: loop {
         let first = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            slot = slots.acquire(lane) => slot,
             () = shutdown.cancelled() => break 'pull,
         };
         if !runtime.store_ok.load(Ordering::Acquire) && !wait_for_store(&runtime, &shutdown).await {
             break 'pull;
         }
         puller.recheck_after_reconnect().await;
-        // Only this loop takes permits, so these stay free until the
-        // messages arrive.
-        let wanted = permits.available_permits() + 1;
+        let mut wanted = slots.free(lane) + 1;
+        if lane == Lane::Bulk
+            && let Some(governor) = &runtime.governor
+        {
+            let (budget, wait) = governor.bulk_budget(wanted).await;
+            if budget == 0 {
+                drop(first);
+                if sleep_or_shutdown(wait.max(Duration::from_millis(5)), &shutdown).await {
+                    break 'pull;
+                }
+                continue;
+            }
+            wanted = wanted.min(budget);
+        }
         let mut batch = match puller.consumer().batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
             Ok(batch) => batch,
             Err(err) => {
@@ -236,11 +344,11 @@ pub async fn serve(
                 }
             };
             received += 1;
-            let permit = match first.take() {
-                Some(permit) => permit,
-                None => permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
+            let slot = match first.take() {
+                Some(slot) => slot,
+                None => slots.acquire(lane).await,
             };
-            running.spawn(handle(runtime.clone(), message, permit, hard_stop.clone(), abandon.clone()));
+            running.spawn(handle(runtime.clone(), message, slot, hard_stop.clone(), abandon.clone()));
             while let Some(done) = running.try_join_next() {
                 if let Err(err) = done {
                     tracing::error!(%err, "a message handler died");
@@ -262,26 +370,12 @@ pub async fn serve(
             break 'pull;
         }
     }
-
     while running.try_join_next().is_some() {}
     let in_flight = running.len();
     if in_flight > 0 {
-        tracing::info!(in_flight, grace = ?grace, "waiting for running tasks");
+        tracing::info!(lane = lane.name(), in_flight, "waiting for running tasks");
     }
-    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(remaining_tasks = running.len(), "shutdown timeout: interrupting the tasks still running");
-        hard_stop.cancel();
-        let rest = async { while running.join_next().await.is_some() {} };
-        if tokio::time::timeout(HARD_STOP_GRACE, rest).await.is_err() {
-            abandon.cancel();
-            let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                while running.join_next().await.is_some() {}
-            })
-            .await;
-            running.abort_all();
-        }
-    }
+    running
 }
 
 /// Probes the store until it answers (true) or shutdown comes (false).
@@ -314,7 +408,7 @@ pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &Cancellatio
 async fn handle(
     runtime: Arc<Runtime>,
     message: Message,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     hard_stop: CancellationToken,
     abandon: CancellationToken,
 ) {
@@ -330,7 +424,8 @@ async fn handle(
         task.delivery = count,
         task.outcome = tracing::field::Empty
     );
-    let work = async {
+    // Boxed: the executor's state machine is large, and this runs per message.
+    let work = Box::pin(async {
         let delivery = Delivery { count, interrupt: hard_stop.clone() };
         let execution = match runtime.execute(&message.payload, &delivery).await {
             Ok(execution) => execution,
@@ -354,7 +449,7 @@ async fn handle(
         tracing::Span::current().record("task.attempt", execution.attempt);
         settle(&runtime, &message, &execution, sequence).await;
         runtime.finished(&execution).await;
-    };
+    });
     let heartbeat = async {
         let mut every = tokio::time::interval(runtime.progress_every);
         every.tick().await;

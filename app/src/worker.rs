@@ -50,6 +50,7 @@ pub enum WorkerError {
 pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let registry = lifecycle::load_registry()?;
+    lifecycle::warn_if_pool_below_concurrency(&settings);
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
     // Boxed: the whole worker's state machine would make every caller's future large.
     let result = Box::pin(with_nats(&settings, registry, &nats, started, shutdown)).await;
@@ -72,13 +73,13 @@ async fn with_nats(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let publisher = Publisher::new(nats.clone(), settings.nats.clone());
-    let (topology, consumer) = match settings.nats.mode {
+    let (topology, consumers) = match settings.nats.mode {
         NatsMode::Jetstream => {
             broker::check_jetstream(nats, &settings.nats).await?;
             let most_attempts = registry.tasks().map(|t| i64::from(t.options.retry.max_attempts)).max().unwrap_or(1);
             let topology = Topology::new(jetstream::new(nats.clone()), settings.nats.clone(), most_attempts);
-            let (_, consumer) = topology.ensure().await?;
-            (Some(topology), Some(consumer))
+            let consumers = topology.ensure().await?;
+            (Some(topology), Some(consumers))
         }
         NatsMode::Core => (None, None),
     };
@@ -94,7 +95,7 @@ async fn with_nats(
     let module: Arc<dyn Container> = container.module().clone();
     let token = CancellationToken::new();
     let result =
-        serve_container(settings, registry, nats, publisher, topology, consumer, &module, &token, started, shutdown)
+        serve_container(settings, registry, nats, publisher, topology, consumers, &module, &token, started, shutdown)
             .await;
     token.cancel();
     if result.is_ok() {
@@ -114,7 +115,7 @@ async fn serve_container(
     nats: &async_nats::Client,
     publisher: Publisher,
     topology: Option<Topology>,
-    consumer: Option<jetstream::consumer::PullConsumer>,
+    consumers: Option<Vec<(di::Lane, jetstream::consumer::PullConsumer)>>,
     module: &Arc<dyn Container>,
     token: &CancellationToken,
     started: std::time::Instant,
@@ -127,24 +128,30 @@ async fn serve_container(
 
     let names = registry.names();
     let enqueuer = Arc::new(NatsEnqueuer::new(publisher.clone()));
-    let executor = Executor::new(Arc::new(registry), module.clone(), enqueuer, settings.nats.max_payload);
+    let executor =
+        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(settings));
     let store: Arc<dyn ResultStore> = module.resolve();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&names));
     let progress = broker::progress_interval(&settings.nats);
-    let runtime =
-        Arc::new(Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone()));
+    let bot: Arc<dyn di::BotApi> = module.resolve();
+    let runtime = Arc::new(
+        Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone())
+            .with_governor(bot.governor()),
+    );
     let pulling = Arc::new(PullHealth::default());
     let addr = settings.worker.http_addr.trim();
     if !addr.is_empty() {
         let health = Health {
             metrics,
             nats: nats.clone(),
-            consumer: consumer.clone(),
+            consumer: consumers.as_ref().and_then(|all| {
+                all.iter().find(|(lane, _)| *lane == di::Lane::Transactional).map(|(_, consumer)| consumer.clone())
+            }),
             store,
             db: module.resolve(),
             pulling: pulling.clone(),
         };
-        let bound = http::serve(addr, health, token.clone())
+        let bound = http::serve(addr, http::HttpLimits::from_settings(&settings.worker), health, token.clone())
             .await
             .map_err(|err| WorkerError::Http { addr: addr.to_owned(), reason: err.to_string() })?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
@@ -159,11 +166,16 @@ async fn serve_container(
 
     let (concurrency, grace) = (settings.worker.concurrency, settings.worker.shutdown_timeout);
     let serving = async {
-        match (topology, consumer) {
-            (Some(topology), Some(consumer)) => {
+        match (topology, consumers) {
+            (Some(topology), Some(consumers)) => {
                 let advisories = tokio::spawn(advisories::watch(topology.clone(), runtime.clone(), token.clone()));
-                let puller = Puller::new(topology, consumer, nats.clone(), pulling);
-                serve::serve(puller, runtime, concurrency, token.clone(), grace).await;
+                let pullers = consumers
+                    .into_iter()
+                    .map(|(lane, consumer)| {
+                        Puller::new(topology.clone(), lane, consumer, nats.clone(), pulling.clone())
+                    })
+                    .collect();
+                serve::serve(pullers, runtime, concurrency, token.clone(), grace).await;
                 let _ = advisories.await;
             }
             _ => {

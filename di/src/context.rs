@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::container::Container;
@@ -111,6 +111,15 @@ impl TaskContext {
         }))
     }
 
+    /// The database pool itself, for a task's own short transactions that
+    /// must commit before the task ends (a claim written before a slow
+    /// call). Most tasks want [`TaskContext::db`]; a connection taken from
+    /// here is not the session's and never sees its uncommitted writes.
+    pub fn db_pool(&self) -> AnyPool {
+        let db: Arc<dyn Db> = self.inner.container.resolve();
+        db.pool().clone()
+    }
+
     /// `"PostgreSQL"` or `"SQLite"`.
     pub fn db_backend(&self) -> &'static str {
         let db: Arc<dyn Db> = self.inner.container.resolve();
@@ -148,7 +157,7 @@ impl TaskContext {
             .map_err(|e| Failure::fatal(format!("enqueue {}: {e}", task.name())))?;
         self.inner
             .enqueuer
-            .enqueue(envelope, task.options().queue)
+            .enqueue(envelope, task.options().lane)
             .await
             .map_err(|e| Failure::retryable(format!("enqueue {}: {e}", task.name())))?;
         Ok(task_id)

@@ -24,8 +24,9 @@ pub enum EnqueueError {
 /// Somewhere tasks can be sent.
 #[async_trait]
 pub trait Enqueuer: Send + Sync + 'static {
-    /// Publishes one envelope; `queue` is the task's queue option.
-    async fn enqueue(&self, envelope: Envelope, queue: Option<&str>) -> Result<(), EnqueueError>;
+    /// Publishes one envelope to its lane: the envelope's `lane` label if it
+    /// has a valid one, else `lane` (the task's default).
+    async fn enqueue(&self, envelope: Envelope, lane: crate::Lane) -> Result<(), EnqueueError>;
 }
 
 /// An [`Enqueuer`] that keeps what it is given (for tests).
@@ -48,7 +49,7 @@ impl InMemoryEnqueuer {
 
 #[async_trait]
 impl Enqueuer for InMemoryEnqueuer {
-    async fn enqueue(&self, envelope: Envelope, _queue: Option<&str>) -> Result<(), EnqueueError> {
+    async fn enqueue(&self, envelope: Envelope, _lane: crate::Lane) -> Result<(), EnqueueError> {
         self.queued.lock().unwrap_or_else(PoisonError::into_inner).push(envelope);
         Ok(())
     }
@@ -60,7 +61,7 @@ pub struct NoEnqueuer;
 
 #[async_trait]
 impl Enqueuer for NoEnqueuer {
-    async fn enqueue(&self, _envelope: Envelope, _queue: Option<&str>) -> Result<(), EnqueueError> {
+    async fn enqueue(&self, _envelope: Envelope, _lane: crate::Lane) -> Result<(), EnqueueError> {
         Err(EnqueueError::Unavailable)
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::shape::DecodeLimits;
+
 /// One task invocation as it travels from producer to worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -36,6 +38,40 @@ pub const ARGS_DIGEST_LABEL: &str = "courier_args_digest";
 #[error("{0}")]
 pub struct CodecError(pub String);
 
+/// The longest error message kept from a decoder: serde quotes the value
+/// that did not fit, and a hostile one may be a megabyte long; the message
+/// goes to the record, the dead letter's header and the log.
+const MAX_ERROR_CHARS: usize = 300;
+
+impl CodecError {
+    /// `context: err`, cut at [`MAX_ERROR_CHARS`] while it is formatted (a
+    /// long value is never copied whole).
+    fn capped(context: &str, err: impl std::fmt::Display) -> Self {
+        use std::fmt::Write as _;
+        let mut out = Capped(format!("{context}: "));
+        if write!(out, "{err}").is_err() {
+            out.0.push_str("...");
+        }
+        Self(out.0)
+    }
+}
+
+/// A `fmt::Write` that refuses (ending the formatting) past [`MAX_ERROR_CHARS`].
+struct Capped(String);
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = MAX_ERROR_CHARS.saturating_sub(self.0.len());
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let cut = (0..=room).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        self.0.push_str(&s[..cut]);
+        Err(std::fmt::Error)
+    }
+}
+
 impl Envelope {
     /// An envelope for `task_name` with `args` encoded by field name.
     pub fn new<A: Serialize>(task_id: String, task_name: &str, args: &A) -> Result<Self, CodecError> {
@@ -54,11 +90,17 @@ impl Envelope {
         rmp_serde::to_vec_named(self).map_err(|e| CodecError(format!("cannot encode envelope: {e}")))
     }
 
-    /// Decodes an envelope; any malformed input is an error, never a panic.
+    /// Decodes an envelope within the default [`DecodeLimits`]; any
+    /// malformed input is an error, never a panic.
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, CodecError> {
-        crate::shape::check(bytes, crate::shape::MAX_DEPTH)
-            .map_err(|e| CodecError(format!("not a task envelope: {e}")))?;
-        rmp_serde::from_slice(bytes).map_err(|e| CodecError(format!("not a task envelope: {e}")))
+        Self::from_msgpack_within(bytes, &DecodeLimits::DEFAULT)
+    }
+
+    /// Decodes an envelope if its shape is within `limits` (depth, values,
+    /// estimated memory), checked before anything is decoded.
+    pub fn from_msgpack_within(bytes: &[u8], limits: &DecodeLimits) -> Result<Self, CodecError> {
+        crate::shape::check(bytes, limits).map_err(|e| CodecError(format!("not a task envelope: {e}")))?;
+        rmp_serde::from_slice(bytes).map_err(|e| CodecError::capped("not a task envelope", e))
     }
 
     /// The task id of bytes that are not a whole envelope, if one can be
@@ -68,7 +110,9 @@ impl Envelope {
         struct IdOnly {
             task_id: String,
         }
-        let whole = crate::shape::check(bytes, crate::shape::MAX_DEPTH)
+        // Only the id is kept (the rest is skipped, not decoded): depth is
+        // the one bound needed.
+        let whole = crate::shape::check(bytes, &DecodeLimits::depth_only(crate::shape::MAX_DEPTH))
             .ok()
             .and_then(|()| rmp_serde::from_slice::<IdOnly>(bytes).ok())
             .map(|v| v.task_id);
@@ -93,11 +137,16 @@ impl Envelope {
         struct NameOnly {
             task_name: String,
         }
-        crate::shape::check(bytes, crate::shape::MAX_DEPTH)
+        crate::shape::check(bytes, &crate::shape::DecodeLimits::depth_only(crate::shape::MAX_DEPTH))
             .ok()
             .and_then(|()| rmp_serde::from_slice::<NameOnly>(bytes).ok())
             .map(|v| v.task_name)
             .filter(|name| !name.is_empty())
+    }
+
+    /// The lane its `lane` label names, if it names one.
+    pub fn lane(&self) -> Option<crate::Lane> {
+        self.labels.get("lane").and_then(rmpv::Value::as_str).and_then(crate::Lane::parse)
     }
 
     /// Decodes the arguments as `A`: from `kwargs` by field name, or from
@@ -108,7 +157,7 @@ impl Envelope {
                 // No arguments: a struct without fields, or `()`.
                 return rmpv::ext::from_value(rmpv::Value::Map(Vec::new()))
                     .or_else(|_| rmpv::ext::from_value(rmpv::Value::Nil))
-                    .map_err(|e| CodecError(format!("arguments missing: {e}")));
+                    .map_err(|e| CodecError::capped("arguments missing", e));
             }
             (true, false) => {
                 rmpv::Value::Map(self.kwargs.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), v.clone())).collect())
@@ -120,7 +169,7 @@ impl Envelope {
                 ));
             }
         };
-        rmpv::ext::from_value(value).map_err(|e| CodecError(format!("arguments do not fit the task: {e}")))
+        rmpv::ext::from_value(value).map_err(|e| CodecError::capped("arguments do not fit the task", e))
     }
 }
 
@@ -152,7 +201,7 @@ pub fn encode_value<T: Serialize>(value: &T) -> Result<rmpv::Value, CodecError> 
 
 /// Decodes a value written by [`encode_value`] (a task's output, say).
 pub fn decode_value<T: DeserializeOwned>(value: rmpv::Value) -> Result<T, CodecError> {
-    rmpv::ext::from_value(value).map_err(|e| CodecError(format!("value does not fit the type: {e}")))
+    rmpv::ext::from_value(value).map_err(|e| CodecError::capped("value does not fit the type", e))
 }
 
 fn encode_kwargs<A: Serialize>(args: &A) -> Result<BTreeMap<String, rmpv::Value>, CodecError> {
@@ -242,6 +291,17 @@ mod tests {
         bytes.clear();
         rmpv::encode::write_value(&mut bytes, &map).unwrap();
         assert_eq!(Envelope::salvage_task_id(&bytes), None);
+    }
+
+    #[test]
+    fn errors_quoting_a_huge_value_are_cut_short() {
+        let mut env = Envelope::new("id".into(), "t", &()).unwrap();
+        env.kwargs.insert("chat_id".into(), rmpv::Value::from("é".repeat(500_000)));
+        env.kwargs.insert("text".into(), rmpv::Value::from("x"));
+        let err = env.decode_args::<Args>().unwrap_err();
+        assert!(err.0.starts_with("arguments do not fit the task:") && err.0.contains("invalid type"), "{err}");
+        assert!(err.0.len() <= MAX_ERROR_CHARS + 3, "{} bytes", err.0.len());
+        assert!(err.0.ends_with("..."));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::enqueue::Enqueuer;
 use crate::envelope::Envelope;
 use crate::record::{ResultRecord, TaskError, TaskStatus};
 use crate::registry::{Registry, RunError, TaskDef};
+use crate::shape::DecodeLimits;
 use crate::task::Failure;
 use crate::{ResultStore, StoreError};
 
@@ -171,28 +172,26 @@ pub struct Executor {
     container: Arc<dyn Container>,
     store: Arc<dyn ResultStore>,
     enqueuer: Arc<dyn Enqueuer>,
-    max_payload: usize,
+    /// Bounds on the envelopes it accepts: bytes, then shape.
+    limits: DecodeLimits,
 }
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor")
-            .field("tasks", &self.registry.names())
-            .field("max_payload", &self.max_payload)
-            .finish()
+        f.debug_struct("Executor").field("tasks", &self.registry.names()).field("limits", &self.limits).finish()
     }
 }
 
 impl Executor {
-    /// An executor; payloads up to `max_payload` bytes are considered.
+    /// An executor; envelopes beyond `limits` are refused before decoding.
     pub fn new(
         registry: Arc<Registry>,
         container: Arc<dyn Container>,
         enqueuer: Arc<dyn Enqueuer>,
-        max_payload: usize,
+        limits: DecodeLimits,
     ) -> Self {
         let store: Arc<dyn ResultStore> = container.resolve();
-        Self { registry, container, store, enqueuer, max_payload }
+        Self { registry, container, store, enqueuer, limits }
     }
 
     /// The registry it runs from.
@@ -331,11 +330,12 @@ impl Executor {
     /// Decodes and looks up; an `Err` carries what could be read and why
     /// the message cannot run.
     fn prepare(&self, bytes: &[u8]) -> Result<(Envelope, &'static TaskDef), Rejected> {
-        if bytes.len() > self.max_payload {
-            let why = format!("payload of {} bytes exceeds nats.max_payload ({} bytes)", bytes.len(), self.max_payload);
+        let max_payload = self.limits.max_payload;
+        if bytes.len() > max_payload {
+            let why = format!("payload of {} bytes exceeds nats.max_payload ({max_payload} bytes)", bytes.len());
             return Err((Envelope::salvage_task_id(bytes), None, Outcome::BadEnvelope(why)));
         }
-        let envelope = Envelope::from_msgpack(bytes)
+        let envelope = Envelope::from_msgpack_within(bytes, &self.limits)
             .map_err(|e| (Envelope::salvage_task_id(bytes), None, Outcome::BadEnvelope(e.0)))?;
         // From a foreign producer: recorded under the raw id (any bytes make
         // a Redis key) and dead-lettered, never run.
@@ -366,10 +366,7 @@ impl Executor {
         attempt: u32,
         interrupt: &CancellationToken,
     ) -> Outcome {
-        let lane = match envelope.labels.get("lane").and_then(rmpv::Value::as_str) {
-            Some(name) => crate::Lane::parse(name).unwrap_or(def.options.lane),
-            None => def.options.lane,
-        };
+        let lane = envelope.lane().unwrap_or(def.options.lane);
         let ctx = TaskContext::new(
             envelope.task_id.clone(),
             def.name(),

@@ -97,6 +97,27 @@ end
 return {1, wait}
 ";
 
+const BUDGET: &str = r"
+-- How many bulk sends the global and shared buckets would admit now
+-- (nothing is reserved). KEYS: 1 bot freeze, 2 global, 3 shared
+-- ARGV: 1 global interval us, 2 global tau us, 3 shared interval us, 4 shared tau us, 5 most
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local frozen = redis.call('PTTL', KEYS[1])
+if frozen > 0 then return {0, frozen * 1000} end
+local n, wait = tonumber(ARGV[5]), 0
+for i, b in ipairs({{KEYS[2], 1, 2}, {KEYS[3], 3, 4}}) do
+  local interval, tau = tonumber(ARGV[b[2]]), tonumber(ARGV[b[3]])
+  local tat = tonumber(redis.call('GET', b[1]) or '0')
+  if tat < now then tat = now end
+  local room = math.floor((now + tau - tat) / interval) + 1
+  if room < n then n = room end
+  if tat - tau - now > wait then wait = tat - tau - now end
+end
+if n < 1 then return {0, wait} end
+return {n, 0}
+";
+
 const FREEZE: &str = r"
 -- KEYS: 1 chat freeze, 2 bot freeze, 3 recent 429s (a set of chats)
 -- ARGV: 1 retry_after ms, 2 chat id, 3 chats that freeze the bot
@@ -162,6 +183,7 @@ pub struct Governor {
     redis: Option<redis::Client>,
     conn: Mutex<Option<MultiplexedConnection>>,
     admit: redis::Script,
+    budget: redis::Script,
     freeze: redis::Script,
     fallback: LocalLimiter,
 }
@@ -184,6 +206,7 @@ impl Governor {
             redis,
             conn: Mutex::new(None),
             admit: redis::Script::new(ADMIT),
+            budget: redis::Script::new(BUDGET),
             freeze: redis::Script::new(FREEZE),
         }
     }
@@ -229,6 +252,27 @@ impl Governor {
         let (go, wait_us): (i64, i64) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
         Ok(if go == 1 { Admission::Go(wait) } else { Admission::Later(wait) })
+    }
+
+    /// How many bulk messages (at most `most`) the shared budget would let
+    /// through now, or how long until one: the bulk lane pulls no faster.
+    /// Without Redis, `most` (the sends themselves are still limited).
+    pub async fn bulk_budget(&self, most: usize) -> (usize, Duration) {
+        let asked = async {
+            let mut conn = self.conn().await?;
+            let mut call = self.budget.prepare_invoke();
+            call.key(format!("{}freeze", self.prefix))
+                .key(format!("{}global", self.prefix))
+                .key(format!("{}shared", self.prefix))
+                .arg(self.plan.global.interval_us)
+                .arg(self.plan.global.tau_us)
+                .arg(self.plan.shared.interval_us)
+                .arg(self.plan.shared.tau_us)
+                .arg(most);
+            let (n, wait_us): (i64, i64) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            Ok::<_, GovernorError>((usize::try_from(n).unwrap_or(0), Duration::from_micros(wait_us.unsigned_abs())))
+        };
+        asked.await.unwrap_or((most, Duration::ZERO))
     }
 
     /// Telegram answered 429 for `chat_id`: freezes that chat for

@@ -34,6 +34,7 @@ pub use governor::{Admission, Governor, Lane};
 pub use ids::{IdError, validate_labels, validate_task_id};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
+pub use shape::{DecodeLimits, ShapeError};
 pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
 
 // Re-exported so task crates use the very versions the runtime does.
@@ -42,8 +43,8 @@ pub use {inventory, rmpv, shaku, sqlx};
 /// What a task file imports: `use di::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Failure, HookContext, HookResult, ResultExt, RetryPolicy, TaskContext, TaskOptions, TaskResult, register_hook,
-        register_task,
+        Failure, HookContext, HookResult, Lane, ResultExt, RetryPolicy, TaskContext, TaskOptions, TaskResult,
+        register_hook, register_task,
     };
     pub use serde::{Deserialize, Serialize};
     pub use std::time::Duration;

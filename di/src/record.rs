@@ -152,7 +152,8 @@ impl ResultRecord {
     /// Decodes a record written by [`ResultRecord::to_msgpack`] (or by taskiq).
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
         use serde::de::Error as _;
-        crate::shape::check(bytes, crate::shape::MAX_DEPTH).map_err(rmp_serde::decode::Error::custom)?;
+        crate::shape::check(bytes, &crate::shape::DecodeLimits::depth_only(crate::shape::MAX_DEPTH))
+            .map_err(rmp_serde::decode::Error::custom)?;
         rmp_serde::from_slice(bytes)
     }
 }

@@ -172,10 +172,8 @@ pub struct TaskOptions {
     pub retry: RetryPolicy,
     /// The longest one attempt may run; it then counts as a retryable failure.
     pub timeout: Duration,
-    /// The queue (subject suffix) to publish to; `None` is the default queue.
-    pub queue: Option<&'static str>,
-    /// The lane its messages to Telegram travel in, unless an enqueue says
-    /// otherwise (label `lane`).
+    /// The lane it travels in (its subject and consumer, and its share of
+    /// the Telegram budget), unless an enqueue says otherwise (label `lane`).
     pub lane: crate::Lane,
 }
 
@@ -186,7 +184,6 @@ impl TaskOptions {
             name: None,
             retry: RetryPolicy::DEFAULT,
             timeout: Duration::from_secs(300),
-            queue: None,
             lane: crate::Lane::Transactional,
         }
     }
@@ -218,12 +215,6 @@ impl TaskOptions {
     /// The lane of the task's Telegram messages (default: transactional).
     pub const fn lane(mut self, lane: crate::Lane) -> Self {
         self.lane = lane;
-        self
-    }
-
-    /// Publishes the task to a named queue.
-    pub const fn queue(mut self, queue: &'static str) -> Self {
-        self.queue = Some(queue);
         self
     }
 }

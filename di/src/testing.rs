@@ -192,7 +192,12 @@ impl TestRuntime {
         let (module, mocks) = mock_container().await?;
         let registry = crate::Registry::from_inventory().unwrap_or_else(|e| panic!("{e}"));
         let enqueuer = crate::InMemoryEnqueuer::new();
-        let executor = crate::Executor::new(Arc::new(registry), module.clone(), Arc::new(enqueuer.clone()), 1 << 20);
+        let executor = crate::Executor::new(
+            Arc::new(registry),
+            module.clone(),
+            Arc::new(enqueuer.clone()),
+            crate::DecodeLimits::DEFAULT,
+        );
         Ok(Self { executor, mocks, enqueuer, module })
     }
 

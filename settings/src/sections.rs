@@ -180,6 +180,21 @@ pub struct WorkerSettings {
     /// How long running tasks may take to finish after a shutdown signal.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Connections the HTTP server holds at once; more are closed on accept,
+    /// so idle clients cannot use up the process' file descriptors.
+    pub http_max_connections: usize,
+    /// How long a connection may take to send a request's headers, and how
+    /// long an idle keep-alive connection is kept.
+    #[serde(with = "duration")]
+    pub http_header_timeout: Duration,
+    /// The deepest nesting an envelope may have (the envelope is level 1).
+    pub decode_max_depth: usize,
+    /// The most MessagePack values (array elements, map keys and values) in
+    /// one envelope.
+    pub decode_max_items: u64,
+    /// The most memory (bytes, estimated before decoding) one decoded
+    /// envelope may take.
+    pub decode_max_bytes: u64,
 }
 
 /// How the binaries log.

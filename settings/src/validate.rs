@@ -143,6 +143,18 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         format!("{addr:?} is not an address like \"127.0.0.1:9464\" (or empty to turn the server off)")
     });
     c.check(worker.concurrency >= 1, "worker.concurrency", || "must be at least 1".to_owned());
+    c.check(worker.http_max_connections >= 1, "worker.http_max_connections", || "must be at least 1".to_owned());
+    c.check(!worker.http_header_timeout.is_zero(), "worker.http_header_timeout", || {
+        "must be more than zero (it is what closes silent and idle connections)".to_owned()
+    });
+    // An envelope is a map holding maps: depth 2 is the least that decodes.
+    c.check((2..=1024).contains(&worker.decode_max_depth), "worker.decode_max_depth", || {
+        "must be 2 to 1024 (decoding recurses once per level)".to_owned()
+    });
+    c.check(worker.decode_max_items >= 16, "worker.decode_max_items", || {
+        "must be at least 16 (an envelope alone has a dozen values)".to_owned()
+    });
+    c.check(worker.decode_max_bytes >= 4096, "worker.decode_max_bytes", || "must be at least 4096".to_owned());
     c.found
 }
 

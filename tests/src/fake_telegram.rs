@@ -1,7 +1,9 @@
 //! A fake Telegram Bot API on loopback: serves scripted updates to
-//! `getUpdates` (long polling), records every other request and answers
+//! `getUpdates` (long polling; an offset confirms, and drops for good, every
+//! update below it, as Telegram does), records every request and answers
 //! like Telegram, or with a scripted reply (a 429 with `retry_after`) or a
-//! scripted delay.
+//! scripted delay. A test may serve a confirmed update again, as Telegram
+//! does to a bot that never confirmed it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,7 +18,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-/// One request the fake received (and completed).
+/// One request the fake received (and completed; `getUpdates` is recorded
+/// when it arrives, before its long poll).
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The token from the path (`/bot<TOKEN>/<method>`).
@@ -40,6 +43,8 @@ struct Inner {
     in_delay: HashMap<String, usize>,
     /// Updates not yet confirmed by an offset past them.
     updates: Vec<Value>,
+    /// Updates confirmed (and dropped), kept for [`FakeTelegram::serve_again`].
+    confirmed: Vec<Value>,
     next_update_id: i64,
     next_message_id: i64,
 }
@@ -114,8 +119,26 @@ impl FakeTelegram {
         self.lock().in_delay.get(&method.to_ascii_lowercase()).copied().unwrap_or(0)
     }
 
-    /// Queues a text message from a private chat for `getUpdates`.
-    pub fn push_message(&self, chat_id: i64, text: &str) {
+    /// The `getUpdates` requests so far (recorded when received).
+    pub fn polls(&self) -> Vec<Request> {
+        self.requests().into_iter().filter(|r| r.method == "getupdates").collect()
+    }
+
+    /// Serves update `update_id` again although it was confirmed, as
+    /// Telegram does after a crash that kept the bot from confirming it.
+    pub fn serve_again(&self, update_id: i64) {
+        let mut inner = self.lock();
+        let at = inner.confirmed.iter().position(|u| u["update_id"] == update_id);
+        let update = at.map(|at| inner.confirmed.remove(at)).expect("serve_again: no such confirmed update");
+        inner.updates.push(update);
+        inner.updates.sort_by_key(|u| u["update_id"].as_i64());
+        drop(inner);
+        self.shared.new_update.notify_waiters();
+    }
+
+    /// Queues a text message from a private chat for `getUpdates`; returns
+    /// its update id.
+    pub fn push_message(&self, chat_id: i64, text: &str) -> i64 {
         let mut inner = self.lock();
         inner.next_update_id += 1;
         inner.next_message_id += 1;
@@ -129,8 +152,10 @@ impl FakeTelegram {
             }
         });
         inner.updates.push(update);
+        let id = inner.next_update_id;
         drop(inner);
         self.shared.new_update.notify_waiters();
+        id
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -158,16 +183,17 @@ async fn handle(
         let _waiting = InDelay::enter(shared.clone(), &method);
         tokio::time::sleep(delay).await;
     }
-    if method == "getupdates" {
-        return get_updates(&shared, &body).await;
-    }
-    let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
     let request = Request {
         token: bot.trim_start_matches("bot").to_owned(),
         method: method.clone(),
         body: body.clone(),
         at: Instant::now(),
     };
+    if method == "getupdates" {
+        shared.inner.lock().unwrap_or_else(PoisonError::into_inner).requests.push(request);
+        return get_updates(&shared, &body).await;
+    }
+    let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
     inner.requests.push(request);
     if let Some((status, reply)) = inner.scripted.get_mut(&method).and_then(VecDeque::pop_front) {
         return (status, Json(reply));
@@ -196,7 +222,10 @@ async fn get_updates(shared: &Shared, body: &Value) -> (StatusCode, Json<Value>)
         let notified = shared.new_update.notified();
         {
             let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            inner.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+            let (kept, confirmed): (Vec<Value>, Vec<Value>) =
+                std::mem::take(&mut inner.updates).into_iter().partition(|u| u["update_id"].as_i64() >= Some(offset));
+            inner.updates = kept;
+            inner.confirmed.extend(confirmed);
             if !inner.updates.is_empty() || tokio::time::Instant::now() >= deadline {
                 return (StatusCode::OK, Json(json!({"ok": true, "result": inner.updates.clone()})));
             }

@@ -71,11 +71,15 @@ async fn a_deleted_consumer_is_recreated_and_readyz_is_503_while_it_cannot_pull(
     assert_eq!(first.wait(WAIT).await.unwrap().status, TaskStatus::Success);
     assert_eq!(it::http_get(&addr, "/readyz").await.0, 200);
 
-    // Delete the durable and put an unfiltered consumer in its place: on a
+    // Delete the durable and put another on its subject in its place: on a
     // work-queue stream the worker cannot create its own beside it.
     let js = scope.jetstream().await;
     let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
-    let blocker = consumer::pull::Config { durable_name: Some("blocker".into()), ..Default::default() };
+    let blocker = consumer::pull::Config {
+        durable_name: Some("blocker".into()),
+        filter_subject: scope.settings.nats.subject.clone(),
+        ..Default::default()
+    };
     scope
         .eventually(WAIT, "the blocker in place of the worker's consumer", || async {
             let _ = stream.delete_consumer(&scope.settings.nats.durable).await;
@@ -176,6 +180,7 @@ async fn a_message_at_max_deliver_is_failed_dead_lettered_and_removed() {
     let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
     let config = consumer::pull::Config {
         durable_name: Some(scope.settings.nats.durable.clone()),
+        filter_subject: scope.settings.nats.subject.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         max_deliver: 2,
         ..Default::default()
@@ -257,22 +262,24 @@ async fn a_failed_dead_letter_copy_is_retried_without_running_the_task_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_worker_takes_messages_that_would_wait_behind_long_tasks() {
     let mut scope = Scope::new();
-    scope.settings.worker.concurrency = 2;
+    // Four slots, one of them kept for interactive tasks: three long
+    // transactional tasks fill the rest.
+    scope.settings.worker.concurrency = 4;
     let busy = scope.start_worker().await;
     let producer = scope.producer().await;
-    let long: Vec<Envelope> = (0..2).map(|_| counted(20_000, 0, false)).collect();
+    let long: Vec<Envelope> = (0..3).map(|_| counted(20_000, 0, false)).collect();
     for envelope in &long {
         producer.enqueue_envelope(envelope, None).await.unwrap();
     }
     scope
-        .eventually(WAIT, "both long tasks running", || async {
+        .eventually(WAIT, "the long tasks running", || async {
             let mut running = 0;
             for envelope in &long {
                 if producer.result(&envelope.task_id).await.ok()??.status == TaskStatus::Running {
                     running += 1;
                 }
             }
-            (running == 2).then_some(())
+            (running == 3).then_some(())
         })
         .await;
     let idle = scope.start_worker().await;
@@ -382,6 +389,7 @@ async fn after_redis_crashes_and_worker_restarts_every_task_is_final_or_delivera
     let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
     let config = consumer::pull::Config {
         durable_name: Some(scope.settings.nats.durable.clone()),
+        filter_subject: scope.settings.nats.subject.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(2),
         max_deliver: 2,

@@ -165,7 +165,8 @@ async fn migrations_and_send_report_on_postgres() {
         .unwrap();
 
     let registry = Arc::new(Registry::from_inventory().unwrap());
-    let executor = Executor::new(registry, module.clone(), Arc::new(InMemoryEnqueuer::new()), 1 << 20);
+    let executor =
+        Executor::new(registry, module.clone(), Arc::new(InMemoryEnqueuer::new()), di::DecodeLimits::DEFAULT);
     let bytes = send_report::TASK.envelope_with_id("pg-1".into(), &send_report::Args { chat_id: 1 }).unwrap();
     let bytes = bytes.to_msgpack().unwrap();
     for attempt in 1..=2 {

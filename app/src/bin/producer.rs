@@ -241,7 +241,7 @@ async fn send(
         .map_err(|err| fail(EXIT_USAGE, err))?;
     def.check_args(&envelope).map_err(|err| fail(EXIT_USAGE, format!("--kwargs do not fit {task}: {err}")))?;
     let (_, producer) = connect().await?;
-    match producer.enqueue_envelope(&envelope, def.options.queue).await {
+    match producer.enqueue_envelope(&envelope, Some(def.options.lane)).await {
         Ok(Published::Stored) => println!("{}", envelope.task_id),
         Ok(Published::Duplicate) => {
             println!("{}", envelope.task_id);

@@ -73,6 +73,12 @@ pub trait BotApi: Interface {
     /// Checks the token and the API (`getMe`); returns the bot's username,
     /// or a description of why nothing is checked.
     async fn check(&self) -> Result<String, BotError>;
+
+    /// The flood-control governor its sends go through, if any (the worker
+    /// paces the bulk lane by it).
+    fn governor(&self) -> Option<Arc<Governor>> {
+        None
+    }
 }
 
 /// The real [`BotApi`]: teloxide's `Bot`, or, with no token configured, a
@@ -110,6 +116,10 @@ impl BotApi for InLane {
 
     async fn check(&self) -> Result<String, BotError> {
         self.bot.check().await
+    }
+
+    fn governor(&self) -> Option<Arc<Governor>> {
+        self.bot.governor()
     }
 }
 
@@ -235,6 +245,10 @@ impl BotApi for TelegramBot {
             }
             Err(err) => Err(self.map_error(err)),
         }
+    }
+
+    fn governor(&self) -> Option<Arc<Governor>> {
+        self.governor.clone()
     }
 
     async fn check(&self) -> Result<String, BotError> {
