@@ -5,9 +5,9 @@
 
 Settings are Courier's own environment variables, with Courier's defaults:
 COURIER_NATS__URL (one URL, or several separated by commas), COURIER_NATS__STREAM,
-COURIER_NATS__SUBJECT, COURIER_NATS__DURABLE, COURIER_REDIS__URL and
-COURIER_REDIS__KEY_PREFIX (empty, or ending in ":"); and, used only if no worker
-ran yet, the stream and consumer settings (COURIER_NATS__ACK_WAIT, ...).
+COURIER_NATS__SUBJECT, COURIER_REDIS__URL and COURIER_REDIS__KEY_PREFIX (empty, or
+ending in ":"); if no worker made the stream yet, also COURIER_NATS__DUPLICATE_WINDOW
+and COURIER_NATS__STREAM_REPLICAS.
 """
 
 import asyncio
@@ -17,10 +17,8 @@ import re
 import sys
 from typing import Any
 
-import nats
 import ormsgpack
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from taskiq.abc.serializer import TaskiqSerializer
 from taskiq.kicker import AsyncKicker
 from taskiq_nats import PullBasedJetStreamBroker
@@ -30,7 +28,6 @@ setting = os.environ.get
 SERVERS = setting("COURIER_NATS__URL", "nats://127.0.0.1:4222").split(",")
 STREAM = setting("COURIER_NATS__STREAM", "COURIER")
 SUBJECT = setting("COURIER_NATS__SUBJECT", "courier.tasks")
-DURABLE = setting("COURIER_NATS__DURABLE", "courier-worker")
 REDIS_URL = setting("COURIER_REDIS__URL", "redis://127.0.0.1:6379")
 KEY_PREFIX = setting("COURIER_REDIS__KEY_PREFIX", "")
 
@@ -51,31 +48,21 @@ class Msgpack(TaskiqSerializer):
         return ormsgpack.unpackb(value)
 
 
-async def workers_consumer() -> ConsumerConfig:
-    """The durable consumer as Courier's workers made it: taskiq-nats' startup()
-    rewrites the consumer with the config it is given, so give it this one."""
-    client = await nats.connect(SERVERS)
-    try:
-        return (await client.jetstream().consumer_info(STREAM, DURABLE)).config
-    except NotFoundError:  # No worker ran yet: what one makes from the same settings.
-        return ConsumerConfig(
-            durable_name=DURABLE,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=seconds(setting("COURIER_NATS__ACK_WAIT", "30s")),
-            max_deliver=int(setting("COURIER_NATS__MAX_DELIVER", "20")),
-            max_ack_pending=int(setting("COURIER_NATS__MAX_ACK_PENDING", "1024")),
-        )
-    finally:
-        await client.close()
+class Producer(PullBasedJetStreamBroker):
+    """Publishes only. taskiq-nats' startup() would also create the pull consumer,
+    rewriting the one Courier's workers share with its own config: a producer
+    reads no messages, so it makes none."""
+
+    async def _startup_consumer(self) -> None:
+        pass
 
 
 async def main(task_name: str, kwargs: dict[str, Any]) -> None:
     assert KEY_PREFIX == "" or KEY_PREFIX.endswith(":"), "taskiq-redis adds the ':' itself"
-    broker = PullBasedJetStreamBroker(
+    broker = Producer(
         servers=SERVERS,
         subject=SUBJECT,
         stream_name=STREAM,
-        durable=DURABLE,
         # The stream as a worker makes it, should no worker have made it yet.
         stream_config=StreamConfig(
             name=STREAM,
@@ -85,7 +72,6 @@ async def main(task_name: str, kwargs: dict[str, Any]) -> None:
             duplicate_window=seconds(setting("COURIER_NATS__DUPLICATE_WINDOW", "2m")),
             num_replicas=int(setting("COURIER_NATS__STREAM_REPLICAS", "1")),
         ),
-        consumer_config=await workers_consumer(),
     ).with_serializer(Msgpack())
     prefix = KEY_PREFIX[:-1] or None
     broker = broker.with_result_backend(RedisAsyncResultBackend(REDIS_URL, prefix_str=prefix, serializer=Msgpack()))

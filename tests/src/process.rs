@@ -39,21 +39,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently modified file the binaries are built from: the
-/// sources, manifests and embedded files of `app`, `di`, `tasks` and
-/// `settings`, and the lock file.
+/// The most recently modified file the binaries are compiled from: the
+/// sources, migrations and build scripts of `app`, `di`, `tasks` and
+/// `settings`, and the compiled-in settings. (Not the manifests: cargo
+/// relinks nothing for a manifest edit that changes no build input.)
 fn newest_source() -> Option<(PathBuf, SystemTime)> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     let mut newest: Option<(PathBuf, SystemTime)> = None;
-    let mut pending: Vec<PathBuf> = ["app", "di", "tasks", "settings", "Cargo.lock", "Cargo.toml"]
-        .iter()
-        .map(|entry| workspace.join(entry))
-        .collect();
+    let mut pending: Vec<PathBuf> = Vec::new();
+    for krate in ["app", "di", "tasks", "settings"] {
+        for input in ["src", "migrations", "build.rs", "settings.toml"] {
+            pending.push(workspace.join(krate).join(input));
+        }
+    }
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         if meta.is_dir() {
-            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
-            pending.extend(entries.map(|entry| entry.path()).filter(|p| p.file_name() != Some("target".as_ref())));
+            pending.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|entry| entry.path()));
         } else if let Ok(modified) = meta.modified() {
             if newest.as_ref().is_none_or(|(_, time)| modified > *time) {
                 newest = Some((path, modified));

@@ -1,7 +1,8 @@
 //! Interoperability with Python's taskiq: `examples/taskiq_producer.py`
 //! (taskiq + taskiq-nats PullBasedJetStreamBroker, msgpack) enqueues to a
-//! Courier worker, before or after one started, and taskiq-redis'
-//! RedisAsyncResultBackend reads what Courier wrote. The Python venv is made
+//! Courier worker, before or after one started, without touching the
+//! workers' consumer, and taskiq-redis' RedisAsyncResultBackend reads what
+//! Courier wrote. The Python venv is made
 //! beforehand by `scripts/taskiq-venv.sh` (scripts/test.sh runs it).
 
 use std::path::{Path, PathBuf};
@@ -72,7 +73,8 @@ async fn example(scope: &Scope, task: &'static str, kwargs: &'static str) -> Val
     tokio::task::spawn_blocking(move || run_python("examples/taskiq_producer.py", env, &[task, kwargs])).await.unwrap()
 }
 
-/// The consumer's settings that matter for delivery.
+/// The settings that matter for delivery of the consumer taskiq publishes
+/// to (the transactional lane's: `nats.subject`, `nats.durable`).
 async fn consumer_settings(scope: &Scope) -> (consumer::AckPolicy, Duration, i64, i64, String) {
     let js = scope.jetstream().await;
     let stream = js.get_stream(&scope.settings.nats.stream).await.expect("the task stream");
@@ -85,7 +87,7 @@ async fn consumer_settings(scope: &Scope) -> (consumer::AckPolicy, Duration, i64
 fn workers_consumer_settings(scope: &Scope) -> (consumer::AckPolicy, Duration, i64, i64, String) {
     let registry = di::Registry::from_inventory().unwrap();
     let most_attempts = registry.tasks().map(|t| i64::from(t.options.retry.max_attempts)).max().unwrap();
-    let c = courier::broker::consumer_config(&scope.settings.nats, most_attempts);
+    let c = courier::broker::consumer_config(&scope.settings.nats, most_attempts, di::Lane::Transactional);
     (c.ack_policy, c.ack_wait, c.max_deliver, c.max_ack_pending, c.filter_subject)
 }
 
@@ -117,17 +119,15 @@ async fn taskiq_producer_enqueues_and_taskiq_backend_reads_the_result() {
     let record = producer.result(task_id).await.unwrap().expect("the record");
     assert_eq!((record.status, record.attempt, record.task_name.as_str()), (TaskStatus::Success, 1, "test_di_task"));
 
-    // taskiq-nats' startup() rewrote the consumer with what the example
-    // read from it: unchanged.
+    // The example made no consumer, so taskiq-nats' startup() rewrote none.
     assert_eq!(consumer_settings(&scope).await, made_by_the_worker);
     worker.stop().await.unwrap();
 }
 
 #[tokio::test]
-async fn taskiq_producer_before_any_worker_makes_what_the_worker_would() {
+async fn taskiq_producer_before_any_worker_makes_the_stream_a_worker_serves() {
     let scope = Scope::new();
-    // No worker yet: the example makes the stream and the consumer, publishes
-    // and waits for the result.
+    // No worker yet: the example makes the stream, publishes and waits.
     let sent = {
         let env = scope.env();
         tokio::task::spawn_blocking(move || {
@@ -136,14 +136,17 @@ async fn taskiq_producer_before_any_worker_makes_what_the_worker_would() {
     };
     let js = scope.jetstream().await;
     scope
-        .eventually(Duration::from_secs(30), "the consumer made by the taskiq producer", || async {
-            let stream = js.get_stream(&scope.settings.nats.stream).await.ok()?;
-            stream.get_consumer::<consumer::pull::Config>(&scope.settings.nats.durable).await.ok().map(|_| ())
+        .eventually(Duration::from_secs(30), "the task published by the taskiq producer", || async {
+            let mut stream = js.get_stream(&scope.settings.nats.stream).await.ok()?;
+            (stream.info().await.ok()?.state.messages == 1).then_some(())
         })
         .await;
-    assert_eq!(consumer_settings(&scope).await, workers_consumer_settings(&scope), "as a worker makes it");
+    let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
+    let consumer = stream.get_consumer::<consumer::pull::Config>(&scope.settings.nats.durable).await;
+    assert!(consumer.is_err(), "a producer makes no consumer");
 
-    // A worker started on them (it refuses a stream it cannot serve) runs the task.
+    // A worker started on that stream (it refuses one it cannot serve) runs
+    // the task, with the consumer it wants.
     let worker = scope.start_worker().await;
     let result = sent.await.unwrap();
     assert_eq!(
