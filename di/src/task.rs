@@ -95,7 +95,7 @@ impl From<BotError> for Failure {
                 Self::throttled(&err, retry_after)
             }
             BotError::Unavailable(_) => Self::retryable(err),
-            BotError::Rejected(_) => Self::fatal(err),
+            BotError::Rejected(_) | BotError::ChatGone { .. } => Self::fatal(err),
         }
     }
 }

@@ -15,7 +15,9 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
+use courier::testing::flood::{FloodRules, Verdict};
 use serde_json::{Value, json};
+use settings::TelegramLimits;
 use tokio::sync::Notify;
 
 /// One request the fake received (and completed; `getUpdates` is recorded
@@ -47,6 +49,10 @@ struct Inner {
     confirmed: Vec<Value>,
     next_update_id: i64,
     next_message_id: i64,
+    /// Telegram's limits, when the fake enforces them.
+    flood: Option<FloodRules>,
+    /// Messages accepted, with the chat and when.
+    accepted: Vec<(i64, Value, Instant)>,
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +72,19 @@ pub struct FakeTelegram {
 impl FakeTelegram {
     /// Starts the fake on a free loopback port.
     pub async fn start() -> Self {
-        let shared = Arc::new(Shared::default());
+        Self::serve(Shared::default()).await
+    }
+
+    /// Starts a fake that enforces `limits` as Telegram does: a message
+    /// past them gets `429` with `retry_after` (see `courier::testing::flood`).
+    pub async fn start_with_limits(limits: TelegramLimits) -> Self {
+        let shared = Shared::default();
+        shared.inner.lock().unwrap_or_else(PoisonError::into_inner).flood = Some(FloodRules::new(limits));
+        Self::serve(shared).await
+    }
+
+    async fn serve(shared: Shared) -> Self {
+        let shared = Arc::new(shared);
         let app = Router::new().route("/{bot}/{method}", post(handle)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr: SocketAddr = listener.local_addr().expect("local addr");
@@ -74,6 +92,24 @@ impl FakeTelegram {
             let _ = axum::serve(listener, app).await;
         });
         Self { url: format!("http://{addr}/"), shared }
+    }
+
+    /// With limits: runs `f` on the rules (block a chat, inject a 429...).
+    ///
+    /// # Panics
+    /// If the fake was started without limits.
+    pub fn rules<T>(&self, f: impl FnOnce(&mut FloodRules) -> T) -> T {
+        f(self.lock().flood.as_mut().expect("started with limits"))
+    }
+
+    /// 429s answered by the limits so far.
+    pub fn too_many(&self) -> u64 {
+        self.lock().flood.as_ref().map_or(0, |rules| rules.too_many)
+    }
+
+    /// Every accepted message: chat id, text, when.
+    pub fn accepted(&self) -> Vec<(i64, Value, Instant)> {
+        self.lock().accepted.clone()
     }
 
     /// Every completed request so far.
@@ -203,6 +239,11 @@ async fn handle(
                           "can_join_groups": false, "can_read_all_group_messages": false,
                           "supports_inline_queries": false, "can_connect_to_business": false, "has_main_web_app": false}),
         "sendmessage" => {
+            let chat_id = body["chat_id"].as_i64().unwrap_or(0);
+            if let Some(refused) = inner.flood.as_mut().and_then(|rules| refusal(rules.judge(chat_id))) {
+                return refused;
+            }
+            inner.accepted.push((chat_id, body["text"].clone(), Instant::now()));
             inner.next_message_id += 1;
             json!({"message_id": inner.next_message_id, "date": 1_700_000_000,
                    "chat": {"id": body["chat_id"], "type": "private", "first_name": "Test"}, "text": body["text"]})
@@ -210,6 +251,26 @@ async fn handle(
         _ => json!(true),
     };
     (StatusCode::OK, Json(json!({"ok": true, "result": result})))
+}
+
+/// Telegram's answer to a message the rules refuse.
+fn refusal(verdict: Verdict) -> Option<(StatusCode, Json<Value>)> {
+    let (status, description, parameters) = match verdict {
+        Verdict::Accept => return None,
+        Verdict::TooMany { retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too Many Requests: retry after {retry_after}"),
+            json!({"retry_after": retry_after}),
+        ),
+        Verdict::Blocked => (StatusCode::FORBIDDEN, "Forbidden: bot was blocked by the user".to_owned(), Value::Null),
+        Verdict::Deactivated => (StatusCode::FORBIDDEN, "Forbidden: user is deactivated".to_owned(), Value::Null),
+        Verdict::NotFound => (StatusCode::BAD_REQUEST, "Bad Request: chat not found".to_owned(), Value::Null),
+    };
+    let mut body = json!({"ok": false, "error_code": status.as_u16(), "description": description});
+    if !parameters.is_null() {
+        body["parameters"] = parameters;
+    }
+    Some((status, Json(body)))
 }
 
 /// Long polling: answers with the updates at or past `offset`, waiting (at

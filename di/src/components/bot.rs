@@ -43,16 +43,56 @@ pub enum BotError {
     /// The network or Telegram itself failed: worth retrying.
     #[error("telegram unavailable: {0}")]
     Unavailable(String),
-    /// Telegram refused the request (blocked by the user, chat not found,
-    /// bad request, wrong token): retrying will not help.
+    /// Telegram refused the request (bad request, wrong token): retrying
+    /// will not help.
     #[error("telegram refused: {0}")]
     Rejected(String),
+    /// The chat cannot receive messages from this bot: the user blocked it,
+    /// the account is gone, the bot was removed, or there is no such chat.
+    /// Fatal for this chat; `reason` is what a broadcast records.
+    #[error("chat unreachable ({}): {detail}", reason.code())]
+    ChatGone {
+        /// Why, as a stable code.
+        reason: ChatGone,
+        /// Telegram's description.
+        detail: String,
+    },
+}
+
+/// Why a chat cannot be messaged (Telegram's 403s and "chat not found").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatGone {
+    /// 403: the user blocked the bot.
+    Blocked,
+    /// 403: the user's account is deactivated.
+    Deactivated,
+    /// 403: the bot was removed from the group, supergroup or channel.
+    Kicked,
+    /// 400: no such chat (or the bot never met the user).
+    NotFound,
+}
+
+impl ChatGone {
+    /// The stable code: `blocked`, `deactivated`, `kicked`, `not_found`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::Deactivated => "deactivated",
+            Self::Kicked => "kicked",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// Reads a code written by [`ChatGone::code`].
+    pub fn parse(code: &str) -> Option<Self> {
+        [Self::Blocked, Self::Deactivated, Self::Kicked, Self::NotFound].into_iter().find(|c| c.code() == code)
+    }
 }
 
 impl BotError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Rejected(_))
+        !matches!(self, Self::Rejected(_) | Self::ChatGone { .. })
     }
 }
 
@@ -202,9 +242,26 @@ impl TelegramBot {
             RequestError::Api(ApiError::Unknown(description)) if is_server_side(&description) => {
                 BotError::Unavailable(description)
             }
+            RequestError::Api(api) => match chat_gone(&api) {
+                Some(reason) => BotError::ChatGone { reason, detail: text(&api) },
+                None => BotError::Rejected(text(&api)),
+            },
             other => BotError::Rejected(text(&other)),
         }
     }
+}
+
+/// Which Telegram refusals mean the chat is gone for this bot. teloxide
+/// tells them apart by description only (HTTP 400 and 403 look alike).
+fn chat_gone(err: &ApiError) -> Option<ChatGone> {
+    Some(match err {
+        ApiError::BotBlocked => ChatGone::Blocked,
+        ApiError::UserDeactivated => ChatGone::Deactivated,
+        ApiError::ChatNotFound => ChatGone::NotFound,
+        ApiError::BotKicked | ApiError::BotKickedFromSupergroup | ApiError::BotKickedFromChannel => ChatGone::Kicked,
+        ApiError::Unknown(d) if d.contains("bot was kicked") => ChatGone::Kicked,
+        _ => return None,
+    })
 }
 
 /// Telegram reports 5xx trouble only through the description.

@@ -1,0 +1,189 @@
+//! Flood control end to end: worker processes sharing one bot's budget
+//! against a fake Bot API that enforces the same limits as the settings and
+//! answers 429 like Telegram when they are passed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use it::fake_telegram::FakeTelegram;
+use it::process::ChildProcess;
+use it::scope::Scope;
+use settings::TelegramLimits;
+use tasks::send_message;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn limits(global_per_second: f64) -> TelegramLimits {
+    let mut limits = it::test_settings().telegram.limits;
+    limits.global_per_second = global_per_second;
+    limits.global_burst = 10;
+    limits.private_per_second = 1.0;
+    limits.private_burst = 3;
+    limits.group_per_minute = 60.0;
+    limits.group_burst = 1;
+    // Every task here is transactional: the whole rate is theirs.
+    limits.interactive_reserve = 0.0;
+    limits
+}
+
+/// What a worker process needs: the scope, the fake's URL, a token, the limits.
+fn env(scope: &Scope, fake: &FakeTelegram, limits: &TelegramLimits) -> Vec<(String, String)> {
+    let mut env = scope.env();
+    let mut set = |key: &str, value: String| env.push((format!("COURIER_TELEGRAM__{key}"), value));
+    set("TOKEN", "123456:TEST-TOKEN".into());
+    set("API_URL", fake.url.clone());
+    set("LIMITS__GLOBAL_PER_SECOND", limits.global_per_second.to_string());
+    set("LIMITS__GLOBAL_BURST", limits.global_burst.to_string());
+    set("LIMITS__PRIVATE_PER_SECOND", limits.private_per_second.to_string());
+    set("LIMITS__PRIVATE_BURST", limits.private_burst.to_string());
+    set("LIMITS__GROUP_PER_MINUTE", limits.group_per_minute.to_string());
+    set("LIMITS__GROUP_BURST", limits.group_burst.to_string());
+    set("LIMITS__INTERACTIVE_RESERVE", limits.interactive_reserve.to_string());
+    env
+}
+
+async fn workers(n: usize, env: &[(String, String)]) -> Vec<ChildProcess> {
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || (0..n).map(|_| ChildProcess::start(&env)).collect()).await.unwrap()
+}
+
+/// Each accepted text once, and no other.
+fn exactly_once(fake: &FakeTelegram, texts: &[String]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (_, text, _) in fake.accepted() {
+        *seen.entry(text.as_str().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    for text in texts {
+        assert_eq!(seen.get(text).copied(), Some(1), "{text} arrived {:?} times", seen.get(text));
+    }
+    assert_eq!(seen.len(), texts.len(), "messages nobody sent arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_send_2000_messages_at_the_limit_with_zero_429s() {
+    let limits = limits(100.0);
+    let scope = Scope::new();
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let producer = scope.producer().await;
+    // 190 private chats and 10 groups, ten messages each.
+    let chats: Vec<i64> = (1..=190).chain(-10..=-1).collect();
+    let mut texts = Vec::new();
+    for round in 0..10 {
+        for &chat_id in &chats {
+            let text = format!("message {round} to {chat_id}");
+            producer.enqueue(send_message::TASK, &send_message::Args { chat_id, text: text.clone() }).await.unwrap();
+            texts.push(text);
+        }
+    }
+    let _workers = workers(3, &env(&scope, &fake, &limits)).await;
+    scope
+        .eventually(WAIT, "every message accepted", || async { (fake.accepted().len() >= texts.len()).then_some(()) })
+        .await;
+    assert_eq!(fake.too_many(), 0, "the fake answered 429");
+    exactly_once(&fake, &texts);
+
+    // At least 90% of what the limits allow: the global bucket is what
+    // binds (2,000 at 100/s after a burst of 10; a chat needs 9 s at most).
+    let times: Vec<Instant> = fake.accepted().iter().map(|(_, _, at)| *at).collect();
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    let took = last.duration_since(*first).as_secs_f64();
+    let allowed = (texts.len() as f64 - f64::from(limits.global_burst)) / limits.global_per_second;
+    assert!(took <= allowed / 0.9, "took {took:.1} s; the limits allow {allowed:.1} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_freezes_its_chat_for_every_worker_and_a_global_one_stops_all_sends() {
+    let limits = limits(200.0);
+    let scope = Scope::new();
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let producer = scope.producer().await;
+    let _workers = workers(2, &env(&scope, &fake, &limits)).await;
+    let send = |chat_id: i64, text: String| {
+        let producer = producer.clone();
+        async move { producer.enqueue(send_message::TASK, &send_message::Args { chat_id, text }).await.unwrap() }
+    };
+
+    // One chat refused for 3 s: its first message meets the 429, the
+    // next ones wait for the freeze; the others go on.
+    fake.rules(|rules| rules.inject_chat_429(500, 3));
+    let mut texts = vec!["frozen 0".to_owned()];
+    send(500, texts[0].clone()).await;
+    scope
+        .eventually(WAIT, "the 429", || async {
+            fake.sent_messages().iter().any(|r| r.body["chat_id"] == 500).then_some(())
+        })
+        .await;
+    for i in 1..3 {
+        texts.push(format!("frozen {i}"));
+        send(500, texts[texts.len() - 1].clone()).await;
+    }
+    for chat_id in 600..640 {
+        texts.push(format!("free {chat_id}"));
+        send(chat_id, texts[texts.len() - 1].clone()).await;
+    }
+    scope.eventually(WAIT, "all sent", || async { (fake.accepted().len() >= texts.len()).then_some(()) }).await;
+    let requests = fake.sent_messages();
+    let to_frozen: Vec<Instant> = requests.iter().filter(|r| r.body["chat_id"] == 500).map(|r| r.at).collect();
+    let refused = to_frozen[0];
+    let during: Vec<&Instant> =
+        to_frozen.iter().skip(1).filter(|at| at.duration_since(refused) < Duration::from_millis(2_900)).collect();
+    assert!(during.is_empty(), "{} requests to the frozen chat within its 3 s", during.len());
+    let others_during = fake
+        .accepted()
+        .iter()
+        .filter(|(chat, _, at)| *chat != 500 && at.duration_since(refused) < Duration::from_secs(3))
+        .count();
+    assert!(others_during > 0, "other chats waited for the frozen one");
+    exactly_once(&fake, &texts);
+
+    // A bot-wide 429 for 3 s: after the few sends that meet it, none until it ends.
+    fake.rules(|rules| rules.inject_global_429(3));
+    let injected = Instant::now();
+    for chat_id in 700..720 {
+        texts.push(format!("global {chat_id}"));
+        send(chat_id, texts[texts.len() - 1].clone()).await;
+    }
+    scope.eventually(WAIT, "all sent", || async { (fake.accepted().len() >= texts.len()).then_some(()) }).await;
+    let refused_at: Vec<Instant> = fake
+        .sent_messages()
+        .iter()
+        .filter(|r| r.at >= injected && r.body["chat_id"].as_i64().is_some_and(|c| (700..720).contains(&c)))
+        .map(|r| r.at)
+        .collect();
+    let first = *refused_at.iter().min().unwrap();
+    let late = refused_at
+        .iter()
+        .filter(|at| {
+            let since = at.duration_since(first);
+            since > Duration::from_millis(500) && since < Duration::from_millis(2_500)
+        })
+        .count();
+    assert_eq!(late, 0, "sends went on during the bot-wide freeze");
+    exactly_once(&fake, &texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code() {
+    let limits = limits(100.0);
+    let mut scope = Scope::new();
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    scope.settings.telegram.token = Some(settings::Secret::new("123456:TEST-TOKEN"));
+    scope.settings.telegram.api_url = fake.url.clone();
+    fake.rules(|rules| {
+        rules.block(801);
+        rules.deactivate(802);
+        rules.forget(803);
+    });
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    for (chat_id, code) in [(801, "blocked"), (802, "deactivated"), (803, "not_found")] {
+        let args = send_message::Args { chat_id, text: "hello".into() };
+        let record = producer.enqueue(send_message::TASK, &args).await.unwrap().wait(WAIT).await.unwrap();
+        assert_eq!(record.status, di::TaskStatus::Failed, "{record:?}");
+        let error = record.error.unwrap();
+        assert_eq!(error.exc_type, "Fatal");
+        assert!(error.message().contains(&format!("({code})")), "{}", error.message());
+        assert_eq!(fake.sent_to(chat_id).len(), 1, "not retried");
+    }
+    worker.stop().await.unwrap();
+}
