@@ -35,6 +35,13 @@ for file in docker/compose.yml docker/compose.cluster.yml; do
   fi
 done
 
+echo "== binaries and the taskiq venv, once, before the tests"
+# Tests run the binaries as processes and never build them themselves
+# (tests/src/process.rs); nor do they install Python packages.
+cargo build --workspace --bins --quiet
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+./scripts/taskiq-venv.sh "$target/taskiq-venv"
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests (the typed-enqueue compile check is one).

@@ -48,14 +48,15 @@ pub enum BrokerError {
     },
 }
 
-/// Connects to the server in `settings`, once, within `connect_timeout`.
-/// Credentials in `nats.url` are used: `nats://user:password@host` or
-/// `nats://token@host` (async-nats itself ignores a URL's user part). TLS:
-/// a `tls://` URL, or `nats.tls_ca_file` (plus a client certificate for
-/// mutual TLS).
+/// Connects to one of the servers in `settings` (`nats.url`: one URL or
+/// several; the client tries them in random order and learns the rest of a
+/// cluster from the one it reaches), within `connect_timeout`. Credentials
+/// in the URLs are used: `nats://user:password@host` or `nats://token@host`
+/// (async-nats itself ignores a URL's user part). TLS: a `tls://` URL, or
+/// `nats.tls_ca_file` (plus a client certificate for mutual TLS).
 pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, BrokerError> {
     let unreachable = |reason: String| BrokerError::Unreachable { url: settings.url.redacted(), reason };
-    let (address, mut options) = connect_options(settings.url.expose()).map_err(unreachable)?;
+    let (addresses, mut options) = connect_options(&settings.url).map_err(unreachable)?;
     if let Some(creds) = &settings.credentials_file {
         options = async_nats::ConnectOptions::with_credentials_file(creds)
             .await
@@ -68,27 +69,45 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::
         options = options.add_client_certificate(cert.into(), key.into());
     }
     let options = options.name(name).connection_timeout(settings.connect_timeout);
-    let client = tokio::time::timeout(settings.connect_timeout, options.connect(address))
+    let client = tokio::time::timeout(settings.connect_timeout, options.connect(addresses))
         .await
         .map_err(|_| unreachable(format!("no connection within {:?}", settings.connect_timeout)))?
         .map_err(|err| unreachable(settings::redact_url(&err.to_string())))?;
     Ok(client)
 }
 
-/// Splits the credentials out of a server URL into connect options.
-fn connect_options(raw: &str) -> Result<(String, async_nats::ConnectOptions), String> {
-    let mut url = url::Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))?;
-    let user = settings::percent_decode(url.username());
-    let password = url.password().map(settings::percent_decode);
-    let options = match (user.is_empty(), password) {
-        (true, _) => async_nats::ConnectOptions::new(),
-        (false, Some(password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
-        (false, None) => async_nats::ConnectOptions::with_token(user),
+/// Splits the credentials out of every server URL into one set of connect
+/// options, and gives the URLs without them. One client has one set of
+/// credentials: servers may repeat it or carry none, never another.
+fn connect_options(urls: &settings::SecretUrls) -> Result<(Vec<String>, async_nats::ConnectOptions), String> {
+    let mut addresses = Vec::with_capacity(urls.servers().len());
+    let mut credentials: Option<(String, Option<String>)> = None;
+    for server in urls.servers() {
+        let mut url = url::Url::parse(server.expose()).map_err(|e| format!("invalid URL {server}: {e}"))?;
+        let user = settings::percent_decode(url.username());
+        if !user.is_empty() {
+            let these = (user, url.password().map(settings::percent_decode));
+            match &credentials {
+                Some(seen) if *seen != these => {
+                    return Err("the servers in nats.url carry different credentials".to_owned());
+                }
+                _ => credentials = Some(these),
+            }
+        }
+        // Cannot fail for a URL with a host.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        addresses.push(url.to_string());
+    }
+    if addresses.is_empty() {
+        return Err("nats.url names no server".to_owned());
+    }
+    let options = match credentials {
+        None => async_nats::ConnectOptions::new(),
+        Some((user, Some(password))) => async_nats::ConnectOptions::with_user_and_password(user, password),
+        Some((token, None)) => async_nats::ConnectOptions::with_token(token),
     };
-    // Cannot fail for a URL with a host.
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    Ok((url.to_string(), options))
+    Ok((addresses, options))
 }
 
 /// Asks the server for JetStream's account info (raw, so it works with

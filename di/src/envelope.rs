@@ -1,5 +1,5 @@
 //! The task envelope on the wire: a MessagePack map compatible with
-//! Taskiq's `TaskiqMessage` (DESIGN §5).
+//! Taskiq's `TaskiqMessage` (ARCHITECTURE.md, Contracts: wire).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The result record kept in the result store for every task (DESIGN §5).
+//! The result record kept in the result store for every task (ARCHITECTURE.md, Contracts: wire).
 //!
 //! Its fields are taskiq-redis' `TaskiqResult` (`is_err`, `log`,
 //! `return_value`, `execution_time`, `labels`, `error`) plus Courier's own,

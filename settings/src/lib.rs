@@ -18,7 +18,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-pub use secret::{Secret, SecretUrl, percent_decode, redact_url};
+pub use secret::{Secret, SecretUrl, SecretUrls, percent_decode, redact_url};
 pub use sections::{
     DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, RedisSettings, TelegramLimits, TelegramSettings,
     WorkerSettings,

@@ -91,6 +91,86 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
+/// One or more server URLs, each of which may carry credentials (`nats.url`).
+///
+/// Written as a list in a settings file (`url = ["nats://a:4222",
+/// "nats://b:4222"]`) or as one string with the URLs separated by commas
+/// (`nats://a:4222,nats://b:4222`, the only form an environment variable
+/// can give). Blanks around each URL are trimmed and empty entries dropped.
+/// `Debug` and `Display` show every URL redacted, comma-separated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrls(Vec<SecretUrl>);
+
+impl SecretUrls {
+    /// Parses one URL or several separated by commas.
+    pub fn new(value: impl AsRef<str>) -> Self {
+        Self::from_list(value.as_ref().split(','))
+    }
+
+    /// Takes a list of URLs (each trimmed; empty ones dropped).
+    pub fn from_list<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            urls.into_iter()
+                .map(|url| url.as_ref().trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .map(SecretUrl)
+                .collect(),
+        )
+    }
+
+    /// Every server, in the order written.
+    pub fn servers(&self) -> &[SecretUrl] {
+        &self.0
+    }
+
+    /// The URLs with their credentials, comma-separated: the form
+    /// `COURIER_NATS__URL` takes, for handing the setting to another process.
+    pub fn expose(&self) -> String {
+        self.0.iter().map(SecretUrl::expose).collect::<Vec<_>>().join(",")
+    }
+
+    /// Every URL with its password or token replaced by `***`, comma-separated.
+    pub fn redacted(&self) -> String {
+        self.0.iter().map(SecretUrl::redacted).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl From<SecretUrl> for SecretUrls {
+    fn from(url: SecretUrl) -> Self {
+        Self::new(url.expose())
+    }
+}
+
+impl fmt::Debug for SecretUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrls {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A string (comma-separated URLs) or a list of strings.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            One(String),
+            List(Vec<String>),
+        }
+        Written::deserialize(deserializer)
+            .map_err(|_| serde::de::Error::custom("expected a URL, URLs separated by commas, or a list of URL strings"))
+            .map(|written| match written {
+                Written::One(urls) => Self::new(urls),
+                Written::List(urls) => Self::from_list(urls),
+            })
+    }
+}
+
 /// Decodes a URL's user or password part the way clients do (RFC 3986
 /// percent-decoding: `%2B` is `+`, and a `+` stays a `+`; never form
 /// decoding, which reads `+` as a space). Invalid UTF-8 is replaced.
@@ -170,6 +250,25 @@ mod tests {
     fn url_without_credentials_is_unchanged() {
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn server_lists_read_from_a_comma_string_or_a_list() {
+        let from_string = SecretUrls::new(" nats://a:4222 ,nats://u:pw@b:4222,, ");
+        let from_list = SecretUrls::from_list(["nats://a:4222", "nats://u:pw@b:4222"]);
+        assert_eq!(from_string, from_list);
+        let exposed: Vec<_> = from_list.servers().iter().map(SecretUrl::expose).collect();
+        assert_eq!(exposed, ["nats://a:4222", "nats://u:pw@b:4222"]);
+        assert_eq!(from_list.expose(), "nats://a:4222,nats://u:pw@b:4222");
+        assert_eq!(SecretUrls::new(from_list.expose()), from_list, "expose() round-trips");
+    }
+
+    #[test]
+    fn every_server_is_redacted() {
+        let urls = SecretUrls::new("nats://tok1@a:4222,nats://u:pw2@b:4222,nats://c:4222");
+        assert_eq!(urls.redacted(), "nats://***@a:4222,nats://u:***@b:4222,nats://c:4222");
+        let shown = format!("{urls:?} {urls}");
+        assert!(!shown.contains("tok1") && !shown.contains("pw2"), "{shown}");
     }
 
     #[test]

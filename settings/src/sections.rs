@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{Secret, SecretUrl, duration};
+use crate::{Secret, SecretUrl, SecretUrls, duration};
 
 /// How tasks travel over NATS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -31,8 +31,10 @@ impl NatsMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
-    /// Server URL; may carry a user and password or a token.
-    pub url: SecretUrl,
+    /// The servers (a list, or URLs separated by commas); each may carry a
+    /// user and password or a token. The client tries them in random order
+    /// and learns the rest of a cluster from the one it reaches.
+    pub url: SecretUrls,
     /// JetStream or core NATS.
     pub mode: NatsMode,
     /// The JetStream stream that holds queued tasks.

@@ -5,7 +5,7 @@ use std::fmt;
 
 use figment::Figment;
 
-use crate::{NatsSettings, Settings, redact_url};
+use crate::{NatsSettings, Settings, percent_decode, redact_url};
 
 /// One invalid value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +170,27 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
 }
 
 fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
-    c.url("nats.url", nats.url.expose(), &["nats", "tls", "ws", "wss"]);
+    c.check(!nats.url.servers().is_empty(), "nats.url", || {
+        "names no server; give a URL, a list of URLs, or URLs separated by commas".to_owned()
+    });
+    for server in nats.url.servers() {
+        c.url("nats.url", server.expose(), &["nats", "tls", "ws", "wss"]);
+    }
+    // One connection carries one set of credentials, whichever server it reaches.
+    let mut credentials: Vec<(String, Option<String>)> = nats
+        .url
+        .servers()
+        .iter()
+        .filter_map(|server| url::Url::parse(server.expose()).ok())
+        .filter(|url| !url.username().is_empty())
+        .map(|url| (percent_decode(url.username()), url.password().map(percent_decode)))
+        .collect();
+    credentials.dedup();
+    c.check(credentials.len() <= 1, "nats.url", || {
+        "the servers carry different credentials; one client uses one user and password (or token) \
+         for every server: write the same ones in each URL, or in one only"
+            .to_owned()
+    });
     c.name("nats.stream", &nats.stream, "stream name", &['.', '*', '>', '/', '\\']);
     c.name("nats.durable", &nats.durable, "consumer name", &['.', '*', '>', '/', '\\']);
     c.name("nats.subject", &nats.subject, "subject without wildcards", &['*', '>']);

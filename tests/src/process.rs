@@ -1,29 +1,68 @@
 //! The workspace binaries as child processes.
+//!
+//! The binaries are built once, before the tests, by `cargo build --workspace
+//! --bins` (`scripts/test.sh` does it first), never from inside a test: a
+//! `cargo build` run by a test process inherits the test's cargo variables,
+//! which dirties build-script fingerprints (ring's, for one) so the next
+//! outer build recompiles half the graph.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
+use std::time::SystemTime;
+
+/// The variable naming the folder with the built binaries; by default they
+/// are looked for next to the test executable (`<target>/<profile>/`).
+pub const BIN_DIR_VAR: &str = "COURIER_BIN_DIR";
 
 /// The path of a workspace binary (`worker`, `producer`, `bot`), built
-/// first so a test never runs a stale one.
+/// beforehand. Fails with what to run if it is missing, or older than a
+/// source file of the crates it is built from (a stale binary would test
+/// old code).
 pub fn binary(name: &str) -> PathBuf {
-    static BUILD: Once = Once::new();
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--quiet"])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-    });
-    // The test executable lives in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+    let dir = match std::env::var_os(BIN_DIR_VAR) {
+        Some(dir) => PathBuf::from(dir),
+        // The test executable lives in <target>/<profile>/deps/.
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent().and_then(Path::parent).expect("target profile dir").to_owned()
+        }
+    };
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing after cargo build", path.display());
+    let build = "build the binaries first: `cargo build --workspace --bins` (scripts/test.sh does), \
+                 with the same CARGO_TARGET_DIR as the tests, or point COURIER_BIN_DIR at them";
+    let built = std::fs::metadata(&path)
+        .and_then(|meta| meta.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {build}", path.display()));
+    if let Some((source, changed)) = newest_source() {
+        assert!(changed <= built, "{} is older than {}: {build}", path.display(), source.display());
+    }
     path
+}
+
+/// The most recently modified file the binaries are compiled from: the
+/// sources, migrations and build scripts of `app`, `di`, `tasks` and
+/// `settings`, and the compiled-in settings. (Not the manifests: cargo
+/// relinks nothing for a manifest edit that changes no build input.)
+fn newest_source() -> Option<(PathBuf, SystemTime)> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let mut newest: Option<(PathBuf, SystemTime)> = None;
+    let mut pending: Vec<PathBuf> = Vec::new();
+    for krate in ["app", "di", "tasks", "settings"] {
+        for input in ["src", "migrations", "build.rs", "settings.toml"] {
+            pending.push(workspace.join(krate).join(input));
+        }
+    }
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|entry| entry.path()));
+        } else if let Ok(modified) = meta.modified() {
+            if newest.as_ref().is_none_or(|(_, time)| modified > *time) {
+                newest = Some((path, modified));
+            }
+        }
+    }
+    newest
 }
 
 /// A `Command` for a workspace binary with `COURIER_*` variables cleared

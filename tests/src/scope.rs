@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use bb8_redis::redis::{self, AsyncCommands};
 use courier::Producer;
 use futures_util::StreamExt;
-use settings::{SecretUrl, Settings};
+use settings::{SecretUrl, SecretUrls, Settings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -40,7 +40,7 @@ impl Scope {
         require(Service::Redis);
         let id = unique("it").to_ascii_lowercase();
         let mut settings = test_settings();
-        settings.nats.url = SecretUrl::new(NATS_URL);
+        settings.nats.url = SecretUrls::new(NATS_URL);
         settings.nats.stream = id.to_ascii_uppercase();
         settings.nats.subject = format!("{id}.tasks");
         settings.nats.dead_letter_subject = format!("{id}.dead");
@@ -62,7 +62,7 @@ impl Scope {
         let s = &self.settings;
         [
             ("COURIER_ENV", "test".to_owned()),
-            ("COURIER_NATS__URL", s.nats.url.expose().to_owned()),
+            ("COURIER_NATS__URL", s.nats.url.expose()),
             ("COURIER_NATS__STREAM", s.nats.stream.clone()),
             ("COURIER_NATS__SUBJECT", s.nats.subject.clone()),
             ("COURIER_NATS__DEAD_LETTER_SUBJECT", s.nats.dead_letter_subject.clone()),

@@ -1,4 +1,4 @@
-//! Delivery over the real NATS JetStream and Redis (DESIGN §6), each test
+//! Delivery over the real NATS JetStream and Redis (ARCHITECTURE.md, Contracts: delivery), each test
 //! in its own stream, subjects, durable and key prefix, with the worker's
 //! `run_worker` running in this process.
 

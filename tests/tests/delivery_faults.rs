@@ -17,7 +17,7 @@ use di::{Envelope, TaskStatus};
 use futures_util::StreamExt;
 use it::scope::{Counter, Scope};
 use it::servers::{PrivateNats, ServerProcess, free_port};
-use settings::{NatsMode, SecretUrl};
+use settings::{NatsMode, SecretUrl, SecretUrls};
 use tasks as _;
 
 static RUNS: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -116,7 +116,7 @@ async fn a_deleted_consumer_is_recreated_and_readyz_is_503_while_it_cannot_pull(
 async fn a_server_that_lost_its_streams_gets_them_back_from_the_worker() {
     let mut nats = PrivateNats::start();
     let mut scope = Scope::new();
-    scope.settings.nats.url = SecretUrl::new(nats.url());
+    scope.settings.nats.url = SecretUrls::new(nats.url());
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     let before = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();

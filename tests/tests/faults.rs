@@ -1,5 +1,6 @@
 //! Fault tests: a worker killed in the middle of a task, the broker
-//! restarted with a backlog, Telegram rate-limiting. Private servers where
+//! restarted with a backlog, a NATS server in `nats.url` down, Telegram
+//! rate-limiting. Private servers where
 //! one must die; the shared services are never stopped.
 
 use std::time::Duration;
@@ -8,9 +9,9 @@ use di::{Db, TaskStatus};
 use it::fake_telegram::FakeTelegram;
 use it::process::ChildProcess;
 use it::scope::Scope;
-use it::servers::PrivateNats;
+use it::servers::{PrivateNats, free_port};
 use it::{PgSchema, test_settings};
-use settings::{Secret, SecretUrl};
+use settings::{Secret, SecretUrl, SecretUrls};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -71,7 +72,7 @@ async fn kill_9_in_the_middle_of_a_task_a_second_worker_finishes_it_once() {
 async fn nats_restart_with_a_thousand_tasks_queued_loses_none() {
     let mut nats = PrivateNats::start();
     let mut scope = Scope::new();
-    scope.settings.nats.url = SecretUrl::new(nats.url());
+    scope.settings.nats.url = SecretUrls::new(nats.url());
     scope.settings.worker.concurrency = 16;
     let producer = scope.producer().await;
     let mut ids = Vec::with_capacity(1000);
@@ -99,6 +100,44 @@ async fn nats_restart_with_a_thousand_tasks_queued_loses_none() {
     }
     scope.eventually(WAIT, "an empty queue", || async { (scope.backlog().await == (0, 0, 0)).then_some(()) }).await;
     worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_reaches_the_live_server_of_a_list_whose_others_are_down() {
+    let nats = PrivateNats::start_with(&["--user", "courier", "--pass", "list-s3cret"]);
+    let (dead, also_dead) = (free_port(), free_port());
+    let mut scope = Scope::new();
+    // Credentials on some servers only: one client uses them for every server.
+    scope.settings.nats.url = SecretUrls::from_list([
+        format!("nats://courier:list-s3cret@127.0.0.1:{dead}"),
+        format!("nats://127.0.0.1:{also_dead}"),
+        format!("nats://courier:list-s3cret@127.0.0.1:{}", nats.port),
+    ]);
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+    assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    worker.stop().await.unwrap();
+
+    // The worker binary, given the list as COURIER_NATS__URL (comma-separated).
+    let env = scope.env();
+    assert!(env.iter().any(|(k, v)| k == "COURIER_NATS__URL" && v.matches(',').count() == 2), "{env:?}");
+    let mut child = ChildProcess::start(&env);
+    let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
+    assert_eq!(handle.wait(WAIT).await.unwrap().status, TaskStatus::Success);
+    assert!(child.terminate(WAIT).success(), "{}", child.log());
+    assert!(!child.log().contains("list-s3cret"), "the password leaked:\n{}", child.log());
+
+    // With every server down, start-up fails naming each (redacted).
+    let mut down = Scope::new();
+    down.settings.nats.connect_timeout = Duration::from_secs(2);
+    down.settings.nats.url = SecretUrls::from_list([
+        format!("nats://courier:list-s3cret@127.0.0.1:{dead}"),
+        format!("nats://127.0.0.1:{also_dead}"),
+    ]);
+    let err = courier::run_worker(down.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
+    assert!(err.contains(&format!(":{dead}")) && err.contains(&format!(":{also_dead}")), "{err}");
+    assert!(!err.contains("list-s3cret"), "the password leaked: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,25 +79,35 @@ async fn metrics_count_tasks_and_readyz_follows_redis() {
     assert_eq!(fatal.wait(WAIT).await.unwrap().status, TaskStatus::Failed);
 
     assert_eq!(get(&addr, "/healthz").await.0, 200);
-    // The counters are updated as each message is settled; poll until the
-    // last one is in.
-    let metrics = scope
-        .eventually(WAIT, "the counters", || async {
-            let (_, body) = get(&addr, "/metrics").await;
-            (value(&body, r#"courier_tasks_dead_lettered_total{task="always_fatal"}"#) == Some(1.0)).then_some(body)
-        })
-        .await;
-    let expect = |series: &str, want: f64| assert_eq!(value(&metrics, series), Some(want), "{series} in:\n{metrics}");
-    expect(r#"courier_tasks_succeeded_total{task="noop"}"#, 3.0);
-    expect(r#"courier_tasks_received_total{task="noop"}"#, 3.0);
-    expect(r#"courier_task_duration_seconds_count{task="noop"}"#, 3.0);
-    expect(r#"courier_tasks_retried_total{task="flaky_once"}"#, 1.0);
-    expect(r#"courier_tasks_succeeded_total{task="flaky_once"}"#, 1.0);
-    expect(r#"courier_tasks_received_total{task="flaky_once"}"#, 2.0);
-    expect(r#"courier_task_duration_seconds_count{task="flaky_once"}"#, 2.0);
-    expect(r#"courier_tasks_failed_total{task="always_fatal"}"#, 1.0);
-    expect("courier_tasks_in_flight", 0.0);
-    expect("courier_consumer_pending", 0.0);
+    // The counters and gauges move as each message is settled, after its
+    // record is readable: poll until every series has the value asserted.
+    let expected = [
+        (r#"courier_tasks_succeeded_total{task="noop"}"#, 3.0),
+        (r#"courier_tasks_received_total{task="noop"}"#, 3.0),
+        (r#"courier_task_duration_seconds_count{task="noop"}"#, 3.0),
+        (r#"courier_tasks_retried_total{task="flaky_once"}"#, 1.0),
+        (r#"courier_tasks_succeeded_total{task="flaky_once"}"#, 1.0),
+        (r#"courier_tasks_received_total{task="flaky_once"}"#, 2.0),
+        (r#"courier_task_duration_seconds_count{task="flaky_once"}"#, 2.0),
+        (r#"courier_tasks_failed_total{task="always_fatal"}"#, 1.0),
+        (r#"courier_tasks_dead_lettered_total{task="always_fatal"}"#, 1.0),
+        ("courier_tasks_in_flight", 0.0),
+        ("courier_consumer_pending", 0.0),
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = get(&addr, "/metrics").await;
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(series, want)| value(&metrics, series) != Some(*want))
+            .map(|(series, want)| format!("{series} is {:?}, want {want}", value(&metrics, series)))
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "after {WAIT:?}: {wrong:#?}\nin:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     assert_eq!(get(&addr, "/readyz").await.0, 200);
     redis.stop();

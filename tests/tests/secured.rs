@@ -5,14 +5,14 @@
 use di::TaskStatus;
 use it::scope::Scope;
 use it::servers::{PrivateNats, PrivateRedis};
-use settings::SecretUrl;
+use settings::{SecretUrl, SecretUrls};
 
 #[tokio::test]
 async fn worker_and_producer_connect_with_credentials_from_settings() {
     let nats = PrivateNats::start_with(&["--user", "courier", "--pass", "nats-s3cret"]);
     let redis = PrivateRedis::redis_with(&["--requirepass", "redis-s3cret"]);
     let mut scope = Scope::new();
-    scope.settings.nats.url = SecretUrl::new(format!("nats://courier:nats-s3cret@127.0.0.1:{}", nats.port));
+    scope.settings.nats.url = SecretUrls::new(format!("nats://courier:nats-s3cret@127.0.0.1:{}", nats.port));
     scope.settings.redis.url = SecretUrl::new(format!("redis://:redis-s3cret@127.0.0.1:{}", redis.port));
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
@@ -25,7 +25,7 @@ async fn worker_and_producer_connect_with_credentials_from_settings() {
 async fn nats_token_from_settings() {
     let nats = PrivateNats::start_with(&["--auth", "tok-s3cret"]);
     let mut scope = Scope::new();
-    scope.settings.nats.url = SecretUrl::new(format!("nats://tok-s3cret@127.0.0.1:{}", nats.port));
+    scope.settings.nats.url = SecretUrls::new(format!("nats://tok-s3cret@127.0.0.1:{}", nats.port));
     let worker = scope.start_worker().await;
     worker.stop().await.unwrap();
 }
@@ -36,7 +36,7 @@ async fn wrong_credentials_fail_clearly_without_the_secret() {
     let redis = PrivateRedis::redis_with(&["--requirepass", "right-pass"]);
 
     let mut scope = Scope::new();
-    scope.settings.nats.url = SecretUrl::new(format!("nats://courier:wrong-nats-pass@127.0.0.1:{}", nats.port));
+    scope.settings.nats.url = SecretUrls::new(format!("nats://courier:wrong-nats-pass@127.0.0.1:{}", nats.port));
     let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
     assert!(err.contains("nats") && err.contains(&nats.port.to_string()), "{err}");
     assert!(!err.contains("wrong-nats-pass"), "the password leaked: {err}");
@@ -116,12 +116,12 @@ async fn nats_over_tls_with_a_ca_from_settings() {
     let nats = PrivateNats::start_with(&["--tls", "--tlscert", &file("server.pem"), "--tlskey", &file("server.key")]);
 
     let mut untrusting = Scope::new();
-    untrusting.settings.nats.url = SecretUrl::new(nats.url());
+    untrusting.settings.nats.url = SecretUrls::new(nats.url());
     let err = courier::run_worker(untrusting.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
     assert!(err.contains("nats") && err.contains(&nats.port.to_string()), "{err}");
 
     let mut scope = Scope::new();
-    scope.settings.nats.url = SecretUrl::new(nats.url());
+    scope.settings.nats.url = SecretUrls::new(nats.url());
     scope.settings.nats.tls_ca_file = Some(file("ca.pem"));
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
@@ -210,7 +210,7 @@ async fn passwords_with_url_special_characters_connect_and_never_leak() {
     for password in TRICKY {
         let nats = PrivateNats::start_with(&["--user", "u", "--pass", password]);
         let redis = PrivateRedis::redis_with(&["--requirepass", password]);
-        let nats_url = |pw: &str| SecretUrl::new(format!("nats://u:{pw}@127.0.0.1:{}", nats.port));
+        let nats_url = |pw: &str| SecretUrls::new(format!("nats://u:{pw}@127.0.0.1:{}", nats.port));
         let redis_url = |pw: &str| SecretUrl::new(format!("redis://:{pw}@127.0.0.1:{}", redis.port));
 
         // Percent-encoded (and, where a URL allows it, as typed): connects.
@@ -222,7 +222,7 @@ async fn passwords_with_url_special_characters_connect_and_never_leak() {
             let mut scope = Scope::new();
             scope.settings.nats.url = nats_url(&form);
             scope.settings.redis.url = redis_url(&form);
-            for url in [&scope.settings.nats.url, &scope.settings.redis.url] {
+            for url in [&scope.settings.nats.url.servers()[0], &scope.settings.redis.url] {
                 assert_eq!(url.password().as_deref(), Some(password), "{form}: what the scrubber masks");
             }
             let producer = courier::Producer::connect(&scope.settings)

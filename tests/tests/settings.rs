@@ -197,3 +197,87 @@ fn secrets_are_redacted_in_debug_and_errors() {
         Ok(())
     });
 }
+
+/// The exposed URL of each server in `nats.url`.
+fn servers(s: &Settings) -> Vec<&str> {
+    s.nats.url.servers().iter().map(|url| url.expose()).collect()
+}
+
+#[test]
+fn nats_url_takes_a_list_in_files_and_a_comma_string_in_the_environment() {
+    Jail::expect_with(|jail| -> JailResult {
+        jail.create_file(
+            "settings.toml",
+            "[default.nats]\nurl = [\"nats://n1:4222\", \"nats://u:p%2Cw@n2:4222\", \"tls://n3:4222\"]\n",
+        )?;
+        let s = load(jail, "development").map_err(err)?;
+        assert_eq!(servers(&s), ["nats://n1:4222", "nats://u:p%2Cw@n2:4222", "tls://n3:4222"]);
+
+        // One string in a file may list several servers too.
+        jail.create_file("settings.toml", "[default.nats]\nurl = \"nats://n1:4222, nats://n2:4222\"\n")?;
+        assert_eq!(servers(&load(jail, "development").map_err(err)?), ["nats://n1:4222", "nats://n2:4222"]);
+
+        // The environment beats the file, comma-separated.
+        jail.set_env("COURIER_NATS__URL", "nats://e1:4222,nats://e2:4222,nats://e3:4222");
+        let s = load(jail, "development").map_err(err)?;
+        assert_eq!(servers(&s), ["nats://e1:4222", "nats://e2:4222", "nats://e3:4222"]);
+        // The comma form is what a child process is handed: it round-trips.
+        assert_eq!(s.nats.url.expose(), "nats://e1:4222,nats://e2:4222,nats://e3:4222");
+        Ok(())
+    });
+}
+
+#[test]
+fn every_nats_server_is_validated_and_redacted() {
+    Jail::expect_with(|jail| -> JailResult {
+        jail.set_env("COURIER_NATS__URL", "nats://tok-s3cret@n1:4222,redis://n2:6379");
+        let Err(SettingsError::Invalid(found)) = load(jail, "development") else { panic!("expected Invalid") };
+        let text = format!("{found:?}");
+        assert!(found.iter().any(|i| i.key == "nats.url" && i.reason.contains("redis://n2:6379")), "{text}");
+        assert!(!text.contains("tok-s3cret"), "{text}");
+
+        jail.set_env("COURIER_NATS__URL", " , ");
+        let Err(SettingsError::Invalid(found)) = load(jail, "development") else { panic!("expected Invalid") };
+        assert!(found.iter().any(|i| i.key == "nats.url" && i.reason.contains("no server")), "{found:?}");
+
+        // One client has one set of credentials.
+        jail.set_env("COURIER_NATS__URL", "nats://u:one@n1:4222,nats://n2:4222,nats://u:two@n3:4222");
+        let Err(SettingsError::Invalid(found)) = load(jail, "development") else { panic!("expected Invalid") };
+        let text = format!("{found:?}");
+        assert!(found.iter().any(|i| i.key == "nats.url" && i.reason.contains("different credentials")), "{text}");
+        assert!(!text.contains("one@") && !text.contains("two@"), "{text}");
+
+        // The same credentials on every server, or on one only: accepted; Debug hides them all.
+        jail.set_env("COURIER_NATS__URL", "nats://u:s3cret@n1:4222,nats://n2:4222,nats://u:s3cret@n3:4222");
+        let s = load(jail, "development").map_err(err)?;
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("nats://u:***@n1:4222,nats://n2:4222,nats://u:***@n3:4222"), "{debug}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_cluster_compose_file_gives_every_worker_every_nats_node() {
+    let compose = include_str!("../../docker/compose.cluster.yml");
+    // The NATS services: `  nats-N:` in `services:` (`volumes:` has them too).
+    let services = compose.split("\nservices:\n").nth(1).and_then(|rest| rest.split("\nvolumes:\n").next());
+    let nodes: Vec<String> = services
+        .expect("a services: section")
+        .lines()
+        .filter_map(|line| line.strip_prefix("  nats-")?.strip_suffix(':').map(|n| format!("nats://nats-{n}:4222")))
+        .collect();
+    assert!(nodes.len() >= 3, "{nodes:?}");
+    let value = compose
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("COURIER_NATS__URL:"))
+        .expect("the worker's COURIER_NATS__URL")
+        .trim()
+        .to_owned();
+    Jail::expect_with(|jail| -> JailResult {
+        jail.set_env("COURIER_NATS__URL", &value);
+        let s = load(jail, "development").map_err(err)?;
+        assert_eq!(servers(&s), nodes, "every node, as the worker reads them");
+        Ok(())
+    });
+}
