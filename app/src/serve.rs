@@ -1,7 +1,7 @@
-//! The worker loop (DESIGN §6): pull from the durable consumer only as many
-//! messages as there are free execution slots, save each result before
-//! acknowledging, repair the consumer when it goes away, and stop
-//! gracefully.
+//! The worker loop (ARCHITECTURE.md, "Delivery invariants"): pull each
+//! lane's consumer only as many messages as there are free execution slots,
+//! save each result before acknowledging, repair a consumer that went away,
+//! and stop gracefully.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
