@@ -54,6 +54,22 @@ fn counted(sleep_ms: u64, block_ms: u64, fatal: bool) -> Envelope {
     counted::TASK.envelope(&counted::Args { sleep_ms, block_ms, fatal }).unwrap()
 }
 
+/// The worker's durable, created beforehand with a small `max_deliver`
+/// (as an operator or a taskiq producer might leave it) and `ack_wait` 2 s.
+async fn consumer_with_max_deliver(scope: &Scope, max_deliver: i64) -> consumer::PullConsumer {
+    let js = scope.jetstream().await;
+    let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
+    let config = consumer::pull::Config {
+        durable_name: Some(scope.settings.nats.durable.clone()),
+        filter_subject: scope.settings.nats.subject.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(2),
+        max_deliver,
+        ..Default::default()
+    };
+    stream.create_consumer(config).await.unwrap()
+}
+
 /// The task stream's message count.
 async fn stream_messages(scope: &Scope) -> u64 {
     let js = scope.jetstream().await;
@@ -176,16 +192,7 @@ async fn a_message_at_max_deliver_is_failed_dead_lettered_and_removed() {
     let producer = scope.producer().await;
     // A consumer created elsewhere (a taskiq producer, an operator) with a
     // small max_deliver; the worker uses it as it is.
-    let js = scope.jetstream().await;
-    let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
-    let config = consumer::pull::Config {
-        durable_name: Some(scope.settings.nats.durable.clone()),
-        filter_subject: scope.settings.nats.subject.clone(),
-        ack_policy: consumer::AckPolicy::Explicit,
-        max_deliver: 2,
-        ..Default::default()
-    };
-    let consumer: consumer::PullConsumer = stream.create_consumer(config).await.unwrap();
+    let consumer = consumer_with_max_deliver(&scope, 2).await;
     let envelope = counted(0, 0, false);
     producer.enqueue_envelope(&envelope, None).await.unwrap();
     // Two deliveries that never finish (a worker that crashed twice).
@@ -385,17 +392,7 @@ async fn after_redis_crashes_and_worker_restarts_every_task_is_final_or_delivera
     let producer = scope.producer().await;
     // A consumer with a tiny max_deliver, as a taskiq producer might leave it:
     // outages and restarts would strand messages at it.
-    let js = scope.jetstream().await;
-    let stream = js.get_stream(&scope.settings.nats.stream).await.unwrap();
-    let config = consumer::pull::Config {
-        durable_name: Some(scope.settings.nats.durable.clone()),
-        filter_subject: scope.settings.nats.subject.clone(),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(2),
-        max_deliver: 2,
-        ..Default::default()
-    };
-    let _: consumer::PullConsumer = stream.create_consumer(config).await.unwrap();
+    let _ = consumer_with_max_deliver(&scope, 2).await;
     let mut ids = Vec::new();
     for _ in 0..40 {
         let envelope = counted(400, 0, false);
