@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use di::{TaskStatus, TelegramBot};
+use di::{BotApi, BotError as BotApiError, Lane, TaskStatus, TelegramBot};
 use settings::Settings;
 use teloxide::Bot;
 use teloxide::payloads::GetUpdatesSetters;
@@ -42,6 +42,9 @@ const HELP: &str = "Commands:\n/report - prepare your report (you get a message 
 /// Long-poll timeout; teloxide adds it to the HTTP timeout itself.
 const POLL_SECONDS: u32 = 25;
 
+/// The longest flood-control pause a reply waits out.
+const REPLY_WAIT: Duration = Duration::from_secs(3);
+
 /// How long the confirming `getUpdates` at shutdown may take.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +52,12 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), BotError> {
     let telegram = TelegramBot::from_settings(&settings.telegram)?;
     let bot = telegram.teloxide().cloned().ok_or(BotError::NoToken)?;
+    // Replies share the bot's flood-control budget with the workers, in the
+    // interactive lane.
+    let telegram = match di::governor::connect(&telegram, &settings).await? {
+        Some(governor) => telegram.with_governor(governor),
+        None => telegram,
+    };
     let producer = Producer::connect(&settings).await?;
     tracing::info!(api_url = %settings.telegram.api_url, "bot ready: polling for updates");
     tokio::pin!(shutdown);
@@ -78,7 +87,7 @@ pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> 
         for update in updates {
             offset = offset.max(i32::try_from(update.id.0).unwrap_or(i32::MAX).saturating_add(1));
             if let UpdateKind::Message(message) = update.kind {
-                handle_message(&bot, &producer, update.id, &message).await;
+                handle_message(&telegram, &producer, update.id, &message).await;
             }
         }
     }
@@ -103,7 +112,7 @@ async fn confirm(bot: &Bot, offset: i32) {
 }
 
 /// Answers one message; every failure becomes a reply or a log line.
-async fn handle_message(bot: &Bot, producer: &Producer, update: UpdateId, message: &Message) {
+async fn handle_message(telegram: &TelegramBot, producer: &Producer, update: UpdateId, message: &Message) {
     let chat = message.chat.id;
     let text = message.text().unwrap_or("").trim();
     let (command, argument) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
@@ -118,7 +127,16 @@ async fn handle_message(bot: &Bot, producer: &Producer, update: UpdateId, messag
         "/start" | "/help" => HELP.to_owned(),
         _ => format!("I don't know that one.\n{HELP}"),
     };
-    if let Err(err) = bot.send_message(chat, reply).await {
+    let mut sent = telegram.send_message_in(Lane::Interactive, chat.0, &reply).await;
+    // A short pause for the budget (or a 429) is waited out once; a reply
+    // that would wait longer is dropped with a log line.
+    if let Err(BotApiError::Throttled { retry_after } | BotApiError::RateLimited { retry_after }) = sent
+        && retry_after <= REPLY_WAIT
+    {
+        tokio::time::sleep(retry_after).await;
+        sent = telegram.send_message_in(Lane::Interactive, chat.0, &reply).await;
+    }
+    if let Err(err) = sent {
         tracing::warn!(chat_id = chat.0, %err, "reply not sent");
     }
 }
