@@ -187,3 +187,57 @@ async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code(
     }
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_keep_a_p99_under_a_second_while_a_10000_broadcast_drains_at_the_limit() {
+    let mut limits = limits(200.0);
+    limits.interactive_reserve = 0.2;
+    let scope = Scope::new();
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let producer = scope.producer().await;
+    // The broadcast: one message to each of 10,000 chats, in the bulk lane.
+    let broadcast: Vec<_> = (0..10_000_i64).collect();
+    for chunk in broadcast.chunks(200) {
+        let sends = chunk.iter().map(|i| {
+            let producer = producer.clone();
+            async move {
+                let args = send_message::Args { chat_id: 100_000 + i, text: format!("news {i}") };
+                let mut envelope = send_message::TASK.envelope(&args).unwrap();
+                envelope.labels.insert("lane".into(), "bulk".into());
+                producer.enqueue_envelope(&envelope, None).await.unwrap();
+            }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+    let _workers = workers(2, &env(&scope, &fake, &limits)).await;
+    scope.eventually(WAIT, "the broadcast under way", || async { (fake.accepted().len() >= 500).then_some(()) }).await;
+
+    // Replies while it drains: enqueue to the message at the fake.
+    let mut latencies = Vec::new();
+    for i in 0..40_i64 {
+        let text = format!("reply {i}");
+        let args = send_message::Args { chat_id: 900_000 + i, text: text.clone() };
+        let mut envelope = send_message::TASK.envelope(&args).unwrap();
+        envelope.labels.insert("lane".into(), "interactive".into());
+        let asked = Instant::now();
+        producer.enqueue_envelope(&envelope, None).await.unwrap();
+        let arrived = scope
+            .eventually(Duration::from_secs(30), "the reply at the fake", || async {
+                fake.accepted().iter().find(|(_, t, _)| t.as_str() == Some(text.as_str())).map(|(_, _, at)| *at)
+            })
+            .await;
+        latencies.push(arrived.duration_since(asked));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = fake.accepted().iter().filter(|(_, t, _)| t.as_str().is_some_and(|t| t.starts_with("news"))).count();
+    assert!(drained < 10_000, "the broadcast had finished: the replies did not compete with it");
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    eprintln!(
+        "reply latency: p50 {:?}, p99 {:?}; broadcast messages sent meanwhile: {drained}",
+        latencies[latencies.len() / 2],
+        p99
+    );
+    assert!(p99 < Duration::from_secs(1), "reply p99 {p99:?} (all: {latencies:?})");
+    assert_eq!(fake.too_many(), 0, "the fake answered 429");
+}
