@@ -99,3 +99,15 @@ fn list_tasks_prints_one_name_per_line() {
     sorted.dedup();
     assert_eq!(sorted, names, "sorted, no duplicates");
 }
+
+#[test]
+fn sigterm_during_start_up_still_stops_the_worker_cleanly() {
+    require(Service::Nats);
+    require(Service::Redis);
+    let scope = it::scope::Scope::new();
+    // The first line of start-up: the signal handlers must already be there.
+    let mut worker = it::process::ChildProcess::spawn("worker", &scope.env(), "connected");
+    worker.signal("TERM");
+    let exit = worker.wait(Duration::from_secs(20));
+    assert_eq!(exit.code(), Some(0), "killed by the signal instead of stopping: {exit:?}\n{}", worker.log());
+}
