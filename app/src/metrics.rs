@@ -8,7 +8,10 @@
 
 use std::collections::BTreeSet;
 
-use di::{Disposition, Execution};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use di::{Disposition, Execution, FloodObserver, Lane};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,6 +46,65 @@ pub struct Metrics {
     /// The registered task names: the only `task` label values besides
     /// [`UNKNOWN_TASK`].
     known: BTreeSet<&'static str>,
+    /// Flood control's counters (handed to the governor as its observer).
+    pub flood: FloodMetrics,
+}
+
+/// Flood control's metrics by lane (three values) and 429 scope (two).
+#[derive(Debug, Clone, Default)]
+pub struct FloodMetrics {
+    sends: Family<Labels, Counter>,
+    waited: Family<Labels, Counter<f64, AtomicU64>>,
+    deferred: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    fallback: Gauge,
+}
+
+impl FloodMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("telegram_sends", "Messages flood control let through", self.sends.clone());
+        registry.register(
+            "telegram_wait_seconds",
+            "Time messages waited for their slot inside tasks",
+            self.waited.clone(),
+        );
+        registry.register(
+            "telegram_deferred",
+            "Messages with no budget: their tasks were handed back (no attempt spent)",
+            self.deferred.clone(),
+        );
+        registry.register(
+            "telegram_rate_limited",
+            "429 answers from Telegram (scope: chat or bot)",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "telegram_flood_fallback",
+            "1 while Redis is unreachable and each process limits itself",
+            self.fallback.clone(),
+        );
+    }
+}
+
+impl FloodObserver for FloodMetrics {
+    fn admitted(&self, lane: Lane, waited: Duration) {
+        let labels = vec![("lane", lane.name())];
+        self.sends.get_or_create(&labels).inc();
+        self.waited.get_or_create(&labels).inc_by(waited.as_secs_f64());
+    }
+
+    fn deferred(&self, lane: Lane, _wait: Duration) {
+        self.deferred.get_or_create(&vec![("lane", lane.name())]).inc();
+    }
+
+    fn rate_limited(&self, lane: Lane, bot_wide: bool) {
+        let scope = if bot_wide { "bot" } else { "chat" };
+        self.rate_limited.get_or_create(&vec![("lane", lane.name()), ("scope", scope)]).inc();
+    }
+
+    fn fallback(&self, active: bool) {
+        self.fallback.set(i64::from(active));
+    }
 }
 
 impl Metrics {
@@ -61,7 +123,9 @@ impl Metrics {
             pending: Gauge::default(),
             registry: Registry::default(),
             known: task_names.iter().copied().collect(),
+            flood: FloodMetrics::default(),
         };
+        metrics.flood.register(&mut registry);
         registry.register("tasks_received", "Task messages received (every delivery)", metrics.received.clone());
         registry.register("tasks_succeeded", "Tasks that succeeded", metrics.succeeded.clone());
         registry.register("tasks_failed", "Tasks that failed for good", metrics.failed.clone());

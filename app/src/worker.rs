@@ -134,6 +134,9 @@ async fn serve_container(
     let metrics = Arc::new(Metrics::new(&names));
     let progress = broker::progress_interval(&settings.nats);
     let bot: Arc<dyn di::BotApi> = module.resolve();
+    if let Some(governor) = bot.governor() {
+        governor.observe(Arc::new(metrics.flood.clone()));
+    }
     let runtime = Arc::new(
         Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone())
             .with_governor(bot.governor()),

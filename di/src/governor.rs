@@ -57,6 +57,20 @@ impl Lane {
     }
 }
 
+/// What flood control reports as it works (the worker's metrics implement
+/// it). Every call names a lane: three values, so metric series stay few.
+pub trait FloodObserver: Send + Sync + 'static {
+    /// A message was admitted, to go after `waited`.
+    fn admitted(&self, lane: Lane, waited: Duration);
+    /// A message had no budget: its task is handed back for `wait`.
+    fn deferred(&self, lane: Lane, wait: Duration);
+    /// Telegram answered 429; `bot_wide` when that froze the whole bot.
+    fn rate_limited(&self, lane: Lane, bot_wide: bool);
+    /// Redis could not be reached (`true`: the per-process fallback is in
+    /// force) or answers again (`false`).
+    fn fallback(&self, active: bool);
+}
+
 /// The governor's answer for one send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -191,6 +205,9 @@ pub struct Governor {
     budget: redis::Script,
     freeze: redis::Script,
     fallback: LocalLimiter,
+    /// Whether the last decision came from the fallback (logged on change).
+    falling_back: std::sync::atomic::AtomicBool,
+    observer: std::sync::OnceLock<Arc<dyn FloodObserver>>,
 }
 
 impl std::fmt::Debug for Governor {
@@ -213,6 +230,27 @@ impl Governor {
             admit: redis::Script::new(ADMIT),
             budget: redis::Script::new(BUDGET),
             freeze: redis::Script::new(FREEZE),
+            falling_back: std::sync::atomic::AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Reports every decision to `observer` from now on (set once).
+    pub fn observe(&self, observer: Arc<dyn FloodObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn fallback_changed(&self, active: bool) {
+        use std::sync::atomic::Ordering;
+        if self.falling_back.swap(active, Ordering::AcqRel) != active {
+            if active {
+                tracing::warn!("flood control falls back to the per-process limit: Redis is unreachable");
+            } else {
+                tracing::info!("flood control is shared again: Redis answers");
+            }
+            if let Some(observer) = self.observer.get() {
+                observer.fallback(active);
+            }
         }
     }
 
@@ -228,13 +266,24 @@ impl Governor {
 
     /// Asks to send one message to `chat_id` in `lane`.
     pub async fn admit(&self, chat_id: i64, lane: Lane) -> Admission {
-        match self.admit_shared(chat_id, lane).await {
-            Ok(admission) => admission,
+        let admission = match self.admit_shared(chat_id, lane).await {
+            Ok(admission) => {
+                self.fallback_changed(false);
+                admission
+            }
             Err(err) => {
-                tracing::warn!(%err, "flood control falls back to the per-process limit while Redis is unreachable");
+                tracing::debug!(%err, "flood-control store unavailable");
+                self.fallback_changed(true);
                 self.fallback.admit(chat_id, self.plan.threshold_us)
             }
+        };
+        if let Some(observer) = self.observer.get() {
+            match admission {
+                Admission::Go(wait) => observer.admitted(lane, wait),
+                Admission::Later(wait) => observer.deferred(lane, wait),
+            }
         }
+        admission
     }
 
     async fn admit_shared(&self, chat_id: i64, lane: Lane) -> Result<Admission, GovernorError> {
@@ -283,7 +332,7 @@ impl Governor {
     /// Telegram answered 429 for `chat_id`: freezes that chat for
     /// `retry_after` for every worker (and the bot, when several chats were
     /// refused within a second). Returns whether the whole bot is frozen.
-    pub async fn rate_limited(&self, chat_id: i64, retry_after: Duration) -> bool {
+    pub async fn rate_limited(&self, chat_id: i64, lane: Lane, retry_after: Duration) -> bool {
         let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
         self.fallback.freeze(chat_id, retry_after);
         let frozen = async {
@@ -298,13 +347,17 @@ impl Governor {
             let bot: i64 = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
             Ok::<_, GovernorError>(bot == 1)
         };
-        match frozen.await {
+        let bot_wide = match frozen.await {
             Ok(bot) => bot,
             Err(err) => {
                 tracing::warn!(%err, chat_id, "cannot share the 429 freeze; frozen in this process only");
                 false
             }
+        };
+        if let Some(observer) = self.observer.get() {
+            observer.rate_limited(lane, bot_wide);
         }
+        bot_wide
     }
 
     async fn conn(&self) -> Result<MultiplexedConnection, GovernorError> {

@@ -169,6 +169,8 @@ async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code(
     let fake = FakeTelegram::start_with_limits(limits.clone()).await;
     scope.settings.telegram.token = Some(settings::Secret::new("123456:TEST-TOKEN"));
     scope.settings.telegram.api_url = fake.url.clone();
+    let addr = format!("127.0.0.1:{}", it::servers::free_port());
+    scope.settings.worker.http_addr = addr.clone();
     fake.rules(|rules| {
         rules.block(801);
         rules.deactivate(802);
@@ -185,6 +187,19 @@ async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code(
         assert!(error.message().contains(&format!("({code})")), "{}", error.message());
         assert_eq!(fake.sent_to(chat_id).len(), 1, "not retried");
     }
+
+    // A 429 is retried after its wait, and the metrics show both.
+    fake.rules(|rules| rules.inject_chat_429(804, 1));
+    let args = send_message::Args { chat_id: 804, text: "later".into() };
+    let record = producer.enqueue(send_message::TASK, &args).await.unwrap().wait(WAIT).await.unwrap();
+    assert_eq!((record.status, record.attempt), (di::TaskStatus::Success, 1), "{record:?}");
+    let (_, metrics) = it::http_get(&addr, "/metrics").await;
+    assert!(metrics.contains("courier_telegram_sends_total{lane=\"transactional\"} 5"), "{metrics}");
+    assert!(
+        metrics.contains("courier_telegram_rate_limited_total{lane=\"transactional\",scope=\"chat\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("courier_telegram_flood_fallback 0"), "{metrics}");
     worker.stop().await.unwrap();
 }
 

@@ -128,7 +128,7 @@ async fn per_chat_limits_hold_for_private_chats_and_groups() {
 #[tokio::test]
 async fn a_429_freezes_that_chat_for_every_governor_and_no_other() {
     let governors = governors(2, 1003, &limits());
-    let frozen_bot = governors[0].rate_limited(77, Duration::from_secs(2)).await;
+    let frozen_bot = governors[0].rate_limited(77, Lane::Transactional, Duration::from_secs(2)).await;
     assert!(!frozen_bot, "one chat's 429 does not freeze the bot");
     match governors[1].admit(77, Lane::Transactional).await {
         Admission::Later(wait) => assert!(wait > Duration::from_millis(1_500), "frozen for {wait:?}"),
@@ -143,9 +143,12 @@ async fn rate_limits_from_several_chats_freeze_the_whole_bot() {
     limits.global_freeze_chats = 3;
     let governors = governors(3, 1004, &limits);
     for (g, chat) in [(0, 1), (1, 2)] {
-        assert!(!governors[g].rate_limited(chat, Duration::from_secs(3)).await);
+        assert!(!governors[g].rate_limited(chat, Lane::Transactional, Duration::from_secs(3)).await);
     }
-    assert!(governors[2].rate_limited(3, Duration::from_secs(3)).await, "the third chat in a second freezes the bot");
+    assert!(
+        governors[2].rate_limited(3, Lane::Transactional, Duration::from_secs(3)).await,
+        "the third chat in a second freezes the bot"
+    );
     for governor in &governors {
         assert!(matches!(governor.admit(999, Lane::Interactive).await, Admission::Later(_)), "the bot is frozen");
     }

@@ -295,7 +295,7 @@ impl BotApi for TelegramBot {
             Err(RequestError::RetryAfter(secs)) => {
                 let retry_after = secs.duration();
                 if let Some(governor) = &self.governor {
-                    let bot_wide = governor.rate_limited(chat_id, retry_after).await;
+                    let bot_wide = governor.rate_limited(chat_id, lane, retry_after).await;
                     tracing::warn!(chat_id, lane = lane.name(), ?retry_after, bot_wide, "telegram answered 429");
                 }
                 Err(BotError::RateLimited { retry_after })
