@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod producer;
 pub mod publish;
 pub mod pull;
+pub mod runtime;
 pub mod serve;
 pub mod serve_core;
 pub mod shutdown;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod execute;
 pub mod governor;
 pub mod ids;
+pub mod outcome;
 pub mod record;
 pub mod registry;
 pub mod shape;
