@@ -16,13 +16,16 @@
 //! several chats within a second freeze the whole bot. Every key carries the
 //! hash tag `{<bot id>}`, so one script's keys share a Redis Cluster slot.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bb8_redis::redis::{self, aio::MultiplexedConnection};
 use serde::{Deserialize, Serialize};
 use settings::TelegramLimits;
+
+mod fallback;
+
+use fallback::LocalLimiter;
 
 /// Who a message is for, which decides its share of the bot's budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -376,76 +379,6 @@ impl Governor {
         }
         GovernorError(err.to_string())
     }
-}
-
-/// The in-process stand-in while Redis is unreachable: the same per-chat
-/// limits, and a global rate of `telegram.limits.fallback_per_second` (a
-/// share small enough for several workers at once).
-#[derive(Debug)]
-struct LocalLimiter {
-    global: Bucket,
-    plan: Plan,
-    state: Mutex<LocalState>,
-}
-
-#[derive(Debug, Default)]
-struct LocalState {
-    global_tat: i64,
-    chats: HashMap<i64, i64>,
-    frozen: HashMap<i64, Instant>,
-}
-
-/// Chats remembered by the fallback before the oldest are forgotten.
-const LOCAL_CHATS: usize = 10_000;
-
-impl LocalLimiter {
-    fn new(limits: &TelegramLimits) -> Self {
-        Self {
-            global: Bucket::per_second(limits.fallback_per_second, 1),
-            plan: Plan::new(limits),
-            state: Mutex::new(LocalState::default()),
-        }
-    }
-
-    fn admit(&self, chat_id: i64, threshold_us: i64) -> Admission {
-        let epoch = epoch();
-        let now = i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX);
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(until) = state.frozen.get(&chat_id).copied() {
-            let left = until.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                return Admission::Later(left);
-            }
-            state.frozen.remove(&chat_id);
-        }
-        if state.chats.len() > LOCAL_CHATS {
-            state.chats.retain(|_, tat| *tat > now);
-        }
-        let chat = self.plan.chat(chat_id);
-        let global_tat = state.global_tat.max(now);
-        let chat_tat = state.chats.get(&chat_id).copied().unwrap_or(now).max(now);
-        let wait = (global_tat - self.global.tau_us - now).max(chat_tat - chat.tau_us - now).max(0);
-        if wait > threshold_us {
-            return Admission::Later(Duration::from_micros(wait.unsigned_abs()));
-        }
-        state.global_tat = global_tat + self.global.interval_us;
-        state.chats.insert(chat_id, chat_tat + chat.interval_us);
-        Admission::Go(Duration::from_micros(wait.unsigned_abs()))
-    }
-
-    fn freeze(&self, chat_id: i64, retry_after: Duration) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.frozen.len() > LOCAL_CHATS {
-            let now = Instant::now();
-            state.frozen.retain(|_, until| *until > now);
-        }
-        state.frozen.insert(chat_id, Instant::now() + retry_after);
-    }
-}
-
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 /// The governor of the bot in `settings` (its id from `getMe`), over the
