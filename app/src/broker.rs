@@ -124,7 +124,7 @@ pub async fn check_jetstream(client: &async_nats::Client, settings: &NatsSetting
 
 /// The subject a task in `lane` is published to: the transactional lane
 /// keeps `nats.subject` itself (what taskiq producers publish to), the
-/// others are `<subject>.interactive` and `<subject>.bulk`.
+/// others are `<subject>.interactive`, `<subject>.bulk` and `<subject>.paid`.
 pub fn lane_subject(settings: &NatsSettings, lane: Lane) -> String {
     match lane {
         Lane::Transactional => settings.subject.clone(),
@@ -133,7 +133,7 @@ pub fn lane_subject(settings: &NatsSettings, lane: Lane) -> String {
 }
 
 /// The durable consumer of `lane`: `nats.durable` for the transactional
-/// lane, `<durable>_interactive` and `<durable>_bulk` for the others. Each
+/// lane, `<durable>_<lane>` for the others. Each
 /// filters its lane's subject, so a bulk backlog never sits in front of a
 /// reply (filters that do not overlap may share a work-queue stream).
 pub fn lane_durable(settings: &NatsSettings, lane: Lane) -> String {
@@ -342,7 +342,7 @@ impl Topology {
         // The transactional lane first: its durable is the one an older
         // Courier (or a taskiq producer) left unfiltered, which must be
         // replaced before the other lanes' consumers can exist beside it.
-        for lane in [Lane::Transactional, Lane::Interactive, Lane::Bulk] {
+        for lane in [Lane::Transactional, Lane::Interactive, Lane::Bulk, Lane::Paid] {
             consumers.push((lane, ensure_consumer(&stream, &self.settings, self.most_attempts, lane).await?));
         }
         Ok(consumers)

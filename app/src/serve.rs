@@ -156,10 +156,10 @@ async fn pull_loop(
         // wait without progress acks while its ack_wait runs out).
         let mut batch_slots = vec![first];
         batch_slots.extend(slots.take_free(lane, MAX_BATCH - 1));
-        if lane == Lane::Bulk
+        if matches!(lane, Lane::Bulk | Lane::Paid)
             && let Some(governor) = &runtime.governor
         {
-            let (budget, wait) = governor.bulk_budget(batch_slots.len()).await;
+            let (budget, wait) = governor.budget(lane, batch_slots.len()).await;
             if budget == 0 {
                 drop(batch_slots);
                 if sleep_or_shutdown(wait.max(Duration::from_millis(5)), &shutdown).await {

@@ -31,7 +31,7 @@ pub use enqueue::{EnqueueError, Enqueuer, InMemoryEnqueuer, NoEnqueuer};
 pub use envelope::{ARGS_DIGEST_LABEL, CodecError, Envelope};
 pub use error::{Component, StartupError};
 pub use execute::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError};
-pub use governor::{Admission, FloodObserver, Governor, Lane};
+pub use governor::{Admission, FloodObserver, FrozenKey, Governor, GovernorStatus, Lane};
 pub use ids::{IdError, validate_labels, validate_task_id};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 pub use secret::{Secret, SecretUrl, SecretUrls, percent_decode, redact_url};
 pub use sections::{
-    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, RedisSettings, TelegramLimits, TelegramSettings,
+    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, PaidWhenSpent, RedisSettings, TelegramLimits, TelegramSettings,
     WorkerSettings,
 };
 pub use validate::Invalid;

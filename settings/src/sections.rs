@@ -167,6 +167,27 @@ pub struct TelegramLimits {
     /// Messages per second one worker process sends while Redis is
     /// unreachable (the shared budget cannot be read; keep it small).
     pub fallback_per_second: f64,
+    /// Messages per second the `paid` lane sends with
+    /// `allow_paid_broadcast` (Telegram allows up to 1000), outside the
+    /// global budget; each costs 0.1 Telegram Stars.
+    pub paid_per_second: f64,
+    /// How many paid messages may go at once.
+    pub paid_burst: u32,
+    /// Stars the paid lane may spend per UTC day (10 messages a Star);
+    /// 0 sends nothing paid.
+    pub paid_daily_stars: u64,
+    /// What the paid lane does once the day's Stars are spent.
+    pub paid_when_spent: PaidWhenSpent,
+}
+
+/// What the paid lane does once `paid_daily_stars` are spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaidWhenSpent {
+    /// Sends on at the free rate, inside the global budget like `bulk`.
+    Free,
+    /// Sends nothing more until the next UTC day.
+    Pause,
 }
 
 /// The worker process.

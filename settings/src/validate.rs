@@ -125,6 +125,7 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         ("telegram.limits.private_per_second", limits.private_per_second),
         ("telegram.limits.group_per_minute", limits.group_per_minute),
         ("telegram.limits.fallback_per_second", limits.fallback_per_second),
+        ("telegram.limits.paid_per_second", limits.paid_per_second),
     ] {
         c.check(rate.is_finite() && rate > 0.0 && rate <= 100_000.0, key, || format!("{rate} is not a rate above 0"));
     }
@@ -133,9 +134,13 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         ("telegram.limits.private_burst", limits.private_burst),
         ("telegram.limits.group_burst", limits.group_burst),
         ("telegram.limits.global_freeze_chats", limits.global_freeze_chats),
+        ("telegram.limits.paid_burst", limits.paid_burst),
     ] {
         c.check(burst >= 1, key, || "must be at least 1".to_owned());
     }
+    c.check(limits.paid_per_second <= 1000.0, "telegram.limits.paid_per_second", || {
+        format!("{} is above Telegram's 1000 paid messages a second", limits.paid_per_second)
+    });
     c.check((0.0..=0.9).contains(&limits.interactive_reserve), "telegram.limits.interactive_reserve", || {
         format!("{} is not a share between 0 and 0.9", limits.interactive_reserve)
     });

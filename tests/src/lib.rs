@@ -2,7 +2,8 @@
 //! how to start what is missing, unique names per test, a fake Telegram
 //! Bot API, and the workspace binaries as child processes.
 
-pub mod fake_telegram;
+/// The fake Bot API Courier ships (`courier::testing::fake_bot_api`).
+pub use courier::testing::fake_bot_api as fake_telegram;
 pub mod process;
 pub mod scope;
 pub mod servers;

@@ -8,7 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use di::{Admission, Governor, Lane};
+use di::{Admission, FrozenKey, Governor, Lane};
+use settings::PaidWhenSpent;
 use it::servers::ServerProcess;
 use it::{REDIS_URL, Service, require, test_settings, unique};
 use settings::TelegramLimits;
@@ -47,7 +48,7 @@ async fn send_until(
     let mut i = 0;
     while Instant::now() < until {
         match governor.admit(chat(i), lane).await {
-            Admission::Go(wait) => {
+            Admission::Go(wait) | Admission::GoPaid(wait) => {
                 tokio::time::sleep(wait).await;
                 sent.lock().unwrap().push(Instant::now());
                 i += 1;
@@ -174,7 +175,7 @@ async fn interactive_sends_keep_their_share_while_bulk_saturates() {
         let started = Instant::now();
         loop {
             match governors[i % 2].admit(90_000 + i as i64, Lane::Interactive).await {
-                Admission::Go(wait) => {
+                Admission::Go(wait) | Admission::GoPaid(wait) => {
                     tokio::time::sleep(wait).await;
                     break;
                 }
@@ -206,7 +207,7 @@ async fn without_redis_each_process_falls_back_to_its_own_small_limit() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(1) {
         match governor.admit(admitted, Lane::Bulk).await {
-            Admission::Go(wait) => {
+            Admission::Go(wait) | Admission::GoPaid(wait) => {
                 tokio::time::sleep(wait).await;
                 admitted += 1;
             }
@@ -214,4 +215,98 @@ async fn without_redis_each_process_falls_back_to_its_own_small_limit() {
         }
     }
     assert!((4..=7).contains(&admitted), "{admitted} sends in a second at a fallback of 5/s");
+}
+
+/// Sends one message to `chat` through `governor`, coming back as often as
+/// it is told to; returns when it went and how often it was handed back.
+async fn send_one(governor: Arc<Governor>, chat: i64, lane: Lane) -> (Instant, usize) {
+    let mut deferred = 0;
+    loop {
+        match governor.admit(chat, lane).await {
+            Admission::Go(wait) | Admission::GoPaid(wait) => {
+                tokio::time::sleep(wait).await;
+                return (Instant::now(), deferred);
+            }
+            Admission::Later(wait) => {
+                deferred += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_handed_back_for_one_chat_come_back_one_interval_apart_not_together() {
+    // 30 messages for one chat at 10/s: each handed back once, then sent
+    // in its turn. Without the spreading, all would come back together and
+    // all but one be handed back again, round after round (about 30 * 30 / 2
+    // hand-backs, each a delivery that counts towards max_deliver).
+    let mut limits = limits();
+    limits.private_per_second = 10.0;
+    limits.private_burst = 1;
+    limits.wait_threshold = Duration::from_millis(20);
+    let governors = governors(3, 1007, &limits);
+    let senders: Vec<_> =
+        (0..30).map(|i| tokio::spawn(send_one(governors[i % 3].clone(), 555, Lane::Transactional))).collect();
+    let mut times = Vec::new();
+    let mut handed_back = 0;
+    for sender in senders {
+        let (at, deferred) = sender.await.unwrap();
+        times.push(at);
+        handed_back += deferred;
+    }
+    assert!(handed_back <= 40, "{handed_back} hand-backs for 30 messages");
+    assert!(busiest(&times, Duration::from_millis(95)) <= 1, "two sends within one chat interval");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_paid_lane_sends_outside_the_global_budget_until_the_days_stars_are_spent() {
+    let mut limits = limits();
+    limits.global_per_second = 1.0;
+    limits.global_burst = 1;
+    limits.paid_per_second = 1_000.0;
+    limits.paid_burst = 50;
+    limits.paid_daily_stars = 2;
+    let pair = governors(2, 1008, &limits);
+    assert!(matches!(pair[0].admit(1, Lane::Bulk).await, Admission::Go(_)), "the free budget's one message");
+    // 2 Stars: 20 paid messages, though the global budget is spent.
+    for chat in 0..20 {
+        let admission = pair[chat % 2].admit(100 + chat as i64, Lane::Paid).await;
+        assert!(matches!(admission, Admission::GoPaid(_)), "paid message {chat}: {admission:?}");
+    }
+    // Spent: the paid lane falls back to the free budget (spent too).
+    assert!(matches!(pair[0].admit(200, Lane::Paid).await, Admission::Later(_)));
+    assert_eq!(pair[0].budget(Lane::Paid, 10).await.0, 0, "the paid lane pulls at the free rate now");
+    let status = pair[1].status().await.unwrap();
+    assert_eq!((status.stars_today, status.stars_budget), (2.0, 2));
+
+    let mut pausing = limits.clone();
+    pausing.paid_when_spent = PaidWhenSpent::Pause;
+    pausing.paid_daily_stars = 0;
+    let paused = governors(1, 1009, &pausing).remove(0);
+    match paused.admit(300, Lane::Paid).await {
+        Admission::Later(wait) => assert!(wait <= Duration::from_secs(86_400) && wait > Duration::ZERO),
+        other => panic!("a spent paid lane that pauses sent: {other:?}"),
+    }
+    assert!(matches!(paused.admit(301, Lane::Bulk).await, Admission::Go(_)), "other lanes are not paused");
+}
+
+#[tokio::test]
+async fn status_shows_frozen_keys_rates_and_backlog() {
+    let governors = governors(2, 1010, &limits());
+    let governor = &governors[0];
+    assert!(!governor.rate_limited(77, Lane::Bulk, Duration::from_secs(3)).await);
+    for chat in 0..10 {
+        assert!(matches!(governors[1].admit(1_000 + chat, Lane::Interactive).await, Admission::Go(_)));
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let status = governor.status().await.unwrap();
+    assert_eq!(status.frozen_count, 1);
+    let (key, left) = status.frozen[0];
+    assert_eq!(key, FrozenKey::Chat(77));
+    assert!(left <= Duration::from_secs(3) && left > Duration::from_secs(1), "{left:?}");
+    let rate = |lane| status.rates.iter().find(|(l, _)| *l == lane).unwrap().1;
+    assert_eq!(rate(Lane::Interactive), 2.0, "10 sends over the 5-second window");
+    assert_eq!(rate(Lane::Bulk), 0.0);
+    assert_eq!(status.stars_today, 0.0);
 }

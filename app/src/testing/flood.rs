@@ -65,6 +65,8 @@ impl Bucket {
 pub struct FloodRules {
     limits: TelegramLimits,
     global: Bucket,
+    /// Paid broadcasts (`allow_paid_broadcast`): outside the global limit.
+    paid: Bucket,
     chats: HashMap<i64, Bucket>,
     blocked: HashSet<i64>,
     deactivated: HashSet<i64>,
@@ -73,15 +75,20 @@ pub struct FloodRules {
     frozen_bot: Option<(Instant, u64)>,
     /// 429s answered so far.
     pub too_many: u64,
+    /// Paid broadcasts accepted so far (0.1 Telegram Stars each).
+    pub paid_accepted: u64,
 }
 
 impl FloodRules {
     /// Rules enforcing `limits`.
     pub fn new(limits: TelegramLimits) -> Self {
         let global = Bucket::new(limits.global_per_second, limits.global_burst, Instant::now());
+        let paid = Bucket::new(limits.paid_per_second, limits.paid_burst, Instant::now());
         Self {
             limits,
             global,
+            paid,
+            paid_accepted: 0,
             chats: HashMap::new(),
             blocked: HashSet::new(),
             deactivated: HashSet::new(),
@@ -121,6 +128,12 @@ impl FloodRules {
     /// Judges one message to `chat_id` arriving now; an accepted one uses
     /// its tokens.
     pub fn judge(&mut self, chat_id: i64) -> Verdict {
+        self.judge_message(chat_id, false)
+    }
+
+    /// Judges one message, `paid` when sent with `allow_paid_broadcast`
+    /// (limited by `paid_per_second` instead of the global limit).
+    pub fn judge_message(&mut self, chat_id: i64, paid: bool) -> Verdict {
         let now = Instant::now();
         if self.blocked.contains(&chat_id) {
             return Verdict::Blocked;
@@ -144,16 +157,18 @@ impl FloodRules {
         };
         let chat = self.chats.entry(chat_id).or_insert_with(|| Bucket::new(rate, burst, now));
         chat.refill(now);
-        self.global.refill(now);
-        let short = [self.global.short_by(), chat.short_by()]
+        let overall = if paid { &mut self.paid } else { &mut self.global };
+        overall.refill(now);
+        let short = [overall.short_by(), chat.short_by()]
             .into_iter()
             .flatten()
             .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
         if let Some(seconds) = short {
             return self.too_many(seconds);
         }
-        self.global.tokens -= 1.0;
+        overall.tokens -= 1.0;
         chat.tokens -= 1.0;
+        self.paid_accepted += u64::from(paid);
         Verdict::Accept
     }
 
@@ -180,6 +195,10 @@ mod tests {
             wait_threshold: Duration::from_millis(250),
             global_freeze_chats: 3,
             fallback_per_second: 5.0,
+            paid_per_second: 100.0,
+            paid_burst: 5,
+            paid_daily_stars: 0,
+            paid_when_spent: settings::PaidWhenSpent::Free,
         }
     }
 
@@ -218,5 +237,18 @@ mod tests {
         assert_eq!(rules.judge(11), Verdict::Accept);
         rules.inject_global_429(5);
         assert_eq!(rules.judge(12), Verdict::TooMany { retry_after: 5 });
+    }
+
+    #[test]
+    fn paid_broadcasts_pass_a_spent_global_limit_but_not_the_chat_limit() {
+        let mut rules = FloodRules::new(limits());
+        assert_eq!(rules.judge(1), Verdict::Accept);
+        assert_eq!(rules.judge(2), Verdict::Accept);
+        assert!(matches!(rules.judge(3), Verdict::TooMany { .. }), "the global burst of 2 is used up");
+        assert_eq!(rules.judge_message(3, true), Verdict::Accept);
+        assert_eq!(rules.judge_message(4, true), Verdict::Accept);
+        assert_eq!(rules.judge_message(3, true), Verdict::Accept, "the chat's burst of 2");
+        assert!(matches!(rules.judge_message(3, true), Verdict::TooMany { .. }), "the chat's limit holds");
+        assert_eq!(rules.paid_accepted, 3);
     }
 }

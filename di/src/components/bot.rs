@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use settings::TelegramSettings;
 use shaku::{Component, Interface};
+use teloxide::payloads::SendMessageSetters;
 use teloxide::prelude::Requester;
 use teloxide::types::ChatId;
 use teloxide::{ApiError, Bot, RequestError};
@@ -283,14 +284,23 @@ impl BotApi for TelegramBot {
             tracing::info!(chat_id, text, "telegram (log-only, no token): message not sent");
             return Ok(SentMessage { chat_id, message_id: 0 });
         };
+        let mut paid = false;
         if let Some(governor) = &self.governor {
-            match governor.admit(chat_id, lane).await {
-                Admission::Go(wait) if wait.is_zero() => {}
-                Admission::Go(wait) => tokio::time::sleep(wait).await,
+            let wait = match governor.admit(chat_id, lane).await {
+                Admission::Go(wait) => wait,
+                Admission::GoPaid(wait) => {
+                    paid = true;
+                    wait
+                }
                 Admission::Later(retry_after) => return Err(BotError::Throttled { retry_after }),
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
         }
-        match bot.send_message(ChatId(chat_id), text).await {
+        let request = bot.send_message(ChatId(chat_id), text);
+        let request = if paid { request.allow_paid_broadcast(true) } else { request };
+        match request.await {
             Ok(message) => Ok(SentMessage { chat_id: message.chat.id.0, message_id: message.id.0 }),
             Err(RequestError::RetryAfter(secs)) => {
                 let retry_after = secs.duration();

@@ -11,10 +11,14 @@
 //! ids are negative, by the minute). A send is admitted with a wait: if the
 //! wait is within `telegram.limits.wait_threshold` the slot is reserved and
 //! the caller sleeps that long; a longer wait reserves nothing and the task
-//! is handed back for that long, without spending an attempt. A `429` from
-//! Telegram freezes that chat for `retry_after` for every worker; 429s from
-//! several chats within a second freeze the whole bot. Every key carries the
-//! hash tag `{<bot id>}`, so one script's keys share a Redis Cluster slot.
+//! is handed back for that long, without spending an attempt; tasks handed
+//! back for one chat (or held up by the lane's rate) come back spread one
+//! interval apart, not together. A `429` from Telegram freezes that chat for
+//! `retry_after` for every worker; 429s from several chats within a second
+//! freeze the whole bot. The `paid` lane has a bucket of its own (up to 1000
+//! a second, outside the global budget) and a daily Stars budget counted in
+//! Redis. Every key carries the hash tag `{<bot id>}`, so one script's keys
+//! share a Redis Cluster slot. The scripts are in `scripts.rs`.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,8 +28,12 @@ use serde::{Deserialize, Serialize};
 use settings::TelegramLimits;
 
 mod fallback;
+mod scripts;
+mod status;
 
 use fallback::LocalLimiter;
+use settings::PaidWhenSpent;
+pub use status::{FrozenKey, GovernorStatus, MOST_FROZEN_LISTED};
 
 /// Who a message is for, which decides its share of the bot's budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -39,11 +47,16 @@ pub enum Lane {
     Transactional,
     /// Broadcasts and other mass sends: never in front of the other lanes.
     Bulk,
+    /// Paid broadcasts (`allow_paid_broadcast`): up to
+    /// `telegram.limits.paid_per_second` outside the global budget, 0.1
+    /// Telegram Stars a message, within `paid_daily_stars` a day; then as
+    /// `paid_when_spent` says.
+    Paid,
 }
 
 impl Lane {
     /// Every lane.
-    pub const ALL: [Lane; 3] = [Lane::Interactive, Lane::Transactional, Lane::Bulk];
+    pub const ALL: [Lane; 4] = [Lane::Interactive, Lane::Transactional, Lane::Bulk, Lane::Paid];
 
     /// The lane's name as in labels and settings.
     pub fn name(self) -> &'static str {
@@ -51,6 +64,7 @@ impl Lane {
             Self::Interactive => "interactive",
             Self::Transactional => "transactional",
             Self::Bulk => "bulk",
+            Self::Paid => "paid",
         }
     }
 
@@ -72,6 +86,8 @@ pub trait FloodObserver: Send + Sync + 'static {
     /// Redis could not be reached (`true`: the per-process fallback is in
     /// force) or answers again (`false`).
     fn fallback(&self, active: bool);
+    /// A paid broadcast was admitted (0.1 Telegram Stars).
+    fn paid(&self) {}
 }
 
 /// The governor's answer for one send.
@@ -79,6 +95,9 @@ pub trait FloodObserver: Send + Sync + 'static {
 pub enum Admission {
     /// Send after this wait (zero: at once); the slot is reserved.
     Go(Duration),
+    /// Send after this wait as a paid broadcast (`allow_paid_broadcast`):
+    /// the slot is reserved and 0.1 Stars counted as spent.
+    GoPaid(Duration),
     /// Do not send now: nothing was reserved; try again after this long.
     Later(Duration),
 }
@@ -87,72 +106,6 @@ pub enum Admission {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("flood-control store unavailable: {0}")]
 pub struct GovernorError(pub String);
-
-const ADMIT: &str = r"
--- KEYS: 1 bot freeze, 2 chat freeze, 3 global, 4 shared (non-interactive), 5 chat
--- ARGV: 1 global interval us, 2 global tau us, 3 shared interval us (0: skip),
---       4 shared tau us, 5 chat interval us, 6 chat tau us, 7 threshold us
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local frozen = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]))
-if frozen > 0 then return {0, frozen * 1000} end
-local buckets = {{KEYS[3], 1, 2}, {KEYS[5], 5, 6}}
-if tonumber(ARGV[3]) > 0 then table.insert(buckets, {KEYS[4], 3, 4}) end
-local wait, tats = 0, {}
-for i, b in ipairs(buckets) do
-  local tat = tonumber(redis.call('GET', b[1]) or '0')
-  if tat < now then tat = now end
-  tats[i] = tat
-  local w = tat - tonumber(ARGV[b[3]]) - now
-  if w > wait then wait = w end
-end
-if wait > tonumber(ARGV[7]) then return {0, wait} end
--- The message leaves after the longest wait: every bucket is charged from then.
-local send = now + wait
-for i, b in ipairs(buckets) do
-  local new_tat = math.max(tats[i], send) + tonumber(ARGV[b[2]])
-  redis.call('SET', b[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-end
-return {1, wait}
-";
-
-const BUDGET: &str = r"
--- How many bulk sends the global and shared buckets would admit now
--- (nothing is reserved). KEYS: 1 bot freeze, 2 global, 3 shared
--- ARGV: 1 global interval us, 2 global tau us, 3 shared interval us, 4 shared tau us, 5 most
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local frozen = redis.call('PTTL', KEYS[1])
-if frozen > 0 then return {0, frozen * 1000} end
-local n, wait = tonumber(ARGV[5]), 0
-for i, b in ipairs({{KEYS[2], 1, 2}, {KEYS[3], 3, 4}}) do
-  local interval, tau = tonumber(ARGV[b[2]]), tonumber(ARGV[b[3]])
-  local tat = tonumber(redis.call('GET', b[1]) or '0')
-  if tat < now then tat = now end
-  local room = math.floor((now + tau - tat) / interval) + 1
-  if room < n then n = room end
-  if tat - tau - now > wait then wait = tat - tau - now end
-end
-if n < 1 then return {0, wait} end
-return {n, 0}
-";
-
-const FREEZE: &str = r"
--- KEYS: 1 chat freeze, 2 bot freeze, 3 recent 429s (chats scored by time)
--- ARGV: 1 retry_after ms, 2 chat id, 3 chats that freeze the bot
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('ZADD', KEYS[3], now, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 1000)
-redis.call('PEXPIRE', KEYS[3], 2000)
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
-  local left = redis.call('PTTL', KEYS[2])
-  if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
-  return 1
-end
-return 0
-";
 
 /// One bucket: the time between two sends and how many may go at once.
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +128,10 @@ struct Plan {
     shared: Bucket,
     private: Bucket,
     group: Bucket,
+    paid: Bucket,
+    /// The day's Stars budget, in tenths (one paid message each).
+    paid_tenths: i64,
+    pause_when_spent: bool,
     threshold_us: i64,
 }
 
@@ -186,6 +143,9 @@ impl Plan {
             shared: Bucket::per_second(shared_rate, limits.global_burst),
             private: Bucket::per_second(limits.private_per_second, limits.private_burst),
             group: Bucket::per_second(limits.group_per_minute / 60.0, limits.group_burst),
+            paid: Bucket::per_second(limits.paid_per_second, limits.paid_burst),
+            paid_tenths: i64::try_from(limits.paid_daily_stars.saturating_mul(10)).unwrap_or(i64::MAX),
+            pause_when_spent: limits.paid_when_spent == PaidWhenSpent::Pause,
             threshold_us: i64::try_from(limits.wait_threshold.as_micros()).unwrap_or(i64::MAX),
         }
     }
@@ -207,6 +167,7 @@ pub struct Governor {
     admit: redis::Script,
     budget: redis::Script,
     freeze: redis::Script,
+    status: redis::Script,
     fallback: LocalLimiter,
     /// Whether the last decision came from the fallback (logged on change).
     falling_back: std::sync::atomic::AtomicBool,
@@ -230,9 +191,10 @@ impl Governor {
             limits,
             redis,
             conn: Mutex::new(None),
-            admit: redis::Script::new(ADMIT),
-            budget: redis::Script::new(BUDGET),
-            freeze: redis::Script::new(FREEZE),
+            admit: redis::Script::new(scripts::ADMIT),
+            budget: redis::Script::new(scripts::BUDGET),
+            freeze: redis::Script::new(scripts::FREEZE),
+            status: redis::Script::new(scripts::STATUS),
             falling_back: std::sync::atomic::AtomicBool::new(false),
             observer: std::sync::OnceLock::new(),
         }
@@ -283,6 +245,10 @@ impl Governor {
         if let Some(observer) = self.observer.get() {
             match admission {
                 Admission::Go(wait) => observer.admitted(lane, wait),
+                Admission::GoPaid(wait) => {
+                    observer.admitted(lane, wait);
+                    observer.paid();
+                }
                 Admission::Later(wait) => observer.deferred(lane, wait),
             }
         }
@@ -291,45 +257,75 @@ impl Governor {
 
     async fn admit_shared(&self, chat_id: i64, lane: Lane) -> Result<Admission, GovernorError> {
         let mut conn = self.conn().await?;
-        let chat = self.plan.chat(chat_id);
-        let shared = if lane == Lane::Interactive { Bucket { interval_us: 0, tau_us: 0 } } else { self.plan.shared };
+        let plan = &self.plan;
+        let chat = plan.chat(chat_id);
+        let none = Bucket { interval_us: 0, tau_us: 0 };
+        let shared = if lane == Lane::Interactive { none } else { plan.shared };
+        let paid = if lane == Lane::Paid { plan.paid } else { none };
         let mut call = self.admit.prepare_invoke();
-        call.key(format!("{}freeze", self.prefix))
-            .key(format!("{}freeze:{chat_id}", self.prefix))
-            .key(format!("{}global", self.prefix))
-            .key(format!("{}shared", self.prefix))
-            .key(format!("{}chat:{chat_id}", self.prefix))
-            .arg(self.plan.global.interval_us)
-            .arg(self.plan.global.tau_us)
+        for key in ["freeze", &format!("freeze:{chat_id}"), "global", "shared", &format!("chat:{chat_id}"), "paid"] {
+            call.key(self.key(key));
+        }
+        call.key(self.key(&format!("queue:{chat_id}")))
+            .key(self.key(&format!("queue:{}", if lane == Lane::Paid { "paid" } else { "global" })))
+            .key(self.key("stars"))
+            .key(self.key("rates"));
+        call.arg(plan.global.interval_us)
+            .arg(plan.global.tau_us)
             .arg(shared.interval_us)
             .arg(shared.tau_us)
             .arg(chat.interval_us)
             .arg(chat.tau_us)
-            .arg(self.plan.threshold_us);
-        let (go, wait_us): (i64, i64) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            .arg(plan.threshold_us)
+            .arg(lane.name())
+            .arg(paid.interval_us)
+            .arg(paid.tau_us)
+            .arg(plan.paid_tenths)
+            .arg(u8::from(plan.pause_when_spent));
+        let (go, wait_us, paid): (i64, i64, i64) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
-        Ok(if go == 1 { Admission::Go(wait) } else { Admission::Later(wait) })
+        Ok(match (go, paid) {
+            (1, 1) => Admission::GoPaid(wait),
+            (1, _) => Admission::Go(wait),
+            _ => Admission::Later(wait),
+        })
     }
 
-    /// How many bulk messages (at most `most`) the shared budget would let
-    /// through now, or how long until one: the bulk lane pulls no faster.
-    /// Without Redis, `most` (the sends themselves are still limited).
-    pub async fn bulk_budget(&self, most: usize) -> (usize, Duration) {
+    /// How many messages of a paced lane (`bulk`, `paid`; at most `most`)
+    /// its budget would let through now, or how long until one: those
+    /// lanes pull no faster. Without Redis, `most` (the sends themselves
+    /// are still limited).
+    pub async fn budget(&self, lane: Lane, most: usize) -> (usize, Duration) {
+        let plan = &self.plan;
+        let paid = if lane == Lane::Paid { plan.paid } else { Bucket { interval_us: 0, tau_us: 0 } };
         let asked = async {
             let mut conn = self.conn().await?;
             let mut call = self.budget.prepare_invoke();
-            call.key(format!("{}freeze", self.prefix))
-                .key(format!("{}global", self.prefix))
-                .key(format!("{}shared", self.prefix))
-                .arg(self.plan.global.interval_us)
-                .arg(self.plan.global.tau_us)
-                .arg(self.plan.shared.interval_us)
-                .arg(self.plan.shared.tau_us)
-                .arg(most);
+            for key in ["freeze", "global", "shared", "paid", "stars"] {
+                call.key(self.key(key));
+            }
+            call.arg(plan.global.interval_us)
+                .arg(plan.global.tau_us)
+                .arg(plan.shared.interval_us)
+                .arg(plan.shared.tau_us)
+                .arg(paid.interval_us)
+                .arg(paid.tau_us)
+                .arg(most)
+                .arg(plan.paid_tenths)
+                .arg(u8::from(plan.pause_when_spent));
             let (n, wait_us): (i64, i64) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
             Ok::<_, GovernorError>((usize::try_from(n).unwrap_or(0), Duration::from_micros(wait_us.unsigned_abs())))
         };
         asked.await.unwrap_or((most, Duration::ZERO))
+    }
+
+    /// [`Governor::budget`] of the bulk lane.
+    pub async fn bulk_budget(&self, most: usize) -> (usize, Duration) {
+        self.budget(Lane::Bulk, most).await
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     /// Telegram answered 429 for `chat_id`: freezes that chat for
@@ -341,9 +337,10 @@ impl Governor {
         let frozen = async {
             let mut conn = self.conn().await?;
             let mut call = self.freeze.prepare_invoke();
-            call.key(format!("{}freeze:{chat_id}", self.prefix))
-                .key(format!("{}freeze", self.prefix))
-                .key(format!("{}recent429", self.prefix))
+            call.key(self.key(&format!("freeze:{chat_id}")))
+                .key(self.key("freeze"))
+                .key(self.key("recent429"))
+                .key(self.key("frozen"))
                 .arg(ms)
                 .arg(chat_id)
                 .arg(self.limits.global_freeze_chats);

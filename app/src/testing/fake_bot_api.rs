@@ -1,9 +1,13 @@
-//! A fake Telegram Bot API on loopback: serves scripted updates to
-//! `getUpdates` (long polling; an offset confirms, and drops for good, every
-//! update below it, as Telegram does), records every request and answers
-//! like Telegram, or with a scripted reply (a 429 with `retry_after`) or a
-//! scripted delay. A test may serve a confirmed update again, as Telegram
-//! does to a bot that never confirmed it.
+//! A fake Telegram Bot API: serves scripted updates to `getUpdates` (long
+//! polling; an offset confirms, and drops for good, every update below it,
+//! as Telegram does), records requests and answers like Telegram, or with a
+//! scripted reply (a 429 with `retry_after`) or a scripted delay. Started
+//! with limits it enforces Telegram's flood rules ([`crate::testing::flood`])
+//! and records every accepted message with its time. A test may serve a
+//! confirmed update again, as Telegram does to a bot that never confirmed it.
+//!
+//! The `fake-telegram` binary serves one on a port for load tests and
+//! demos, controlled over HTTP (see [`FakeTelegram::start_on`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,8 +18,8 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use courier::testing::flood::{FloodRules, Verdict};
+use axum::routing::{get, post};
+use crate::testing::flood::{FloodRules, Verdict};
 use serde_json::{Value, json};
 use settings::TelegramLimits;
 use tokio::sync::Notify;
@@ -53,6 +57,11 @@ struct Inner {
     flood: Option<FloodRules>,
     /// Messages accepted, with the chat and when.
     accepted: Vec<(i64, Value, Instant)>,
+    /// Messages accepted in all (`accepted` may have forgotten the oldest).
+    accepted_count: u64,
+    /// At most this many requests and accepted messages are remembered
+    /// (the oldest half is forgotten past it); `None`: all (tests).
+    history: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -84,14 +93,43 @@ impl FakeTelegram {
     }
 
     async fn serve(shared: Shared) -> Self {
-        let shared = Arc::new(shared);
-        let app = Router::new().route("/{bot}/{method}", post(handle)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        Self::serve_on(listener, shared, false)
+    }
+
+    /// Serves on `listener`, enforcing `limits` when given, remembering at
+    /// most `history` requests; with `control`, also the control routes:
+    /// `GET /_fake/stats`, `POST /_fake/429` (`{"chat_id": 5,
+    /// "retry_after": 3}`; no `chat_id`: the whole bot), `POST
+    /// /_fake/block`, `/_fake/deactivate` and `/_fake/forget`
+    /// (`{"chat_id": 5}`).
+    pub fn start_on(listener: tokio::net::TcpListener, limits: Option<TelegramLimits>, history: usize) -> Self {
+        let shared = Shared::default();
+        {
+            let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.flood = limits.map(FloodRules::new);
+            inner.history = Some(history.max(2));
+        }
+        Self::serve_on(listener, shared, true)
+    }
+
+    fn serve_on(listener: tokio::net::TcpListener, shared: Shared, control: bool) -> Self {
+        let shared = Arc::new(shared);
+        let mut app = Router::new().route("/{bot}/{method}", post(handle));
+        if control {
+            app = app.route("/_fake/stats", get(stats)).route("/_fake/{action}", post(steer));
+        }
+        let app = app.with_state(shared.clone());
         let addr: SocketAddr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Self { url: format!("http://{addr}/"), shared }
+    }
+
+    /// Messages accepted so far, including any no longer remembered.
+    pub fn accepted_count(&self) -> u64 {
+        self.lock().accepted_count
     }
 
     /// With limits: runs `f` on the rules (block a chat, inject a 429...).
@@ -231,6 +269,7 @@ async fn handle(
     }
     let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
     inner.requests.push(request);
+    inner.forget_oldest();
     if let Some((status, reply)) = inner.scripted.get_mut(&method).and_then(VecDeque::pop_front) {
         return (status, Json(reply));
     }
@@ -240,10 +279,12 @@ async fn handle(
                           "supports_inline_queries": false, "can_connect_to_business": false, "has_main_web_app": false}),
         "sendmessage" => {
             let chat_id = body["chat_id"].as_i64().unwrap_or(0);
-            if let Some(refused) = inner.flood.as_mut().and_then(|rules| refusal(rules.judge(chat_id))) {
+            let paid = body["allow_paid_broadcast"].as_bool().unwrap_or(false);
+            if let Some(refused) = inner.flood.as_mut().and_then(|rules| refusal(rules.judge_message(chat_id, paid))) {
                 return refused;
             }
             inner.accepted.push((chat_id, body["text"].clone(), Instant::now()));
+            inner.accepted_count += 1;
             inner.next_message_id += 1;
             json!({"message_id": inner.next_message_id, "date": 1_700_000_000,
                    "chat": {"id": body["chat_id"], "type": "private", "first_name": "Test"}, "text": body["text"]})
@@ -251,6 +292,54 @@ async fn handle(
         _ => json!(true),
     };
     (StatusCode::OK, Json(json!({"ok": true, "result": result})))
+}
+
+impl Inner {
+    fn forget_oldest(&mut self) {
+        let Some(most) = self.history else { return };
+        for len in [self.requests.len(), self.accepted.len()] {
+            if len > most {
+                self.requests.drain(..self.requests.len().min(most / 2));
+                self.accepted.drain(..self.accepted.len().min(most / 2));
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /_fake/stats`: what the fake has seen.
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+    let flood = inner.flood.as_ref();
+    Json(json!({
+        "accepted": inner.accepted_count,
+        "too_many": flood.map_or(0, |rules| rules.too_many),
+        "paid_accepted": flood.map_or(0, |rules| rules.paid_accepted),
+        "limits_enforced": flood.is_some(),
+    }))
+}
+
+/// `POST /_fake/{429,block,deactivate,forget}`: steers the flood rules.
+async fn steer(
+    State(shared): State<Arc<Shared>>,
+    Path(action): Path<String>,
+    body: Option<Json<Value>>,
+) -> (StatusCode, Json<Value>) {
+    let body = body.map_or(Value::Null, |Json(v)| v);
+    let chat = body["chat_id"].as_i64();
+    let mut inner = shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(rules) = inner.flood.as_mut() else {
+        return (StatusCode::CONFLICT, Json(json!({"error": "started without limits"})));
+    };
+    match (action.as_str(), chat) {
+        ("429", Some(chat)) => rules.inject_chat_429(chat, body["retry_after"].as_u64().unwrap_or(1)),
+        ("429", None) => rules.inject_global_429(body["retry_after"].as_u64().unwrap_or(1)),
+        ("block", Some(chat)) => rules.block(chat),
+        ("deactivate", Some(chat)) => rules.deactivate(chat),
+        ("forget", Some(chat)) => rules.forget(chat),
+        _ => return (StatusCode::BAD_REQUEST, Json(json!({"error": "unknown action or no chat_id"}))),
+    }
+    (StatusCode::OK, Json(json!({"ok": true})))
 }
 
 /// Telegram's answer to a message the rules refuse.
