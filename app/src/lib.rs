@@ -8,6 +8,7 @@ pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod dead_letters;
+pub mod flood_status;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;

@@ -50,7 +50,7 @@ pub struct Metrics {
     pub flood: FloodMetrics,
 }
 
-/// Flood control's metrics by lane (three values) and 429 scope (two).
+/// Flood control's metrics by lane (four values) and 429 scope (two).
 #[derive(Debug, Clone, Default)]
 pub struct FloodMetrics {
     sends: Family<Labels, Counter>,
@@ -58,7 +58,13 @@ pub struct FloodMetrics {
     deferred: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
     fallback: Gauge,
+    paid: Counter,
+    frozen: Gauge,
+    stars_today: Gauge<f64, AtomicU64>,
 }
+
+/// How often a worker reads the shared flood-control state for the gauges.
+const GOVERNOR_POLL: Duration = Duration::from_secs(5);
 
 impl FloodMetrics {
     fn register(&self, registry: &mut Registry) {
@@ -83,6 +89,33 @@ impl FloodMetrics {
             "1 while Redis is unreachable and each process limits itself",
             self.fallback.clone(),
         );
+        registry.register(
+            "telegram_paid_sends",
+            "Paid broadcasts this process admitted (0.1 Telegram Stars each)",
+            self.paid.clone(),
+        );
+        registry.register(
+            "telegram_frozen_keys",
+            "Chats (and the bot) frozen by a 429 right now, for every worker of the bot",
+            self.frozen.clone(),
+        );
+        registry.register(
+            "telegram_paid_stars_today",
+            "Telegram Stars the bot's paid lane spent today (UTC), all workers",
+            self.stars_today.clone(),
+        );
+    }
+
+    /// Keeps the shared gauges (frozen keys, Stars today) current: reads
+    /// the governor's state every few seconds, until the process ends.
+    pub async fn watch(self, governor: std::sync::Arc<di::Governor>) {
+        loop {
+            if let Ok(status) = governor.status().await {
+                self.frozen.set(i64::try_from(status.frozen_count).unwrap_or(i64::MAX));
+                self.stars_today.set(status.stars_today);
+            }
+            tokio::time::sleep(GOVERNOR_POLL).await;
+        }
     }
 }
 
@@ -104,6 +137,10 @@ impl FloodObserver for FloodMetrics {
 
     fn fallback(&self, active: bool) {
         self.fallback.set(i64::from(active));
+    }
+
+    fn paid(&self) {
+        self.paid.inc();
     }
 }
 

@@ -75,10 +75,22 @@ impl Publisher {
     /// Publishes one envelope with `Nats-Msg-Id` = task id to its lane's
     /// subject (the envelope's `lane` label, else `lane`, else
     /// transactional) and waits for the stream's ack (JetStream) or the
-    /// server's flush (core NATS).
+    /// server's flush (core NATS). A `lane` given for an envelope without
+    /// the label is written into it, so the worker runs the task in that
+    /// lane and not in the task's default.
     pub async fn publish(&self, envelope: &Envelope, lane: Option<Lane>) -> Result<Published, PublishError> {
+        let labelled;
+        let envelope = match (envelope.lane(), lane) {
+            (None, Some(lane)) => {
+                let mut copy = envelope.clone();
+                copy.labels.insert("lane".to_owned(), lane.name().into());
+                labelled = copy;
+                &labelled
+            }
+            _ => envelope,
+        };
         let bytes = envelope.to_msgpack().map_err(|e| PublishError::Encode(e.0))?;
-        let lane = envelope.lane().or(lane).unwrap_or_default();
+        let lane = envelope.lane().unwrap_or_default();
         let subject = broker::lane_subject(&self.settings, lane);
         let mut headers = HeaderMap::new();
         // Labels travel as headers too, as taskiq-nats sends them; only short

@@ -136,6 +136,7 @@ async fn serve_container(
     let bot: Arc<dyn di::BotApi> = module.resolve();
     if let Some(governor) = bot.governor() {
         governor.observe(Arc::new(metrics.flood.clone()));
+        tokio::spawn(metrics.flood.clone().watch(governor.clone()));
     }
     let runtime = Arc::new(
         Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone())

@@ -4,6 +4,7 @@
 
 /// The fake Bot API Courier ships (`courier::testing::fake_bot_api`).
 pub use courier::testing::fake_bot_api as fake_telegram;
+pub mod flood;
 pub mod process;
 pub mod scope;
 pub mod servers;
@@ -110,9 +111,22 @@ impl Drop for PgSchema {
 /// A plain HTTP/1.1 GET to `addr` (`host:port`): (status, body); status 0
 /// when the server closed the connection without an answer.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None).await
+}
+
+/// A plain HTTP/1.1 POST of a JSON `body` to `addr`: (status, body).
+pub async fn http_post_json(addr: &str, path: &str, body: &str) -> (u16, String) {
+    http_request(addr, "POST", path, Some(body)).await
+}
+
+async fn http_request(addr: &str, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let body = json.map_or(String::new(), |json| {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}", json.len())
+    });
+    let body = if body.is_empty() { "\r\n".to_owned() } else { body };
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{body}");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return (0, String::new());
     }

@@ -33,7 +33,7 @@ pub fn binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|meta| meta.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {build}", path.display()));
-    if let Some((source, changed)) = newest_source() {
+    if let Some((source, changed)) = newest_source(name) {
         assert!(changed <= built, "{} is older than {}: {build}", path.display(), source.display());
     }
     path
@@ -42,8 +42,10 @@ pub fn binary(name: &str) -> PathBuf {
 /// The most recently modified file the binaries are compiled from: the
 /// sources, migrations and build scripts of `app`, `di`, `tasks` and
 /// `settings`, and the compiled-in settings. (Not the manifests: cargo
-/// relinks nothing for a manifest edit that changes no build input.)
-fn newest_source() -> Option<(PathBuf, SystemTime)> {
+/// relinks nothing for a manifest edit that changes no build input; nor
+/// the other binaries' `src/bin` files, which cargo does not link into it.)
+fn newest_source(name: &str) -> Option<(PathBuf, SystemTime)> {
+    let own = format!("{}.rs", name.replace('-', "_"));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     let mut newest: Option<(PathBuf, SystemTime)> = None;
     let mut pending: Vec<PathBuf> = Vec::new();
@@ -54,6 +56,11 @@ fn newest_source() -> Option<(PathBuf, SystemTime)> {
     }
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let other_binary = path.parent().is_some_and(|dir| dir.ends_with("src/bin"))
+            && path.file_name().is_some_and(|file| file.to_string_lossy() != own);
+        if other_binary {
+            continue;
+        }
         if meta.is_dir() {
             pending.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|entry| entry.path()));
         } else if let Ok(modified) = meta.modified() {
@@ -97,10 +104,15 @@ impl ChildProcess {
     /// Starts binary `name` with `env` and waits (up to 30 s) until its
     /// log contains `ready`.
     pub fn spawn(name: &str, env: &[(String, String)], ready: &str) -> Self {
+        Self::spawn_with_args(name, env, &[], ready)
+    }
+
+    /// [`ChildProcess::spawn`] with command-line arguments.
+    pub fn spawn_with_args(name: &str, env: &[(String, String)], args: &[&str], ready: &str) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique(&format!("courier_{name}"))));
         let file = std::fs::File::create(&log).expect("create the log file");
         let mut cmd = command(name);
-        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdout(std::process::Stdio::null()).stderr(file);
+        cmd.args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdout(std::process::Stdio::null()).stderr(file);
         let child = cmd.spawn().expect("spawn the worker");
         let mut process = Self { child, log };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -2,11 +2,10 @@
 //! against a fake Bot API that enforces the same limits as the settings and
 //! answers 429 like Telegram when they are passed.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use it::fake_telegram::FakeTelegram;
-use it::process::ChildProcess;
+use it::flood::{exactly_once, workers};
 use it::scope::Scope;
 use settings::TelegramLimits;
 use tasks::send_message;
@@ -26,39 +25,6 @@ fn limits(global_per_second: f64) -> TelegramLimits {
     limits
 }
 
-/// What a worker process needs: the scope, the fake's URL, a token, the limits.
-fn env(scope: &Scope, fake: &FakeTelegram, limits: &TelegramLimits) -> Vec<(String, String)> {
-    let mut env = scope.env();
-    let mut set = |key: &str, value: String| env.push((format!("COURIER_TELEGRAM__{key}"), value));
-    set("TOKEN", "123456:TEST-TOKEN".into());
-    set("API_URL", fake.url.clone());
-    set("LIMITS__GLOBAL_PER_SECOND", limits.global_per_second.to_string());
-    set("LIMITS__GLOBAL_BURST", limits.global_burst.to_string());
-    set("LIMITS__PRIVATE_PER_SECOND", limits.private_per_second.to_string());
-    set("LIMITS__PRIVATE_BURST", limits.private_burst.to_string());
-    set("LIMITS__GROUP_PER_MINUTE", limits.group_per_minute.to_string());
-    set("LIMITS__GROUP_BURST", limits.group_burst.to_string());
-    set("LIMITS__INTERACTIVE_RESERVE", limits.interactive_reserve.to_string());
-    env
-}
-
-async fn workers(n: usize, env: &[(String, String)]) -> Vec<ChildProcess> {
-    let env = env.to_vec();
-    tokio::task::spawn_blocking(move || (0..n).map(|_| ChildProcess::start(&env)).collect()).await.unwrap()
-}
-
-/// Each accepted text once, and no other.
-fn exactly_once(fake: &FakeTelegram, texts: &[String]) {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (_, text, _) in fake.accepted() {
-        *seen.entry(text.as_str().unwrap_or_default().to_owned()).or_default() += 1;
-    }
-    for text in texts {
-        assert_eq!(seen.get(text).copied(), Some(1), "{text} arrived {:?} times", seen.get(text));
-    }
-    assert_eq!(seen.len(), texts.len(), "messages nobody sent arrived");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_send_2000_messages_at_the_limit_with_zero_429s() {
     let limits = limits(100.0);
@@ -75,7 +41,7 @@ async fn three_workers_send_2000_messages_at_the_limit_with_zero_429s() {
             texts.push(text);
         }
     }
-    let _workers = workers(3, &env(&scope, &fake, &limits)).await;
+    let _workers = workers(3, &it::flood::env(&scope, &fake.url, &limits)).await;
     scope
         .eventually(WAIT, "every message accepted", || async { (fake.accepted().len() >= texts.len()).then_some(()) })
         .await;
@@ -97,7 +63,7 @@ async fn a_429_freezes_its_chat_for_every_worker_and_a_global_one_stops_all_send
     let scope = Scope::new();
     let fake = FakeTelegram::start_with_limits(limits.clone()).await;
     let producer = scope.producer().await;
-    let _workers = workers(2, &env(&scope, &fake, &limits)).await;
+    let _workers = workers(2, &it::flood::env(&scope, &fake.url, &limits)).await;
     let send = |chat_id: i64, text: String| {
         let producer = producer.clone();
         async move { producer.enqueue(send_message::TASK, &send_message::Args { chat_id, text }).await.unwrap() }
@@ -224,7 +190,7 @@ async fn replies_keep_a_p99_under_a_second_while_a_10000_broadcast_drains_at_the
         });
         futures_util::future::join_all(sends).await;
     }
-    let _workers = workers(2, &env(&scope, &fake, &limits)).await;
+    let _workers = workers(2, &it::flood::env(&scope, &fake.url, &limits)).await;
     scope.eventually(WAIT, "the broadcast under way", || async { (fake.accepted().len() >= 500).then_some(()) }).await;
 
     // Replies while it drains: enqueue to the message at the fake.

@@ -52,13 +52,13 @@ async fn main() -> ExitCode {
     };
     let fake = FakeTelegram::start_on(listener, limits.clone(), cli.history);
     match &limits {
-        Some(l) => println!(
+        Some(l) => eprintln!(
             "fake Bot API at {} (global {}/s, private {}/s, group {}/min, paid {}/s)",
             fake.url, l.global_per_second, l.private_per_second, l.group_per_minute, l.paid_per_second
         ),
-        None => println!("fake Bot API at {} (no limits)", fake.url),
+        None => eprintln!("fake Bot API at {} (no limits)", fake.url),
     }
     let _ = tokio::signal::ctrl_c().await;
-    println!("accepted {} messages; answered {} with 429", fake.accepted_count(), fake.too_many());
+    eprintln!("accepted {} messages; answered {} with 429", fake.accepted_count(), fake.too_many());
     ExitCode::SUCCESS
 }

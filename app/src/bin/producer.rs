@@ -131,6 +131,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Shows the bot's flood control, shared by every worker.
+    ///
+    /// The limits, messages per second each lane sends now, how far the
+    /// global budget is booked ahead, the paid lane's Stars spent today, and
+    /// the chats (or the whole bot) frozen by a 429 with the time left.
+    #[command(after_help = EXIT_CODES)]
+    Governor {
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which dead letters: every filter given must match.
@@ -198,8 +209,21 @@ async fn main() -> ExitCode {
             };
             bench(&options).await
         }
+        Command::Governor { json } => governor(json).await,
     };
     outcome.unwrap_or_else(|code| code)
+}
+
+async fn governor(json: bool) -> Outcome {
+    let settings = settings()?;
+    let (bot_id, status) = courier::flood_status::read(&settings).await.map_err(|err| fail(EXIT_UNAVAILABLE, err))?;
+    let limits = &settings.telegram.limits;
+    if json {
+        println!("{}", courier::flood_status::json(bot_id, limits, &status));
+    } else {
+        print!("{}", courier::flood_status::render(bot_id, limits, &status));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What a command returns: its exit code, or an early one (already explained on stderr).
