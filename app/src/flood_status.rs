@@ -14,7 +14,7 @@ pub enum FloodStatusError {
     #[error(transparent)]
     Unreachable(#[from] di::StartupError),
     /// No token: a log-only bot has no flood control.
-    #[error("no telegram.token: a log-only bot sends nothing, so it has no flood control")]
+    #[error("no flood control: no telegram.token (a log-only bot sends nothing), or telegram.limits.enforce = false")]
     NoBot,
     /// Redis answered with an error or not at all.
     #[error(transparent)]

@@ -141,7 +141,7 @@ impl ContainerBuilder<'_> {
                     component = %Component::Telegram,
                     api_url = %settings.telegram.api_url,
                     %status,
-                    flood_control = governor.as_ref().map_or("off (log-only)", |g| g.prefix()),
+                    flood_control = governor.as_ref().map_or("off", |g| g.prefix()),
                     "ready"
                 );
                 builder = builder.with_component_parameters::<TelegramBot>(TelegramBotParameters {

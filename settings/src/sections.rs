@@ -142,6 +142,10 @@ pub struct TelegramSettings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelegramLimits {
+    /// Whether sends go through flood control at all. Only for a Bot API
+    /// that has no limits (a fake, or measuring flood control's own cost):
+    /// with `false`, N workers send N times too fast to Telegram.
+    pub enforce: bool,
     /// Messages per second to all chats together.
     pub global_per_second: f64,
     /// How many of them may go at once.

@@ -185,6 +185,7 @@ mod tests {
 
     fn limits() -> TelegramLimits {
         TelegramLimits {
+            enforce: true,
             global_per_second: 10.0,
             global_burst: 2,
             private_per_second: 1.0,

@@ -379,7 +379,8 @@ impl Governor {
 }
 
 /// The governor of the bot in `settings` (its id from `getMe`), over the
-/// Redis of `settings.redis`; `None` for a log-only bot, which sends nothing.
+/// Redis of `settings.redis`; `None` for a log-only bot, which sends
+/// nothing, and when `telegram.limits.enforce` is off (said in a warning).
 pub async fn connect(
     bot: &crate::TelegramBot,
     settings: &settings::Settings,
@@ -390,6 +391,10 @@ pub async fn connect(
         url: settings.telegram.api_url.clone(),
         reason,
     };
+    if !settings.telegram.limits.enforce && bot.is_live() {
+        tracing::warn!("flood control is off (telegram.limits.enforce = false): messages go out unthrottled");
+        return Ok(None);
+    }
     let Some(bot_id) = bot.bot_id().await.map_err(|err| unreachable(err.to_string()))? else { return Ok(None) };
     let client = crate::components::result_store::redis_client(&settings.redis).map_err(|err| {
         crate::StartupError::unreachable(
