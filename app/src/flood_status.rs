@@ -50,7 +50,8 @@ pub fn render(bot_id: i64, limits: &TelegramLimits, status: &GovernorStatus) -> 
         PaidWhenSpent::Free => "then the free rate",
         PaidWhenSpent::Pause => "then paused until 00:00 UTC",
     };
-    let _ = writeln!(out, "paid: {:.1} of {} Stars spent today ({when_spent})", status.stars_today, status.stars_budget);
+    let _ =
+        writeln!(out, "paid: {:.1} of {} Stars spent today ({when_spent})", status.stars_today, status.stars_budget);
     let _ = writeln!(out, "frozen by 429: {}", status.frozen_count);
     for (key, left) in &status.frozen {
         let _ = writeln!(out, "  {:<22} {:.1} s left", key_name(*key), left.as_secs_f64());

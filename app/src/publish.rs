@@ -178,7 +178,11 @@ impl Publisher {
         if let Some(name) = task_name {
             try_insert(&mut headers, TASK_NAME_HEADER, &one_line(name));
         }
-        let message_id = format!("dead:{}", one_line(dedup_key));
+        // The key (a stream sequence) and a hash of the payload: copies of
+        // one message share the id, while a new message under a reused
+        // sequence (the stream was deleted and created again within the
+        // duplicate window) gets its own and is not dropped as a duplicate.
+        let message_id = format!("dead:{}:{:016x}", one_line(dedup_key), di::envelope::fnv1a64(&payload));
         self.send(self.settings.dead_letter_subject.clone(), &message_id, headers, payload).await
     }
 }

@@ -174,7 +174,7 @@ impl Envelope {
 }
 
 /// FNV-1a, 64 bits: a few lines, stable across versions and platforms.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 

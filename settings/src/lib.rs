@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 pub use secret::{Secret, SecretUrl, SecretUrls, percent_decode, redact_url};
 pub use sections::{
-    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, PaidWhenSpent, RedisSettings, TelegramLimits, TelegramSettings,
-    WorkerSettings,
+    DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, PaidWhenSpent, RedisSettings, TelegramLimits,
+    TelegramSettings, WorkerSettings,
 };
 pub use validate::Invalid;
 

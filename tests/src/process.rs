@@ -112,7 +112,10 @@ impl ChildProcess {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique(&format!("courier_{name}"))));
         let file = std::fs::File::create(&log).expect("create the log file");
         let mut cmd = command(name);
-        cmd.args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdout(std::process::Stdio::null()).stderr(file);
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
         let child = cmd.spawn().expect("spawn the worker");
         let mut process = Self { child, log };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -180,3 +180,26 @@ async fn replay_resets_and_runs_the_task_id_of_the_payload_not_the_header() {
     assert!(scope.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reused_stream_sequence_does_not_swallow_a_new_dead_letter() {
+    // A task stream deleted and created again numbers its messages from 1
+    // again: a dead letter keyed by the sequence alone would be dropped as a
+    // duplicate of the old one for the dead-letter stream's duplicate window.
+    let scope = Scope::new();
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let subject = scope.settings.nats.subject.clone();
+    let letter = |id: &str| di::Envelope::new(id.into(), "noop", &tasks::noop::Args {}).unwrap().to_msgpack().unwrap();
+    for (id, expect_duplicate) in [("before-1", false), ("before-1", true), ("after-1", false)] {
+        let published = producer
+            .publisher()
+            .dead_letter(letter(id).into(), "Fatal: test", Some(id), 1, "1", &subject)
+            .await
+            .unwrap();
+        assert_eq!(published == courier::publish::Published::Duplicate, expect_duplicate, "{id}: {published:?}");
+    }
+    let ids: Vec<String> = scope.dead_letters().await.into_iter().filter_map(|l| l.task_id).collect();
+    assert_eq!(ids, ["before-1", "after-1"]);
+    worker.stop().await.unwrap();
+}

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use di::{Admission, FrozenKey, Governor, Lane};
-use settings::PaidWhenSpent;
 use it::servers::ServerProcess;
 use it::{REDIS_URL, Service, require, test_settings, unique};
+use settings::PaidWhenSpent;
 use settings::TelegramLimits;
 
 fn limits() -> TelegramLimits {

@@ -54,12 +54,8 @@ async fn paid_broadcasts_pass_the_global_limit_until_the_stars_are_spent_then_go
     scope.eventually(WAIT, "every message accepted", || async { (fake.accepted().len() >= 240).then_some(()) }).await;
     assert_eq!(fake.too_many(), 0, "the fake answered 429");
     exactly_once(&fake, &texts);
-    let paid: Vec<Instant> = fake
-        .sent_messages()
-        .iter()
-        .filter(|r| r.body["allow_paid_broadcast"] == true)
-        .map(|r| r.at)
-        .collect();
+    let paid: Vec<Instant> =
+        fake.sent_messages().iter().filter(|r| r.body["allow_paid_broadcast"] == true).map(|r| r.at).collect();
     assert_eq!(paid.len(), 200, "sent paid: exactly the day's 20 Stars");
     assert_eq!(fake.rules(|rules| rules.paid_accepted), 200);
     // 200 at the free 10/s would take 20 s.

@@ -71,7 +71,10 @@ fn unreachable_limits(settings: &Settings) -> settings::TelegramLimits {
     limits
 }
 
-async fn per_send(settings: &Settings, options: &FloodBenchOptions) -> Result<((f64, f64), (f64, f64), f64), BenchError> {
+async fn per_send(
+    settings: &Settings,
+    options: &FloodBenchOptions,
+) -> Result<((f64, f64), (f64, f64), f64), BenchError> {
     let client = di::components::result_store::redis_client(&settings.redis).map_err(raw)?;
     let mut conn = client.get_multiplexed_async_connection().await.map_err(raw)?;
     let prefix = format!("{}flood-bench-{}:", settings.redis.key_prefix, std::process::id());
@@ -151,7 +154,11 @@ async fn end_to_end(
     let _ = stop.send(());
     let _ = worker.await;
     let js = async_nats::jetstream::new(crate::broker::connect(&settings.nats, "flood-bench").await.map_err(raw)?);
-    for stream in [settings.nats.stream.clone(), format!("{}_DEAD", settings.nats.stream), format!("{}_ADVISORIES", settings.nats.stream)] {
+    for stream in [
+        settings.nats.stream.clone(),
+        format!("{}_DEAD", settings.nats.stream),
+        format!("{}_ADVISORIES", settings.nats.stream),
+    ] {
         let _ = js.delete_stream(&stream).await;
     }
     outcome

@@ -14,12 +14,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::testing::flood::{FloodRules, Verdict};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use crate::testing::flood::{FloodRules, Verdict};
 use serde_json::{Value, json};
 use settings::TelegramLimits;
 use tokio::sync::Notify;

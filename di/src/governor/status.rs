@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-
 use super::{Governor, GovernorError, Lane};
 
 /// The most frozen keys one status lists (their count is always exact).
