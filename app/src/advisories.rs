@@ -110,6 +110,10 @@ async fn handle(topology: &Topology, runtime: &Runtime, payload: &[u8]) -> Resul
         deliveries = advisory.deliveries,
         "message reached max_deliver; failing and dead-lettering it"
     );
+    if let Some(gate) = &runtime.campaigns {
+        // Before the message is removed: an error leaves the advisory to retry.
+        gate.record(&execution).await?;
+    }
     if let Disposition::DeadLetter { reason } = &execution.disposition {
         // The same dead-letter id as the worker loop's copy: one copy at most.
         let dedup = advisory.stream_seq.to_string();

@@ -5,6 +5,7 @@ pub mod advisories;
 pub mod bench;
 pub mod bot;
 pub mod broker;
+pub mod campaign;
 pub mod check;
 pub mod cli;
 pub mod dead_letters;

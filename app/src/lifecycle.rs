@@ -38,13 +38,20 @@ pub fn load_registry() -> Result<Registry, LifecycleError> {
     Ok(Registry::from_inventory()?)
 }
 
-/// Brings the database schema of the shipped tasks up to date.
+/// Brings the database schema of the shipped tasks, and Courier's own
+/// tables (campaigns, in `_courier_migrations`), up to date.
 pub async fn migrate(db: &dyn Db) -> Result<(), LifecycleError> {
     tasks::MIGRATOR
         .run(db.pool())
         .await
         .map_err(|e| LifecycleError::Migrations { backend: db.backend(), reason: e.to_string() })?;
-    tracing::info!(backend = db.backend(), migrations = tasks::MIGRATOR.iter().count(), "schema up to date");
+    let framework = crate::campaign::migrator();
+    framework
+        .run(db.pool())
+        .await
+        .map_err(|e| LifecycleError::Migrations { backend: db.backend(), reason: format!("courier's own: {e}") })?;
+    let migrations = tasks::MIGRATOR.iter().count() + framework.iter().count();
+    tracing::info!(backend = db.backend(), migrations, "schema up to date");
     Ok(())
 }
 

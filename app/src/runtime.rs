@@ -35,6 +35,8 @@ pub struct Runtime {
     pub topology: Option<Topology>,
     /// Flood control, to pace the bulk lane (`None`: a log-only bot).
     pub governor: Option<Arc<di::Governor>>,
+    /// Campaign bookkeeping (JetStream workers with a database).
+    pub campaigns: Option<crate::campaign::worker::CampaignGate>,
     /// False while the store is unreachable: pulling pauses.
     pub(crate) store_ok: AtomicBool,
 }
@@ -80,6 +82,7 @@ impl Runtime {
             metrics,
             topology,
             governor: None,
+            campaigns: None,
             store_ok: AtomicBool::new(true),
         }
     }
@@ -87,6 +90,12 @@ impl Runtime {
     /// Paces the bulk lane by `governor`'s budget.
     pub fn with_governor(mut self, governor: Option<Arc<di::Governor>>) -> Self {
         self.governor = governor;
+        self
+    }
+
+    /// Checks campaign messages before they run, and records their outcomes.
+    pub fn with_campaigns(mut self, gate: crate::campaign::worker::CampaignGate) -> Self {
+        self.campaigns = Some(gate);
         self
     }
 

@@ -285,6 +285,9 @@ async fn handle(
     );
     // Boxed: the executor's state machine is large, and this runs per message.
     let work = Box::pin(async {
+        if !campaign_admits(&runtime, &message).await {
+            return;
+        }
         let delivery = Delivery { count, interrupt: hard_stop.clone() };
         let execution = match runtime.execute(&message.payload, &delivery).await {
             Ok(execution) => execution,
@@ -306,6 +309,7 @@ async fn handle(
             }
         };
         tracing::Span::current().record("task.attempt", execution.attempt);
+        let Some(execution) = campaign_recorded(&runtime, &message, execution).await else { return };
         settle(&runtime, &message, &execution, sequence).await;
         runtime.finished(&execution).await;
     });
@@ -328,6 +332,49 @@ async fn handle(
     }
     .instrument(span)
     .await;
+}
+
+/// Whether a message may run: a paused campaign's is parked and a
+/// cancelled one's dropped (both acknowledged here). A database error lets
+/// it run: a pause is not worth stopping every broadcast for.
+async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
+    use crate::campaign::worker::{CampaignGate, Verdict};
+    let Some(gate) = &runtime.campaigns else { return true };
+    let Some((campaign, seq)) = CampaignGate::recipient_of(message.headers.as_ref()) else { return true };
+    match gate.check(&campaign, seq).await {
+        Ok(Verdict::Run) => true,
+        Ok(verdict) => {
+            let _ = message.double_ack().await;
+            tracing::info!(campaign, seq, ?verdict, "campaign message not run");
+            false
+        }
+        Err(err) => {
+            tracing::warn!(%err, campaign, "campaign state unreadable; the message runs");
+            true
+        }
+    }
+}
+
+/// Writes a campaign task's final outcome to its recipient row before the
+/// message is settled; a dead chat is the campaign's outcome, not a dead
+/// letter. If the row cannot be written the message comes back (its record
+/// is final: the redelivery only writes the row).
+async fn campaign_recorded(runtime: &Runtime, message: &Message, mut execution: Execution) -> Option<Execution> {
+    let Some(gate) = &runtime.campaigns else { return Some(execution) };
+    match gate.record(&execution).await {
+        Ok(true) => {
+            if matches!(execution.disposition, Disposition::DeadLetter { .. }) {
+                execution.disposition = Disposition::Ack;
+            }
+            Some(execution)
+        }
+        Ok(false) => Some(execution),
+        Err(err) => {
+            tracing::warn!(%err, "campaign outcome not written; the message comes back for it");
+            let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
+            None
+        }
+    }
 }
 
 /// Acks, naks or terminates according to the execution.

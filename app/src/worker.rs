@@ -123,6 +123,7 @@ async fn serve_container(
 ) -> Result<(), WorkerError> {
     let db: Arc<dyn Db> = module.resolve();
     lifecycle::migrate(&*db).await?;
+    let campaigns = crate::campaign::worker::CampaignGate::new(db.pool().clone(), publisher.clone());
     drop(db);
     lifecycle::run_startup_hooks(&Registry::hooks(HookKind::Startup), module.clone()).await?;
 
@@ -140,7 +141,8 @@ async fn serve_container(
     }
     let runtime = Arc::new(
         Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone())
-            .with_governor(bot.governor()),
+            .with_governor(bot.governor())
+            .with_campaigns(campaigns),
     );
     let pulling = Arc::new(PullHealth::default());
     let addr = settings.worker.http_addr.trim();

@@ -38,6 +38,10 @@ struct Inner {
     session: Mutex<Option<Transaction<'static, Any>>>,
     /// Counts follow-up tasks, to give them stable ids.
     enqueued: AtomicU32,
+    /// Set once this attempt sent a Telegram message: later sends wait for
+    /// their slot inside the task rather than hand the task back, which
+    /// would send the earlier messages again.
+    sent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -72,6 +76,7 @@ impl TaskContext {
                 enqueuer,
                 session: Mutex::new(None),
                 enqueued: AtomicU32::new(0),
+                sent: Arc::default(),
             }),
         }
     }
@@ -134,7 +139,11 @@ impl TaskContext {
     /// The Telegram Bot API, sending in this task's lane through the
     /// flood-control governor.
     pub fn bot(&self) -> Arc<dyn BotApi> {
-        Arc::new(crate::components::bot::InLane { bot: self.inner.container.resolve(), lane: self.inner.lane })
+        Arc::new(crate::components::bot::InLane {
+            bot: self.inner.container.resolve(),
+            lane: self.inner.lane,
+            sent: self.inner.sent.clone(),
+        })
     }
 
     /// Enqueues a follow-up task and returns its id. The id is derived from

@@ -22,7 +22,7 @@ pub mod shape;
 pub mod task;
 pub mod testing;
 
-pub use components::bot::{BotApi, BotError, ChatGone, SentMessage, TelegramBot};
+pub use components::bot::{BotApi, BotError, ChatGone, Content, Outgoing, SentMessage, TelegramBot};
 pub use components::db::{Db, DbError, SqlxDb};
 pub use components::result_store::{RedisResultStore, ResultStore, StoreError};
 pub use container::{AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components};

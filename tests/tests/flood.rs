@@ -37,7 +37,7 @@ async fn three_workers_send_2000_messages_at_the_limit_with_zero_429s() {
     for round in 0..10 {
         for &chat_id in &chats {
             let text = format!("message {round} to {chat_id}");
-            producer.enqueue(send_message::TASK, &send_message::Args { chat_id, text: text.clone() }).await.unwrap();
+            producer.enqueue(send_message::TASK, &send_message::Args::text(chat_id, text.clone())).await.unwrap();
             texts.push(text);
         }
     }
@@ -66,7 +66,7 @@ async fn a_429_freezes_its_chat_for_every_worker_and_a_global_one_stops_all_send
     let _workers = workers(2, &it::flood::env(&scope, &fake.url, &limits)).await;
     let send = |chat_id: i64, text: String| {
         let producer = producer.clone();
-        async move { producer.enqueue(send_message::TASK, &send_message::Args { chat_id, text }).await.unwrap() }
+        async move { producer.enqueue(send_message::TASK, &send_message::Args::text(chat_id, text)).await.unwrap() }
     };
 
     // One chat refused for 3 s: its first message meets the 429, the
@@ -145,7 +145,7 @@ async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code(
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     for (chat_id, code) in [(801, "blocked"), (802, "deactivated"), (803, "not_found")] {
-        let args = send_message::Args { chat_id, text: "hello".into() };
+        let args = send_message::Args::text(chat_id, "hello");
         let record = producer.enqueue(send_message::TASK, &args).await.unwrap().wait(WAIT).await.unwrap();
         assert_eq!(record.status, di::TaskStatus::Failed, "{record:?}");
         let error = record.error.unwrap();
@@ -156,7 +156,7 @@ async fn blocked_deactivated_and_unknown_chats_fail_for_good_with_a_reason_code(
 
     // A 429 is retried after its wait, and the metrics show both.
     fake.rules(|rules| rules.inject_chat_429(804, 1));
-    let args = send_message::Args { chat_id: 804, text: "later".into() };
+    let args = send_message::Args::text(804, "later");
     let record = producer.enqueue(send_message::TASK, &args).await.unwrap().wait(WAIT).await.unwrap();
     assert_eq!((record.status, record.attempt), (di::TaskStatus::Success, 1), "{record:?}");
     let (_, metrics) = it::http_get(&addr, "/metrics").await;
@@ -182,7 +182,7 @@ async fn replies_keep_a_p99_under_a_second_while_a_10000_broadcast_drains_at_the
         let sends = chunk.iter().map(|i| {
             let producer = producer.clone();
             async move {
-                let args = send_message::Args { chat_id: 100_000 + i, text: format!("news {i}") };
+                let args = send_message::Args::text(100_000 + i, format!("news {i}"));
                 let mut envelope = send_message::TASK.envelope(&args).unwrap();
                 envelope.labels.insert("lane".into(), "bulk".into());
                 producer.enqueue_envelope(&envelope, None).await.unwrap();
@@ -197,7 +197,7 @@ async fn replies_keep_a_p99_under_a_second_while_a_10000_broadcast_drains_at_the
     let mut latencies = Vec::new();
     for i in 0..40_i64 {
         let text = format!("reply {i}");
-        let args = send_message::Args { chat_id: 900_000 + i, text: text.clone() };
+        let args = send_message::Args::text(900_000 + i, text.clone());
         let mut envelope = send_message::TASK.envelope(&args).unwrap();
         envelope.labels.insert("lane".into(), "interactive".into());
         let asked = Instant::now();

@@ -46,7 +46,7 @@ async fn paid_broadcasts_pass_the_global_limit_until_the_stars_are_spent_then_go
     let mut texts = Vec::new();
     for chat_id in 1..=240 {
         let text = format!("paid {chat_id}");
-        let envelope = send_message::TASK.envelope(&send_message::Args { chat_id, text: text.clone() }).unwrap();
+        let envelope = send_message::TASK.envelope(&send_message::Args::text(chat_id, text.clone())).unwrap();
         producer.enqueue_envelope(&envelope, Some(di::Lane::Paid)).await.unwrap();
         texts.push(text);
     }
@@ -85,7 +85,7 @@ async fn the_fake_telegram_binary_enforces_the_limits_and_producer_governor_show
     let _workers = workers(1, &env).await;
     let producer = scope.producer().await;
     for chat_id in [41, 42, 43] {
-        let args = send_message::Args { chat_id, text: format!("to {chat_id}") };
+        let args = send_message::Args::text(chat_id, format!("to {chat_id}"));
         producer.enqueue(send_message::TASK, &args).await.unwrap();
     }
     scope

@@ -181,7 +181,7 @@ async fn send_all(
     while ids.len() < n {
         while issued < n && pending.len() < options.in_flight {
             issued += 1;
-            let args = tasks::send_message::Args { chat_id: issued as i64, text: format!("{what} {issued}") };
+            let args = tasks::send_message::Args::text(issued as i64, format!("{what} {issued}"));
             let producer = producer.clone();
             pending.push(async move { producer.enqueue(tasks::send_message::TASK, &args).await.map(|h| h.task_id) });
         }

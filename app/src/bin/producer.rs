@@ -142,6 +142,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Broadcast campaigns: one task to many chats, with progress, pause,
+    /// resume, cancel and a report.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Broadcast(courier::campaign::cli::BroadcastCommand),
 }
 
 /// Which dead letters: every filter given must match.
@@ -210,8 +214,17 @@ async fn main() -> ExitCode {
             bench(&options).await
         }
         Command::Governor { json } => governor(json).await,
+        Command::Broadcast(command) => broadcast(command).await,
     };
     outcome.unwrap_or_else(|code| code)
+}
+
+async fn broadcast(command: courier::campaign::cli::BroadcastCommand) -> Outcome {
+    let settings = settings()?;
+    match courier::campaign::cli::run(&settings, command).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err((code, problem)) => Err(fail(code, problem)),
+    }
 }
 
 async fn governor(json: bool) -> Outcome {

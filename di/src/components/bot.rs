@@ -5,9 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use settings::TelegramSettings;
 use shaku::{Component, Interface};
-use teloxide::payloads::SendMessageSetters;
+use teloxide::payloads::{CopyMessageSetters, SendMessageSetters};
 use teloxide::prelude::Requester;
-use teloxide::types::ChatId;
+use teloxide::types::{ChatId, MessageId, ParseMode};
 use teloxide::{ApiError, Bot, RequestError};
 
 use std::sync::Arc;
@@ -22,6 +22,43 @@ pub struct SentMessage {
     pub chat_id: i64,
     /// Telegram's id of the message (0 when only logged).
     pub message_id: i32,
+}
+
+/// One message to send: a text, or a copy of a message that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The chat it goes to.
+    pub chat_id: i64,
+    /// What it is.
+    pub content: Content,
+}
+
+/// What an [`Outgoing`] message holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A text, formatted as `parse_mode` says (`HTML`, `MarkdownV2`,
+    /// `Markdown`; `None`: plain).
+    Text {
+        /// The text.
+        text: String,
+        /// Telegram's parse mode.
+        parse_mode: Option<String>,
+    },
+    /// A copy of message `message_id` of chat `from_chat_id` (any kind of
+    /// message: a photo with its caption, a poll...), sent as the bot's own.
+    Copy {
+        /// The chat the message is in.
+        from_chat_id: i64,
+        /// Its id there.
+        message_id: i32,
+    },
+}
+
+impl Outgoing {
+    /// A plain text.
+    pub fn text(chat_id: i64, text: impl Into<String>) -> Self {
+        Self { chat_id, content: Content::Text { text: text.into(), parse_mode: None } }
+    }
 }
 
 /// Why a Bot API call failed, split by what the caller should do next.
@@ -88,6 +125,13 @@ impl ChatGone {
     pub fn parse(code: &str) -> Option<Self> {
         [Self::Blocked, Self::Deactivated, Self::Kicked, Self::NotFound].into_iter().find(|c| c.code() == code)
     }
+
+    /// The reason in a failure message that [`BotError::ChatGone`] wrote
+    /// (`chat unreachable (blocked): ...`), wherever it stands in the text.
+    pub fn in_message(text: &str) -> Option<Self> {
+        let (_, rest) = text.split_once("chat unreachable (")?;
+        Self::parse(rest.split_once(')')?.0)
+    }
 }
 
 impl BotError {
@@ -109,6 +153,23 @@ pub trait BotApi: Interface {
     async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
         let _ = lane;
         self.send_message(chat_id, text).await
+    }
+
+    /// Sends `message` in `lane`: a text with a parse mode, or a copy of
+    /// another message. Doubles that only know plain text answer
+    /// `Rejected` for the rest.
+    async fn send(&self, lane: Lane, message: &Outgoing) -> Result<SentMessage, BotError> {
+        match &message.content {
+            Content::Text { text, parse_mode: None } => self.send_message_in(lane, message.chat_id, text).await,
+            _ => Err(BotError::Rejected("this BotApi sends plain text only".to_owned())),
+        }
+    }
+
+    /// [`BotApi::send`], waiting up to `most` for the message's flood-control
+    /// slot instead of answering `Throttled` past the usual threshold.
+    async fn send_patiently(&self, lane: Lane, message: &Outgoing, most: Duration) -> Result<SentMessage, BotError> {
+        let _ = most;
+        self.send(lane, message).await
     }
 
     /// Checks the token and the API (`getMe`); returns the bot's username,
@@ -139,10 +200,17 @@ pub struct TelegramBot {
     pub(crate) governor: Option<Arc<Governor>>,
 }
 
+/// How long a task that has already sent a message waits for the slot of
+/// its next one (inside the task, holding its worker slot) before it is
+/// handed back after all, which sends the earlier messages again.
+pub const PATIENT_WAIT: Duration = Duration::from_secs(30);
+
 /// A bot bound to one lane: what `TaskContext::bot` hands a task.
 pub(crate) struct InLane {
     pub(crate) bot: Arc<dyn BotApi>,
     pub(crate) lane: Lane,
+    /// Whether this attempt has sent a message (then it waits, see [`PATIENT_WAIT`]).
+    pub(crate) sent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -152,7 +220,24 @@ impl BotApi for InLane {
     }
 
     async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
-        self.bot.send_message_in(lane, chat_id, text).await
+        self.send(lane, &Outgoing::text(chat_id, text)).await
+    }
+
+    async fn send(&self, lane: Lane, message: &Outgoing) -> Result<SentMessage, BotError> {
+        use std::sync::atomic::Ordering;
+        let sent = if self.sent.load(Ordering::Acquire) {
+            self.bot.send_patiently(lane, message, PATIENT_WAIT).await
+        } else {
+            self.bot.send(lane, message).await
+        };
+        if sent.is_ok() {
+            self.sent.store(true, Ordering::Release);
+        }
+        sent
+    }
+
+    async fn send_patiently(&self, lane: Lane, message: &Outgoing, most: Duration) -> Result<SentMessage, BotError> {
+        self.bot.send_patiently(lane, message, most).await
     }
 
     async fn check(&self) -> Result<String, BotError> {
@@ -280,38 +365,15 @@ impl BotApi for TelegramBot {
     }
 
     async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
-        let Some(bot) = &self.bot else {
-            tracing::info!(chat_id, text, "telegram (log-only, no token): message not sent");
-            return Ok(SentMessage { chat_id, message_id: 0 });
-        };
-        let mut paid = false;
-        if let Some(governor) = &self.governor {
-            let wait = match governor.admit(chat_id, lane).await {
-                Admission::Go(wait) => wait,
-                Admission::GoPaid(wait) => {
-                    paid = true;
-                    wait
-                }
-                Admission::Later(retry_after) => return Err(BotError::Throttled { retry_after }),
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        let request = bot.send_message(ChatId(chat_id), text);
-        let request = if paid { request.allow_paid_broadcast(true) } else { request };
-        match request.await {
-            Ok(message) => Ok(SentMessage { chat_id: message.chat.id.0, message_id: message.id.0 }),
-            Err(RequestError::RetryAfter(secs)) => {
-                let retry_after = secs.duration();
-                if let Some(governor) = &self.governor {
-                    let bot_wide = governor.rate_limited(chat_id, lane, retry_after).await;
-                    tracing::warn!(chat_id, lane = lane.name(), ?retry_after, bot_wide, "telegram answered 429");
-                }
-                Err(BotError::RateLimited { retry_after })
-            }
-            Err(err) => Err(self.map_error(err)),
-        }
+        self.send(lane, &Outgoing::text(chat_id, text)).await
+    }
+
+    async fn send(&self, lane: Lane, message: &Outgoing) -> Result<SentMessage, BotError> {
+        self.send_within(lane, message, None).await
+    }
+
+    async fn send_patiently(&self, lane: Lane, message: &Outgoing, most: Duration) -> Result<SentMessage, BotError> {
+        self.send_within(lane, message, Some(most)).await
     }
 
     fn governor(&self) -> Option<Arc<Governor>> {
@@ -324,5 +386,70 @@ impl BotApi for TelegramBot {
         };
         let me = bot.get_me().await.map_err(|e| self.map_error(e))?;
         Ok(format!("@{}", me.username()))
+    }
+}
+
+impl TelegramBot {
+    /// Sends through flood control, waiting up to `most` for the slot
+    /// (`None`: `telegram.limits.wait_threshold`).
+    async fn send_within(
+        &self,
+        lane: Lane,
+        message: &Outgoing,
+        most: Option<Duration>,
+    ) -> Result<SentMessage, BotError> {
+        let chat_id = message.chat_id;
+        let Some(bot) = &self.bot else {
+            tracing::info!(chat_id, content = ?message.content, "telegram (log-only, no token): message not sent");
+            return Ok(SentMessage { chat_id, message_id: 0 });
+        };
+        let parse_mode = match &message.content {
+            Content::Text { parse_mode: Some(mode), .. } => Some(
+                ParseMode::try_from(mode.as_str())
+                    .map_err(|()| BotError::Rejected(format!("parse mode {mode:?} (HTML, MarkdownV2, Markdown)")))?,
+            ),
+            _ => None,
+        };
+        let mut paid = false;
+        if let Some(governor) = &self.governor {
+            let wait = match governor.admit_within(chat_id, lane, most).await {
+                Admission::Go(wait) => wait,
+                Admission::GoPaid(wait) => {
+                    paid = true;
+                    wait
+                }
+                Admission::Later(retry_after) => return Err(BotError::Throttled { retry_after }),
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let sent = match &message.content {
+            Content::Text { text, .. } => {
+                let mut request = bot.send_message(ChatId(chat_id), text);
+                if let Some(mode) = parse_mode {
+                    request = request.parse_mode(mode);
+                }
+                let request = if paid { request.allow_paid_broadcast(true) } else { request };
+                request.await.map(|m| SentMessage { chat_id: m.chat.id.0, message_id: m.id.0 })
+            }
+            Content::Copy { from_chat_id, message_id } => {
+                let request = bot.copy_message(ChatId(chat_id), ChatId(*from_chat_id), MessageId(*message_id));
+                let request = if paid { request.allow_paid_broadcast(true) } else { request };
+                request.await.map(|id| SentMessage { chat_id, message_id: id.0 })
+            }
+        };
+        match sent {
+            Ok(sent) => Ok(sent),
+            Err(RequestError::RetryAfter(secs)) => {
+                let retry_after = secs.duration();
+                if let Some(governor) = &self.governor {
+                    let bot_wide = governor.rate_limited(chat_id, lane, retry_after).await;
+                    tracing::warn!(chat_id, lane = lane.name(), ?retry_after, bot_wide, "telegram answered 429");
+                }
+                Err(BotError::RateLimited { retry_after })
+            }
+            Err(err) => Err(self.map_error(err)),
+        }
     }
 }

@@ -231,7 +231,15 @@ impl Governor {
 
     /// Asks to send one message to `chat_id` in `lane`.
     pub async fn admit(&self, chat_id: i64, lane: Lane) -> Admission {
-        let admission = match self.admit_shared(chat_id, lane).await {
+        self.admit_within(chat_id, lane, None).await
+    }
+
+    /// [`Governor::admit`], reserving the slot for a wait up to `most`
+    /// (`None`: `telegram.limits.wait_threshold`).
+    pub async fn admit_within(&self, chat_id: i64, lane: Lane, most: Option<Duration>) -> Admission {
+        let threshold_us =
+            most.map_or(self.plan.threshold_us, |most| i64::try_from(most.as_micros()).unwrap_or(i64::MAX));
+        let admission = match self.admit_shared(chat_id, lane, threshold_us).await {
             Ok(admission) => {
                 self.fallback_changed(false);
                 admission
@@ -239,7 +247,7 @@ impl Governor {
             Err(err) => {
                 tracing::debug!(%err, "flood-control store unavailable");
                 self.fallback_changed(true);
-                self.fallback.admit(chat_id, self.plan.threshold_us)
+                self.fallback.admit(chat_id, threshold_us)
             }
         };
         if let Some(observer) = self.observer.get() {
@@ -255,7 +263,7 @@ impl Governor {
         admission
     }
 
-    async fn admit_shared(&self, chat_id: i64, lane: Lane) -> Result<Admission, GovernorError> {
+    async fn admit_shared(&self, chat_id: i64, lane: Lane, threshold_us: i64) -> Result<Admission, GovernorError> {
         let mut conn = self.conn().await?;
         let plan = &self.plan;
         let chat = plan.chat(chat_id);
@@ -276,7 +284,7 @@ impl Governor {
             .arg(shared.tau_us)
             .arg(chat.interval_us)
             .arg(chat.tau_us)
-            .arg(plan.threshold_us)
+            .arg(threshold_us)
             .arg(lane.name())
             .arg(paid.interval_us)
             .arg(paid.tau_us)

@@ -1,0 +1,276 @@
+//! [`Campaigns`]: create, import, fan out, pause, resume, cancel, status
+//! and report, over the database and NATS of the settings.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use settings::Settings;
+use sqlx::AnyPool;
+
+use super::recipients::{self, Recipients};
+use super::{CAMPAIGN_LABEL, Campaign, CampaignError, CampaignStatus, Counters, RECIPIENT_LABEL, ReportRow, store};
+use crate::broker;
+use crate::publish::{Published, Publisher};
+
+/// Publishes in flight at once during a fan-out.
+const IN_FLIGHT: usize = 256;
+/// Recipients fetched per fan-out page.
+const FAN_OUT_PAGE: i64 = 1_000;
+
+/// What a new campaign is.
+#[derive(Debug, Clone)]
+pub struct CampaignSpec {
+    /// Its id; a new one when `None`. Starting an id again resumes it.
+    pub id: Option<String>,
+    /// The registered task every recipient gets (it takes a `chat_id`).
+    pub task_name: String,
+    /// The shared arguments, a JSON object.
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    /// The lane (`bulk` unless said otherwise; `paid` for paid broadcasts).
+    pub lane: di::Lane,
+    /// A task to enqueue once per dead chat, with `chat_id`, `reason` and `campaign_id`.
+    pub follow_up: Option<String>,
+}
+
+/// What a fan-out did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanOut {
+    /// Messages the stream stored.
+    pub published: u64,
+    /// Messages the stream already had (a re-run within its duplicate window).
+    pub duplicates: u64,
+}
+
+/// Campaigns over one database and one NATS.
+#[derive(Debug, Clone)]
+pub struct Campaigns {
+    pool: AnyPool,
+    publisher: Publisher,
+    nats: settings::NatsSettings,
+}
+
+impl Campaigns {
+    /// Connects to the database (bringing the campaign tables up to date)
+    /// and to NATS (creating the streams if missing).
+    pub async fn connect(settings: &Settings) -> Result<Self, CampaignError> {
+        let db = di::SqlxDb::connect(&settings.database).await?;
+        let pool = di::Db::pool(&db).clone();
+        super::migrator().run(&pool).await?;
+        let client = broker::connect(&settings.nats, "courier-campaigns").await?;
+        broker::ensure_streams(&async_nats::jetstream::new(client.clone()), &settings.nats).await?;
+        Ok(Self::new(pool, Publisher::new(client, settings.nats.clone()), settings.nats.clone()))
+    }
+
+    /// Campaigns over existing parts (the schema must be up to date).
+    pub fn new(pool: AnyPool, publisher: Publisher, nats: settings::NatsSettings) -> Self {
+        Self { pool, publisher, nats }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Creates the campaign (or finds it, when the id exists with the same
+    /// task and arguments) and imports every recipient of `source`; then it
+    /// is `running`. Returns it; [`Campaigns::fan_out`] publishes.
+    pub async fn create(&self, spec: CampaignSpec, source: &Recipients) -> Result<Campaign, CampaignError> {
+        let registry = di::Registry::from_inventory().map_err(|e| CampaignError::Invalid(e.to_string()))?;
+        if registry.get(&spec.task_name).is_none() {
+            return Err(CampaignError::Invalid(format!("no task is registered as {:?}", spec.task_name)));
+        }
+        if let Some(follow_up) = &spec.follow_up
+            && registry.get(follow_up).is_none()
+        {
+            return Err(CampaignError::Invalid(format!("no task is registered as {follow_up:?} (--follow-up)")));
+        }
+        if spec.kwargs.contains_key("chat_id") {
+            return Err(CampaignError::Invalid("--kwargs must not hold chat_id: each recipient's is filled in".into()));
+        }
+        let id = spec.id.clone().unwrap_or_else(|| format!("c-{}", &di::new_task_id()[..12]));
+        super::validate_id(&id)?;
+        let wanted = Campaign {
+            id: id.clone(),
+            task_name: spec.task_name,
+            kwargs: spec.kwargs,
+            lane: spec.lane,
+            status: CampaignStatus::Draft,
+            follow_up: spec.follow_up,
+            imported: false,
+            generation: 0,
+            created_at: store::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        let stored = store::create(&self.pool, &wanted).await?;
+        if (&stored.task_name, &stored.kwargs, stored.lane) != (&wanted.task_name, &wanted.kwargs, wanted.lane) {
+            return Err(CampaignError::Conflict(id));
+        }
+        if !stored.imported {
+            let pool = self.pool.clone();
+            recipients::for_each_page(source, Some(&self.pool), |page| {
+                let (pool, id) = (pool.clone(), id.clone());
+                async move { store::add_recipients(&pool, &id, &page).await.map(drop) }
+            })
+            .await?;
+            store::start(&self.pool, &id).await?;
+        }
+        store::load(&self.pool, &id).await
+    }
+
+    /// Publishes every pending recipient of a running campaign, page by
+    /// page, marking each page queued once the stream stored it; stops
+    /// early when the campaign stops running. Safe to run again (after a
+    /// crash, or twice at once): a recipient's message id is the same within
+    /// one generation, and the stream drops a repeat.
+    pub async fn fan_out(&self, id: &str, mut progress: impl FnMut(u64)) -> Result<FanOut, CampaignError> {
+        let mut done = FanOut::default();
+        let mut last_empty_pass: Option<Instant> = None;
+        loop {
+            let campaign = store::load(&self.pool, id).await?;
+            if campaign.status != CampaignStatus::Running {
+                return Ok(done);
+            }
+            let mut after = 0;
+            let mut found = false;
+            loop {
+                let page = store::pending_after(&self.pool, id, after, FAN_OUT_PAGE).await?;
+                let (Some(&(first, _)), Some(&(last, _))) = (page.first(), page.last()) else { break };
+                found = true;
+                let published = self.publish_page(&campaign, &page).await?;
+                done.published += published.published;
+                done.duplicates += published.duplicates;
+                store::mark_queued(&self.pool, id, first, last).await?;
+                progress(done.published + done.duplicates);
+                after = last;
+                if store::load(&self.pool, id).await?.status != CampaignStatus::Running {
+                    return Ok(done);
+                }
+            }
+            // A worker may park a message (its row back to pending) just as
+            // a resume passes by: look again until a pass a second apart
+            // finds nothing.
+            match (found, last_empty_pass) {
+                (true, _) => last_empty_pass = None,
+                (false, Some(at)) if at.elapsed() >= Duration::from_secs(1) => break,
+                (false, Some(_)) => {}
+                (false, None) => last_empty_pass = Some(Instant::now()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let _ = store::finish_if_complete(&self.pool, id).await?;
+        Ok(done)
+    }
+
+    async fn publish_page(&self, campaign: &Campaign, page: &[(i64, i64)]) -> Result<FanOut, CampaignError> {
+        let subject = broker::lane_subject(&self.nats, campaign.lane);
+        let mut pending = FuturesUnordered::new();
+        let mut done = FanOut::default();
+        for &(seq, chat_id) in page {
+            let task_id = super::task_id(&campaign.id, chat_id);
+            let mut envelope = di::Envelope::new(task_id.clone(), &campaign.task_name, &())
+                .map_err(|e| CampaignError::Invalid(e.to_string()))?;
+            for (key, value) in &campaign.kwargs {
+                let value = rmpv::ext::to_value(value).map_err(|e| CampaignError::Invalid(format!("{key}: {e}")))?;
+                envelope.kwargs.insert(key.clone(), value);
+            }
+            envelope.kwargs.insert("chat_id".into(), chat_id.into());
+            let labels = [
+                (CAMPAIGN_LABEL, campaign.id.clone()),
+                (RECIPIENT_LABEL, seq.to_string()),
+                ("lane", campaign.lane.name().to_owned()),
+            ];
+            let mut headers = HeaderMap::new();
+            for (key, value) in labels {
+                headers.insert(key, value.as_str());
+                envelope.labels.insert(key.to_owned(), value.into());
+            }
+            let bytes = envelope.to_msgpack().map_err(|e| CampaignError::Invalid(e.0))?;
+            // One id per generation: a resume republishes parked recipients,
+            // whose first messages the stream may still remember.
+            let message_id = format!("{task_id}~g{}", campaign.generation);
+            let publisher = self.publisher.clone();
+            let subject = subject.clone();
+            pending.push(async move { publisher.send(subject, &message_id, headers, Bytes::from(bytes)).await });
+            if pending.len() >= IN_FLIGHT
+                && let Some(result) = pending.next().await
+            {
+                count(&mut done, result?);
+            }
+        }
+        while let Some(result) = pending.next().await {
+            count(&mut done, result?);
+        }
+        Ok(done)
+    }
+
+    /// Pauses a running campaign: no worker sends another of its messages.
+    pub async fn pause(&self, id: &str) -> Result<(), CampaignError> {
+        self.change(id, &[CampaignStatus::Running], CampaignStatus::Paused, "pause").await
+    }
+
+    /// Resumes a paused campaign and publishes its pending recipients again.
+    pub async fn resume(&self, id: &str, progress: impl FnMut(u64)) -> Result<FanOut, CampaignError> {
+        let campaign = store::load(&self.pool, id).await?;
+        // Running already: a fan-out cut short (a crash) goes on.
+        if campaign.status != CampaignStatus::Running {
+            self.change(id, &[CampaignStatus::Paused], CampaignStatus::Running, "resume").await?;
+        }
+        self.fan_out(id, progress).await
+    }
+
+    /// Cancels a campaign: recipients not yet reached become `cancelled`.
+    pub async fn cancel(&self, id: &str) -> Result<u64, CampaignError> {
+        use CampaignStatus::{Draft, Paused, Running};
+        self.change(id, &[Draft, Running, Paused], CampaignStatus::Cancelled, "cancel").await?;
+        store::cancel_outstanding(&self.pool, id).await
+    }
+
+    async fn change(
+        &self,
+        id: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        action: &'static str,
+    ) -> Result<(), CampaignError> {
+        if store::transition(&self.pool, id, from, to).await? {
+            return Ok(());
+        }
+        let status = store::load(&self.pool, id).await?.status;
+        Err(CampaignError::Status { id: id.to_owned(), status: status.name(), action })
+    }
+
+    /// The campaign and its counters (marking it done when it is).
+    pub async fn status(&self, id: &str) -> Result<(Campaign, Counters), CampaignError> {
+        let _ = store::finish_if_complete(&self.pool, id).await?;
+        let campaign = store::load(&self.pool, id).await?;
+        Ok((campaign, store::counters(&self.pool, id).await?))
+    }
+
+    /// Calls `row` for every recipient in order (or only the dead chats),
+    /// a page at a time.
+    pub async fn report(
+        &self,
+        id: &str,
+        dead_only: bool,
+        mut row: impl FnMut(&ReportRow),
+    ) -> Result<(), CampaignError> {
+        store::load(&self.pool, id).await?;
+        let mut after = 0;
+        loop {
+            let page = store::report_page(&self.pool, id, after, FAN_OUT_PAGE, dead_only).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = last.seq;
+            page.iter().for_each(&mut row);
+        }
+    }
+}
+
+fn count(done: &mut FanOut, published: Published) {
+    match published {
+        Published::Stored => done.published += 1,
+        Published::Duplicate => done.duplicates += 1,
+    }
+}
