@@ -142,6 +142,10 @@ async fn pull_loop(
 ) -> JoinSet<()> {
     let lane = puller.lane();
     let mut running = JoinSet::new();
+    // After a pull that found nothing the lane is idle: its next pull waits
+    // with one slot only, not with every free one (an idle lane's long poll
+    // would keep the slots from the busy lanes for its whole wait).
+    let mut idle = false;
     'pull: loop {
         let first = tokio::select! {
             slot = slots.acquire(lane) => slot,
@@ -155,7 +159,9 @@ async fn pull_loop(
         // lanes share them, and a message must never wait for one (it would
         // wait without progress acks while its ack_wait runs out).
         let mut batch_slots = vec![first];
-        batch_slots.extend(slots.take_free(lane, MAX_BATCH - 1));
+        if !idle {
+            batch_slots.extend(slots.take_free(lane, MAX_BATCH - 1));
+        }
         if matches!(lane, Lane::Bulk | Lane::Paid)
             && let Some(governor) = &runtime.governor
         {
@@ -214,6 +220,7 @@ async fn pull_loop(
                 }
             }
         }
+        idle = received == 0;
         let healthy = match failure {
             Some(why) => puller.failed(why, &shutdown).await,
             // A pull on a deleted consumer is never answered: it expires

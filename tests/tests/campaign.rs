@@ -1,0 +1,260 @@
+//! Broadcast campaigns end to end: worker processes, the `producer
+//! broadcast` commands, PostgreSQL, and a fake Bot API that enforces the
+//! same limits as the settings and knows which chats blocked the bot.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use it::PgSchema;
+use it::fake_telegram::FakeTelegram;
+use it::flood::{env, workers};
+use it::process::{ChildProcess, command};
+use it::scope::Scope;
+use settings::TelegramLimits;
+use tasks::send_message;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+fn limits(global_per_second: f64) -> TelegramLimits {
+    let mut limits = it::test_settings().telegram.limits;
+    limits.global_per_second = global_per_second;
+    limits.global_burst = 10;
+    limits.private_per_second = 1.0;
+    limits.private_burst = 3;
+    // Replies keep a twentieth: the campaign may use the rest.
+    limits.interactive_reserve = 0.05;
+    limits
+}
+
+/// Worker and producer settings: the scope, the fake, the schema.
+fn campaign_env(
+    scope: &Scope,
+    fake: &FakeTelegram,
+    limits: &TelegramLimits,
+    schema: &PgSchema,
+) -> Vec<(String, String)> {
+    let mut env = env(scope, &fake.url, limits);
+    env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
+    env
+}
+
+/// Runs `producer` with `args`: exit code, stdout, stderr.
+async fn producer(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    let env = env.to_vec();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = command("producer").envs(env).args(&args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    })
+    .await
+    .unwrap()
+}
+
+/// `producer broadcast status ID --json`.
+async fn status(env: &[(String, String)], id: &str) -> serde_json::Value {
+    let (code, out, err) = producer(env, &["broadcast", "status", id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn recipients_file(chats: impl Iterator<Item = i64>) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.csv", it::unique("recipients")));
+    let mut text = String::from("name,chat_id\n");
+    for chat in chats {
+        text.push_str(&format!("user {chat},{chat}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts a campaign of `send_message`; returns its id.
+async fn start(env: &[(String, String)], file: &std::path::Path) -> String {
+    let file = file.to_str().unwrap();
+    let args = ["broadcast", "start", "--task", "send_message", "--recipients", file, "--kwargs", r#"{"text":"news"}"#];
+    let (code, out, err) = producer(env, &args).await;
+    assert_eq!(code, 0, "broadcast start: {err}");
+    out.lines().last().unwrap().to_owned()
+}
+
+async fn wait_done(scope: &Scope, env: &[(String, String)], id: &str) -> serde_json::Value {
+    scope
+        .eventually(WAIT, "the campaign done", || async {
+            let status = status(env, id).await;
+            (status["status"] == "done").then_some(status)
+        })
+        .await
+}
+
+/// How many times each chat got the campaign's message.
+fn received(fake: &FakeTelegram) -> HashMap<i64, usize> {
+    let mut seen = HashMap::new();
+    for (chat, text, _) in fake.accepted() {
+        if text == "news" {
+            *seen.entry(chat).or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_recipients_at_the_limit_each_once_with_the_dead_chats_reported() {
+    let limits = limits(200.0);
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let blocked: Vec<i64> = (1..=10_000).filter(|c| c % 10 == 0).collect();
+    let unknown: Vec<i64> = (1..=10_000).filter(|c| c % 100 == 5).collect();
+    fake.rules(|rules| {
+        blocked.iter().for_each(|&c| rules.block(c));
+        unknown.iter().for_each(|&c| rules.forget(c));
+    });
+    let env = campaign_env(&scope, &fake, &limits, &schema);
+    let _workers = workers(3, &env).await;
+    let file = recipients_file(1..=10_000);
+    let started = Instant::now();
+    let id = start(&env, &file).await;
+
+    // Replies while it runs: enqueue to the message at the fake.
+    let producer_api = scope.producer().await;
+    let mut replies = Vec::new();
+    for i in 0..40_i64 {
+        let envelope =
+            send_message::TASK.envelope(&send_message::Args::text(900_000 + i, format!("reply {i}"))).unwrap();
+        producer_api.enqueue_envelope(&envelope, Some(di::Lane::Interactive)).await.unwrap();
+        replies.push((900_000 + i, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = wait_done(&scope, &env, &id).await;
+    let took = started.elapsed();
+
+    assert_eq!(fake.too_many(), 0, "the fake answered 429");
+    let allowed = Duration::from_secs_f64(10_000.0 / 200.0 * 1.15);
+    assert!(took <= allowed, "took {took:?}; within 15% of 50 s is {allowed:?}");
+    let seen = received(&fake);
+    for chat in 1..=10_000_i64 {
+        let dead = chat % 10 == 0 || chat % 100 == 5;
+        assert_eq!(seen.get(&chat).copied().unwrap_or(0), usize::from(!dead), "chat {chat}");
+    }
+    let counters = &status["counters"];
+    assert_eq!(status["total"], 10_000, "{status}");
+    assert_eq!((counters["sent"].as_u64(), counters["blocked"].as_u64()), (Some(8_900), Some(1_000)), "{status}");
+    assert_eq!(counters["not_found"], 100, "{status}");
+    let sum: u64 = counters.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, 10_000, "every recipient counted once: {status}");
+
+    // The report: exactly the dead chats, with their reasons.
+    let (code, out, err) = producer(&env, &["broadcast", "report", &id, "--csv", "--dead"]).await;
+    assert_eq!(code, 0, "{err}");
+    let mut dead: Vec<(i64, String)> = out
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (fields[1].parse().unwrap(), fields[2].to_owned())
+        })
+        .collect();
+    dead.sort();
+    let mut expected: Vec<(i64, String)> = blocked
+        .iter()
+        .map(|&c| (c, "blocked".to_owned()))
+        .chain(unknown.iter().map(|&c| (c, "not_found".to_owned())))
+        .collect();
+    expected.sort();
+    assert_eq!(dead, expected);
+    assert!(scope.dead_letters().await.is_empty(), "dead chats are the campaign's outcome, not dead letters");
+
+    // Replies went past the campaign.
+    let accepted: HashMap<i64, Instant> = fake.accepted().into_iter().map(|(chat, _, at)| (chat, at)).collect();
+    let mut latencies: Vec<Duration> =
+        replies.iter().map(|(chat, sent)| accepted[chat].duration_since(*sent)).collect();
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    assert!(p99 < Duration::from_secs(1), "reply p99 {p99:?}: {latencies:?}");
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_campaign_sends_nothing_until_resumed() {
+    let limits = limits(200.0);
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let env = campaign_env(&scope, &fake, &limits, &schema);
+    let _workers = workers(2, &env).await;
+    let file = recipients_file(1..=3_000);
+    let id = start(&env, &file).await;
+    scope.eventually(WAIT, "500 sent", || async { (received(&fake).len() >= 500).then_some(()) }).await;
+    let (code, _, err) = producer(&env, &["broadcast", "pause", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    let paused = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during =
+        fake.accepted().iter().filter(|(_, text, at)| text == "news" && *at > paused + Duration::from_secs(1)).count();
+    assert_eq!(during, 0, "campaign messages sent while paused");
+    assert_eq!(status(&env, &id).await["status"], "paused");
+    let (code, _, err) = producer(&env, &["broadcast", "resume", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    let status = wait_done(&scope, &env, &id).await;
+    assert_eq!(status["counters"]["sent"], 3_000, "{status}");
+    let seen = received(&fake);
+    assert!((1..=3_000).all(|chat| seen.get(&chat) == Some(&1)), "each chat exactly once");
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_and_the_fan_out_mid_campaign_loses_nothing() {
+    let mut limits = limits(1_000.0);
+    limits.global_burst = 50;
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let mut env = campaign_env(&scope, &fake, &limits, &schema);
+    let concurrency = 8;
+    env.push(("COURIER_WORKER__CONCURRENCY".into(), concurrency.to_string()));
+    let mut running = workers(2, &env).await;
+    let file = recipients_file(1..=20_000);
+    // The fan-out, killed once part of it is published.
+    let path = file.to_str().unwrap().to_owned();
+    let fan_out = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || {
+            let kwargs = r#"{"text":"news"}"#;
+            let args = ["broadcast", "start", "--task", "send_message", "--recipients", &path, "--kwargs", kwargs];
+            let args = [&args[..], &["--id", "crash-test"]].concat();
+            ChildProcess::spawn_with_args("producer", &env, &args, "recipients imported")
+        }
+    })
+    .await
+    .unwrap();
+    let db = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let count = |status: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM courier_campaign_recipients WHERE campaign_id = 'crash-test' AND status = $1",
+            )
+            .bind(status)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    scope.eventually(WAIT, "part published", || async { (count("queued").await >= 1_000).then_some(()) }).await;
+    fan_out.signal("KILL");
+    assert!(count("pending").await > 0, "the fan-out had finished before it was killed: the test proves nothing");
+    scope.eventually(WAIT, "300 sent", || async { (received(&fake).len() >= 300).then_some(()) }).await;
+    running[0].signal("KILL");
+    running.extend(workers(1, &env).await);
+    let (code, _, err) = producer(&env, &["broadcast", "resume", "crash-test"]).await;
+    assert_eq!(code, 0, "{err}");
+    let status = wait_done(&scope, &env, "crash-test").await;
+    assert_eq!(status["counters"]["sent"], 20_000, "{status}");
+    assert_eq!(status["total"], 20_000, "{status}");
+    let seen = received(&fake);
+    assert!((1..=20_000).all(|chat| seen.contains_key(&chat)), "every chat reached");
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert!(twice <= concurrency, "{twice} chats got a second copy; the crashed worker ran at most {concurrency}");
+    assert_eq!(fake.too_many(), 0);
+    std::fs::remove_file(file).unwrap();
+}
