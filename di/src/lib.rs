@@ -18,6 +18,7 @@ pub mod ids;
 pub mod outcome;
 pub mod record;
 pub mod registry;
+pub mod schema;
 pub mod shape;
 pub mod task;
 pub mod testing;
@@ -35,6 +36,7 @@ pub use governor::{Admission, FloodObserver, Governor, Lane};
 pub use ids::{IdError, validate_labels, validate_task_id};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
+pub use schema::{ArgsSchema, Field, Shape};
 pub use shape::{DecodeLimits, ShapeError};
 pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
 
