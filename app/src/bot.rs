@@ -75,7 +75,7 @@ pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> 
                 updates
             }
             Err(err) => {
-                tracing::warn!(%err, retry_in = ?backoff, "getUpdates failed");
+                tracing::warn!(%err, retry_in = %crate::telemetry::human(backoff), "getUpdates failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = &mut shutdown => break,

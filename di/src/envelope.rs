@@ -187,10 +187,14 @@ fn decode_strict<A: DeserializeOwned>(value: rmpv::Value) -> Result<A, CodecErro
     };
     let decoded: Result<A, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note));
     match decoded {
-        Err(err) => match err.path().to_string() {
-            root if root == "." => Err(CodecError::capped(CONTEXT, err.inner())),
-            path => Err(CodecError::capped(&format!("{CONTEXT}: field `{path}`"), err.inner())),
-        },
+        Err(err) => {
+            // Serde's message without rmpv's "error while decoding value: ".
+            let rmpv::ext::Error::Syntax(inner) = err.inner();
+            match err.path().to_string() {
+                root if root == "." => Err(CodecError::capped(CONTEXT, inner)),
+                path => Err(CodecError::capped(&format!("{CONTEXT}: field `{path}`"), inner)),
+            }
+        }
         Ok(_) if !unknown.is_empty() => {
             let known = crate::schema::trace::<A>().and_then(|(shape, _)| match shape {
                 crate::schema::Shape::Struct(fields) => Some(fields.iter().map(|(name, _)| *name).collect::<Vec<_>>()),

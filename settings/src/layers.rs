@@ -76,20 +76,29 @@ impl Sources {
             .collect()
     }
 
-    /// Keys of a file's `[default]` that the built-in `[<profile>]` beats.
+    /// Keys of a file's `[default]` that the built-in `[<profile>]` beats
+    /// and no file's `[<profile>]` sets (then the file has said what it
+    /// wants for this profile, as the repository's own copy of the
+    /// built-in file does).
     fn find_shadowed(&self) -> Vec<String> {
+        let profile = Profile::new(&self.profile);
+        let keys_of = |data: &figment::value::Map<Profile, Dict>, profile: &Profile| {
+            data.get(profile).map(dotted_keys).unwrap_or_default()
+        };
         let built_in = Toml::string(BUILT_IN).nested().data().unwrap_or_default();
-        let Some(profile_table) = built_in.get(&Profile::new(&self.profile)) else { return Vec::new() };
-        let built_in_keys = dotted_keys(profile_table);
+        let overriding = keys_of(&built_in, &profile);
+        let files: Vec<_> =
+            self.files.iter().map(|path| (path, Toml::file_exact(path).nested().data().unwrap_or_default())).collect();
+        let decided: Vec<String> = files.iter().flat_map(|(_, data)| keys_of(data, &profile)).collect();
         let mut shadowed = Vec::new();
-        for path in &self.files {
-            let data = Toml::file_exact(path).nested().data().unwrap_or_default();
-            if let Some(defaults) = data.get(&Profile::Default) {
-                let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                shadowed.extend(
-                    dotted_keys(defaults).into_iter().filter(|k| built_in_keys.contains(k)).map(|k| format!("{name} {k}")),
-                );
-            }
+        for (path, data) in &files {
+            let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            shadowed.extend(
+                keys_of(data, &Profile::Default)
+                    .into_iter()
+                    .filter(|k| overriding.contains(k) && !decided.contains(k))
+                    .map(|k| format!("{name} {k}")),
+            );
         }
         shadowed
     }

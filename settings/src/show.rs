@@ -16,14 +16,26 @@ const SECRET_KEYS: [&str; 3] = ["token", "password", "secret"];
 pub(crate) fn masked(selected: &Figment, settings: &Settings) -> Result<Dict, SettingsError> {
     let mut merged: Dict = selected.extract().map_err(Box::new)?;
     let mut secrets: Vec<String> = settings.telegram.token.iter().map(|t| t.expose().to_owned()).collect();
-    secrets.extend(settings.redis.url.password());
-    secrets.extend(settings.database.url.password());
-    secrets.extend(settings.nats.url.servers().iter().filter_map(|url| url.password()));
-    secrets.retain(|s| !s.is_empty());
+    let urls = [&settings.redis.url, &settings.database.url].into_iter().chain(settings.nats.url.servers());
+    secrets.extend(urls.filter_map(|url| credential(url.expose())));
+    secrets.retain(|s| s.len() >= 3);
     for (key, value) in &mut merged {
         mask(key, value, &secrets);
     }
     Ok(merged)
+}
+
+/// A URL's password, or the user part NATS reads as a token; not a plain
+/// user name (`postgres://postgres@...` would otherwise mask every
+/// "postgres").
+fn credential(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    let secret = match url.password() {
+        Some(password) => password,
+        None if url.scheme().starts_with("nats") || url.scheme() == "tls" => url.username(),
+        None => return None,
+    };
+    (!secret.is_empty()).then(|| crate::percent_decode(secret))
 }
 
 fn mask(key: &str, value: &mut Value, secrets: &[String]) {
