@@ -119,7 +119,9 @@ impl Runtime {
         loop {
             match self.executor.save(execution).await {
                 Ok(()) => return true,
-                Err(err) => tracing::warn!(%err, retry_in = %crate::telemetry::human(pause), "record not saved yet; retrying the save only"),
+                Err(err) => {
+                    tracing::warn!(%err, retry_in = %crate::telemetry::human(pause), "record not saved yet; retrying the save only")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

@@ -201,10 +201,10 @@ async fn verify_telegram(settings: &TelegramSettings) -> Result<(TelegramBot, St
 
     let bot = TelegramBot::from_settings(settings)?;
     let Some(client) = bot.teloxide() else {
-        let status = bot.check().await.map_err(|err| StartupError::Misconfigured {
-            component: Component::Telegram,
-            reason: err.to_string(),
-        })?;
+        let status = bot
+            .check()
+            .await
+            .map_err(|err| StartupError::Misconfigured { component: Component::Telegram, reason: err.to_string() })?;
         return Ok((bot, status));
     };
     let url = settings.api_url.clone();

@@ -49,7 +49,8 @@ impl Sources {
             .filter(|key| key.strip_prefix(ENV_PREFIX).is_some_and(|rest| rest.contains("__")))
             .collect();
         env_keys.sort();
-        let mut sources = Self { profile: profile.to_owned(), files, env_keys, shadowed: Vec::new(), shown: Dict::new() };
+        let mut sources =
+            Self { profile: profile.to_owned(), files, env_keys, shadowed: Vec::new(), shown: Dict::new() };
         sources.shadowed = sources.find_shadowed();
         sources
     }

@@ -148,8 +148,8 @@ fn misspelt_variables() -> Result<(), SettingsError> {
 
 /// Every key the built-in defaults set, dotted.
 fn known_keys() -> Vec<String> {
-    use figment::providers::{Format, Toml};
     use figment::Provider;
+    use figment::providers::{Format, Toml};
     let data = Toml::string(BUILT_IN).nested().data().unwrap_or_default();
     data.get(&Profile::Default).map(layers::dotted_keys).unwrap_or_default()
 }

@@ -88,7 +88,10 @@ fn usage_and_configuration_errors_exit_2_in_every_binary() {
         }
     }
     let (_, _, err) = run("worker", &["--check"], &[("COURIER_WROKER__CONCURRENCY", "4")]);
-    assert!(err.contains("COURIER_WROKER__CONCURRENCY") && err.contains("did you mean COURIER_WORKER__CONCURRENCY"), "{err}");
+    assert!(
+        err.contains("COURIER_WROKER__CONCURRENCY") && err.contains("did you mean COURIER_WORKER__CONCURRENCY"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -198,4 +201,22 @@ fn print_settings_shows_the_merged_settings_with_secrets_masked() {
 fn the_readme_carries_the_exit_code_table() {
     let readme = include_str!("../../README.md");
     assert!(readme.contains(EXIT_CODES), "README.md's exit-code table differs from courier::cli::EXIT_CODES");
+}
+
+#[tokio::test]
+async fn the_worker_log_has_no_debug_formatting() {
+    let scope = Scope::new();
+    let env = scope.env();
+    let log = tokio::task::spawn_blocking(move || {
+        let mut worker = it::process::ChildProcess::start(&env);
+        let log = worker.log();
+        assert_eq!(worker.terminate(std::time::Duration::from_secs(20)).code(), Some(0));
+        log
+    })
+    .await
+    .unwrap();
+    assert!(log.contains("mode=\"jetstream\"") && log.contains("settings loaded"), "{log}");
+    for debug in ["Jetstream", "WorkQueue", "Some(", "[\"", "Duration"] {
+        assert!(!log.contains(debug), "{debug} in the log:\n{log}");
+    }
 }

@@ -178,9 +178,7 @@ async fn main() -> ExitCode {
     telemetry::init_quiet();
     let outcome = match Cli::parse().command {
         Command::Tasks { json } => list_tasks(json),
-        Command::Send { task, kwargs, id, labels, wait, json } => {
-            send(&task, &kwargs, id, &labels, wait, json).await
-        }
+        Command::Send { task, kwargs, id, labels, wait, json } => send(&task, &kwargs, id, &labels, wait, json).await,
         Command::Result { task_id } => result(&task_id).await,
         Command::DeadLetters { limit, filter } => list_dead_letters(limit.get(), filter.into_filter(None)).await,
         Command::Replay { task_id: Some(task_id), filter, json, .. } => {
@@ -357,8 +355,9 @@ fn print_counts(matched: u64, replayed: u64, failed: u64, json: bool) {
 
 async fn bench(options: &courier::bench::BenchOptions) -> Outcome {
     let settings = settings()?;
-    let report =
-        courier::bench::run(&settings, options).await.map_err(|err| fail(Exit::Unavailable, format!("bench: {err}")))?;
+    let report = courier::bench::run(&settings, options)
+        .await
+        .map_err(|err| fail(Exit::Unavailable, format!("bench: {err}")))?;
     if options.json {
         print_json(&report);
     } else {

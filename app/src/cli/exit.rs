@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn the_table_lists_every_code_in_order() {
-        let codes = [Exit::Ok, Exit::Failed, Exit::Usage, Exit::Unavailable, Exit::NotFound, Exit::Timeout, Exit::Conflict];
+        let codes =
+            [Exit::Ok, Exit::Failed, Exit::Usage, Exit::Unavailable, Exit::NotFound, Exit::Timeout, Exit::Conflict];
         for (n, exit) in codes.into_iter().enumerate() {
             assert_eq!(usize::from(exit.code()), n);
             assert!(EXIT_CODES.contains(&format!("\n  {n}  ")), "{n} missing from the table");

@@ -83,7 +83,8 @@ pub fn render(tasks: &[TaskInfo]) -> String {
     let mut out = String::new();
     for task in tasks {
         let timeout = humantime::format_duration(std::time::Duration::from_secs_f64(task.timeout_seconds));
-        let attempts = if task.max_attempts == 1 { "1 attempt".to_owned() } else { format!("{} attempts", task.max_attempts) };
+        let attempts =
+            if task.max_attempts == 1 { "1 attempt".to_owned() } else { format!("{} attempts", task.max_attempts) };
         let _ = writeln!(out, "{}  ({} lane, {attempts}, timeout {timeout})", task.name, task.lane);
         match &task.fields {
             Some(fields) if !fields.is_empty() => {
