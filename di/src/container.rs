@@ -195,7 +195,7 @@ pub async fn check_components(settings: &Settings) -> Vec<ComponentCheck> {
 /// Builds the bot from settings and checks it with `getMe`, telling apart
 /// a server that cannot be reached, one that refuses the token, and an
 /// answer that is not the Bot API's (`worker --check` says which).
-async fn verify_telegram(settings: &TelegramSettings) -> Result<(TelegramBot, String), StartupError> {
+pub async fn verify_telegram(settings: &TelegramSettings) -> Result<(TelegramBot, String), StartupError> {
     use teloxide::RequestError;
     use teloxide::prelude::Requester;
 

@@ -26,7 +26,9 @@ pub mod testing;
 pub use components::bot::{BotApi, BotError, ChatGone, SentMessage, TelegramBot};
 pub use components::db::{Db, DbError, SqlxDb};
 pub use components::result_store::{RedisResultStore, ResultStore, StoreError};
-pub use container::{AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components};
+pub use container::{
+    AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components, verify_telegram,
+};
 pub use context::{DbSession, TaskContext};
 pub use enqueue::{EnqueueError, Enqueuer, InMemoryEnqueuer, NoEnqueuer};
 pub use envelope::{ARGS_DIGEST_LABEL, CodecError, Envelope};

@@ -156,6 +156,7 @@ async fn check_tells_an_unexpected_answer_and_a_refusal_from_an_unreachable_tele
     let refusing = answering(401, r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#).await;
     let nobody = "http://127.0.0.1:1/".to_owned();
     for (url, said) in [(html, "gave an unexpected answer"), (refusing, "refused us"), (nobody, "is unreachable")] {
+        let url_again = url.clone();
         let (code, out, err) = tokio::task::spawn_blocking(move || {
             run("worker", &["--check"], &[("COURIER_TELEGRAM__TOKEN", "1:x"), ("COURIER_TELEGRAM__API_URL", &url)])
         })
@@ -164,6 +165,14 @@ async fn check_tells_an_unexpected_answer_and_a_refusal_from_an_unreachable_tele
         let line = out.lines().find(|l| l.contains("telegram")).unwrap_or_else(|| panic!("{out}{err}"));
         assert!(line.starts_with("FAIL") && line.contains(said), "expected {said:?}: {line}");
         assert_eq!(code, 3, "{out}");
+        // The bot says the same.
+        let (code, _, err) = tokio::task::spawn_blocking(move || {
+            run("bot", &[], &[("COURIER_TELEGRAM__TOKEN", "1:x"), ("COURIER_TELEGRAM__API_URL", &url_again)])
+        })
+        .await
+        .unwrap();
+        assert!(err.contains(said), "bot: expected {said:?}: {err}");
+        assert_eq!(code, 3, "bot: {err}");
     }
 }
 
