@@ -50,7 +50,12 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the bot until `shutdown` resolves.
 pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), BotError> {
-    let telegram = TelegramBot::from_settings(&settings.telegram)?;
+    if settings.telegram.token.is_none() {
+        return Err(BotError::NoToken);
+    }
+    // getMe first: an unreachable server, a refused token and an answer that
+    // is not the Bot API's are told apart (and exit differently).
+    let (telegram, _) = di::verify_telegram(&settings.telegram).await?;
     let bot = telegram.teloxide().cloned().ok_or(BotError::NoToken)?;
     // Replies share the bot's flood-control budget with the workers, in the
     // interactive lane.
@@ -75,7 +80,7 @@ pub async fn run_bot(settings: Settings, shutdown: impl Future<Output = ()>) -> 
                 updates
             }
             Err(err) => {
-                tracing::warn!(%err, retry_in = ?backoff, "getUpdates failed");
+                tracing::warn!(%err, retry_in = %crate::telemetry::human(backoff), "getUpdates failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = &mut shutdown => break,

@@ -189,22 +189,22 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
     if found.retention != wanted.retention || found.storage != wanted.storage {
         return Err(BrokerError::StreamMismatch {
             stream: settings.stream.clone(),
-            found: format!("retention {:?}, storage {:?}", found.retention, found.storage),
-            wanted: "retention WorkQueue, storage File".to_owned(),
+            found: format!("retention {}, storage {}", retention_name(found.retention), storage_name(found.storage)),
+            wanted: "retention work queue, storage file".to_owned(),
         });
     }
     if !found.subjects.iter().any(|s| s == &settings.subject) {
         return Err(BrokerError::StreamMismatch {
             stream: settings.stream.clone(),
-            found: format!("subjects {:?}", found.subjects),
-            wanted: format!("subject {:?}", settings.subject),
+            found: format!("subjects {}", found.subjects.join(", ")),
+            wanted: format!("subject {}", settings.subject),
         });
     }
     if found.duplicate_window != wanted.duplicate_window {
         tracing::warn!(
             stream = %settings.stream,
-            found = ?found.duplicate_window,
-            wanted = ?wanted.duplicate_window,
+            found = %humantime::format_duration(found.duplicate_window),
+            wanted = %humantime::format_duration(wanted.duplicate_window),
             "the stream's duplicate window differs from nats.duplicate_window; the stream's is in force"
         );
     }
@@ -280,7 +280,7 @@ pub async fn ensure_consumer(
     {
         tracing::warn!(
             consumer = %durable,
-            found = ?found.filter_subject,
+            found = %found.filter_subject,
             wanted = %wanted.filter_subject,
             "the consumer filters another subject (created before lanes, or rewritten by a taskiq producer); \
              re-creating it (unacknowledged messages are delivered again)"
@@ -308,12 +308,37 @@ fn consumer_differences(found: &consumer::Config, wanted: &consumer::pull::Confi
             out.push(format!("{name} {found} (settings: {wanted})"));
         }
     };
-    diff("ack_policy", format!("{:?}", found.ack_policy), format!("{:?}", wanted.ack_policy));
-    diff("ack_wait", format!("{:?}", found.ack_wait), format!("{:?}", wanted.ack_wait));
+    diff("ack_policy", ack_policy_name(found.ack_policy).to_owned(), ack_policy_name(wanted.ack_policy).to_owned());
+    let wait = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    diff("ack_wait", wait(found.ack_wait), wait(wanted.ack_wait));
     diff("max_deliver", found.max_deliver.to_string(), wanted.max_deliver.to_string());
     diff("max_ack_pending", found.max_ack_pending.to_string(), wanted.max_ack_pending.to_string());
-    diff("filter_subject", format!("{:?}", found.filter_subject), format!("{:?}", wanted.filter_subject));
+    diff("filter_subject", found.filter_subject.clone(), wanted.filter_subject.clone());
     out
+}
+
+/// Names for messages (async-nats' `Debug` would say `WorkQueue`).
+fn retention_name(policy: stream::RetentionPolicy) -> &'static str {
+    match policy {
+        stream::RetentionPolicy::Limits => "limits",
+        stream::RetentionPolicy::Interest => "interest",
+        stream::RetentionPolicy::WorkQueue => "work queue",
+    }
+}
+
+fn storage_name(storage: stream::StorageType) -> &'static str {
+    match storage {
+        stream::StorageType::File => "file",
+        stream::StorageType::Memory => "memory",
+    }
+}
+
+fn ack_policy_name(policy: consumer::AckPolicy) -> &'static str {
+    match policy {
+        consumer::AckPolicy::Explicit => "explicit",
+        consumer::AckPolicy::None => "none",
+        consumer::AckPolicy::All => "all",
+    }
 }
 
 /// What a worker needs to build its part of the broker again: the task

@@ -1,50 +1,85 @@
-//! `worker --check`: connect to every component and report each on one line.
+//! `worker --check`: the task registry and every component, one line each,
+//! and the exit code they add up to.
 
 use std::fmt;
 
+use di::{Registry, RegistryError};
+use serde::Serialize;
 use settings::Settings;
 
 use crate::broker;
+use crate::cli::Exit;
 
 /// The outcome for one component.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct CheckLine {
-    /// `nats`, `database`, `redis` or `telegram`.
+    /// `tasks`, `nats`, `database`, `redis` or `telegram`.
     pub component: String,
     /// Where it was looked for (redacted).
     pub target: String,
-    /// A short description when reachable, the error otherwise.
-    pub outcome: Result<String, String>,
+    /// Whether it is usable.
+    pub ok: bool,
+    /// A short description when usable, the problem otherwise.
+    pub detail: String,
+    /// The exit code this line alone would give.
+    #[serde(skip)]
+    pub exit: Exit,
 }
 
-impl fmt::Display for CheckLine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.outcome {
-            Ok(what) => write!(f, "ok    {:<9} {} ({what})", self.component, self.target),
-            Err(why) => write!(f, "FAIL  {:<9} {}: {why}", self.component, self.target),
+impl CheckLine {
+    fn new(component: impl fmt::Display, target: String, outcome: Result<String, (Exit, String)>) -> Self {
+        let component = component.to_string();
+        match outcome {
+            Ok(detail) => Self { component, target, ok: true, detail, exit: Exit::Ok },
+            Err((exit, detail)) => Self { component, target, ok: false, detail, exit },
         }
     }
 }
 
-/// Checks NATS and every container component, independently.
+impl fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ok {
+            write!(f, "ok    {:<9} {} ({})", self.component, self.target, self.detail)
+        } else {
+            write!(f, "FAIL  {:<9} {}: {}", self.component, self.target, self.detail)
+        }
+    }
+}
+
+/// The exit code of a whole check: the most serious line's (usage and
+/// configuration before unavailable components).
+pub fn exit(lines: &[CheckLine]) -> Exit {
+    let failed = lines.iter().filter(|line| !line.ok).map(|line| line.exit);
+    failed.min_by_key(|exit| if *exit == Exit::Usage { 0 } else { exit.code() }).unwrap_or(Exit::Ok)
+}
+
+/// The registry's line: how many tasks, or the duplicate names.
+pub fn registry_line(registry: Result<Registry, RegistryError>) -> CheckLine {
+    let outcome = match registry {
+        Ok(registry) => Ok(format!("{} registered: {}", registry.names().len(), registry.names().join(", "))),
+        Err(err) => Err((Exit::Usage, err.to_string())),
+    };
+    CheckLine::new("tasks", "this binary".to_owned(), outcome)
+}
+
+/// Checks the registry, NATS and every container component, independently.
 pub async fn check_all(settings: &Settings) -> Vec<CheckLine> {
     let nats = async {
         let outcome = match broker::connect(&settings.nats, "courier-check").await {
             Ok(client) => {
                 let js = broker::check_jetstream(&client, &settings.nats).await;
                 let _ = client.drain().await;
-                js.map(|()| "JetStream enabled".to_owned()).map_err(|err| err.to_string())
+                js.map(|()| "JetStream enabled".to_owned()).map_err(|err| (Exit::from(&err), err.to_string()))
             }
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err((Exit::from(&err), err.to_string())),
         };
-        CheckLine { component: "nats".to_owned(), target: settings.nats.url.redacted(), outcome }
+        CheckLine::new("nats", settings.nats.url.redacted(), outcome)
     };
     let (nats, components) = tokio::join!(nats, di::check_components(settings));
-    let mut lines = vec![nats];
-    lines.extend(components.into_iter().map(|c| CheckLine {
-        component: c.component.to_string(),
-        target: c.target,
-        outcome: c.outcome.map_err(|err| err.to_string()),
+    let mut lines = vec![registry_line(Registry::from_inventory()), nats];
+    lines.extend(components.into_iter().map(|c| {
+        let outcome = c.outcome.map_err(|err| (Exit::from(&err), err.to_string()));
+        CheckLine::new(c.component, c.target, outcome)
     }));
     lines
 }

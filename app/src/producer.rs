@@ -44,7 +44,7 @@ pub enum ProducerError {
     #[error("cannot encode the arguments: {0}")]
     Encode(#[from] di::CodecError),
     /// No final result within the time allowed.
-    #[error("task {task_id} has no final result after {waited:?} (last status: {last:?})")]
+    #[error("task {task_id} has no final result after {} (last status: {})", crate::telemetry::human(*.waited), .last.map_or("none", TaskStatus::name))]
     Timeout {
         /// The task.
         task_id: String,

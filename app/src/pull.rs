@@ -122,7 +122,7 @@ impl Puller {
         self.failures = self.failures.saturating_add(1);
         let pause = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(8).saturating_sub(1)).min(MAX_BACKOFF);
         let lane = self.lane;
-        tracing::warn!(reason = %why, lane = lane.name(), failures = self.failures, retry_in = ?pause, "cannot pull; repairing the consumer");
+        tracing::warn!(reason = %why, lane = lane.name(), failures = self.failures, retry_in = %crate::telemetry::human(pause), "cannot pull; repairing the consumer");
         self.health.set(lane, Some(why));
         match self.topology.ensure_lane(lane).await {
             Ok(consumer) => self.consumer = consumer,

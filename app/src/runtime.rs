@@ -128,7 +128,9 @@ impl Runtime {
         loop {
             match self.executor.save(execution).await {
                 Ok(()) => return true,
-                Err(err) => tracing::warn!(%err, retry_in = ?pause, "record not saved yet; retrying the save only"),
+                Err(err) => {
+                    tracing::warn!(%err, retry_in = %crate::telemetry::human(pause), "record not saved yet; retrying the save only")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
@@ -168,7 +170,7 @@ impl Runtime {
                 Ok(_) => return Ok(()),
                 Err(err) if tries >= DEAD_LETTER_TRIES => return Err(err),
                 Err(err) => {
-                    tracing::warn!(%err, retry_in = ?pause, "dead letter not stored; retrying the copy only");
+                    tracing::warn!(%err, retry_in = %crate::telemetry::human(pause), "dead letter not stored; retrying the copy only");
                     if let Some(topology) = &self.topology
                         && let Err(err) = topology.ensure_lane(Lane::Transactional).await
                     {

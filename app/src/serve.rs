@@ -411,7 +411,7 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
         }
         Disposition::Retry { delay } => {
             let _ = message.ack_with(AckKind::Nak(Some(*delay))).await;
-            tracing::info!(elapsed_ms, retry_in = ?delay, error = %describe(&execution.outcome), "task failed; will retry");
+            tracing::info!(elapsed_ms, retry_in = %crate::telemetry::human(*delay), error = %describe(&execution.outcome), "task failed; will retry");
         }
         Disposition::HandBack => {
             let _ = message.ack_with(AckKind::Nak(None)).await;

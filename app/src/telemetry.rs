@@ -22,3 +22,26 @@ pub fn init(log: &LogSettings) {
 pub fn init_quiet() {
     init(&LogSettings { level: "warn".to_owned(), format: LogFormat::Text });
 }
+
+/// Logs which settings layers were loaded (files, profile, the names of the
+/// `COURIER_*` variables; never a value), and warns about keys a file sets
+/// under `[default]` that the built-in profile table overrides.
+pub fn log_settings(settings: &settings::Settings) {
+    let sources = &settings.sources;
+    tracing::info!(layers = %sources, "settings loaded");
+    for shadowed in &sources.shadowed {
+        tracing::warn!(
+            key = %shadowed,
+            profile = %sources.profile,
+            "a [default] key that the built-in [{}] table overrides: set it under [{}] instead",
+            sources.profile,
+            sources.profile
+        );
+    }
+}
+
+/// A duration for logs and messages, to the millisecond (`1s 250ms`), not
+/// `Debug`'s `1.250371s`.
+pub fn human(duration: std::time::Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(std::time::Duration::from_millis(duration.as_millis().try_into().unwrap_or(u64::MAX)))
+}

@@ -164,7 +164,7 @@ async fn serve_container(
     }
     tracing::info!(
         profile = %settings.profile,
-        tasks = ?names,
+        tasks = %names.join(","),
         concurrency = settings.worker.concurrency,
         startup_ms = started.elapsed().as_millis() as u64,
         "worker ready"

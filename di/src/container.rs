@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use settings::Settings;
+use settings::{Settings, TelegramSettings};
 use shaku::{HasComponent, module};
 
 use crate::components::bot::{BotApi, TelegramBot, TelegramBotParameters};
@@ -123,7 +123,7 @@ impl ContainerBuilder<'_> {
             Some(store) => builder = builder.with_component_override::<dyn ResultStore>(store),
             None => {
                 let store = RedisResultStore::connect(&settings.redis).await?;
-                tracing::info!(component = %Component::Redis, url = %settings.redis.url, ttl = ?settings.redis.result_ttl, "connected");
+                tracing::info!(component = %Component::Redis, url = %settings.redis.url, ttl_seconds = settings.redis.result_ttl.as_secs(), "connected");
                 builder = builder.with_component_parameters::<RedisResultStore>(RedisResultStoreParameters {
                     pool: store.pool,
                     ttl: store.ttl,
@@ -135,7 +135,7 @@ impl ContainerBuilder<'_> {
         match self.bot {
             Some(bot) => builder = builder.with_component_override::<dyn BotApi>(bot),
             None => {
-                let (bot, status) = TelegramBot::verify(&settings.telegram).await?;
+                let (bot, status) = verify_telegram(&settings.telegram).await?;
                 let governor = crate::governor::connect(&bot, settings).await?;
                 tracing::info!(
                     component = %Component::Telegram,
@@ -185,9 +185,40 @@ pub async fn check_components(settings: &Settings) -> Vec<ComponentCheck> {
         ComponentCheck { component: Component::Redis, target: settings.redis.url.redacted(), outcome }
     };
     let telegram = async {
-        let outcome = TelegramBot::verify(&settings.telegram).await.map(|(_, status)| status);
+        let outcome = verify_telegram(&settings.telegram).await.map(|(_, status)| status);
         ComponentCheck { component: Component::Telegram, target: settings.telegram.api_url.clone(), outcome }
     };
     let (db, redis, telegram) = tokio::join!(db, redis, telegram);
     vec![db, redis, telegram]
+}
+
+/// Builds the bot from settings and checks it with `getMe`, telling apart
+/// a server that cannot be reached, one that refuses the token, and an
+/// answer that is not the Bot API's (`worker --check` says which).
+pub async fn verify_telegram(settings: &TelegramSettings) -> Result<(TelegramBot, String), StartupError> {
+    use teloxide::RequestError;
+    use teloxide::prelude::Requester;
+
+    let bot = TelegramBot::from_settings(settings)?;
+    let Some(client) = bot.teloxide() else {
+        let status = bot
+            .check()
+            .await
+            .map_err(|err| StartupError::Misconfigured { component: Component::Telegram, reason: err.to_string() })?;
+        return Ok((bot, status));
+    };
+    let url = settings.api_url.clone();
+    let token = settings.token.as_ref().map_or("", |t| t.expose());
+    let reason = |err: &dyn std::fmt::Display| crate::error::scrub(&err.to_string(), &[token]);
+    let me = client.get_me().await.map_err(|err| match &err {
+        RequestError::InvalidJson { source, .. } => StartupError::UnexpectedAnswer {
+            component: Component::Telegram,
+            url,
+            reason: format!("not a Bot API reply to getMe ({})", reason(source)),
+        },
+        RequestError::Api(api) => StartupError::Refused { component: Component::Telegram, url, reason: reason(api) },
+        other => StartupError::Unreachable { component: Component::Telegram, url, reason: reason(other) },
+    })?;
+    let status = format!("@{}", me.username());
+    Ok((bot, status))
 }

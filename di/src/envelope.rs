@@ -150,14 +150,15 @@ impl Envelope {
     }
 
     /// Decodes the arguments as `A`: from `kwargs` by field name, or from
-    /// positional `args` in field order.
+    /// positional `args` in field order. Strict: a key `A` has no field for
+    /// is an error too, and every error names the field at fault.
     pub fn decode_args<A: DeserializeOwned>(&self) -> Result<A, CodecError> {
         let value = match (self.args.is_empty(), self.kwargs.is_empty()) {
             (true, true) => {
                 // No arguments: a struct without fields, or `()`.
-                return rmpv::ext::from_value(rmpv::Value::Map(Vec::new()))
-                    .or_else(|_| rmpv::ext::from_value(rmpv::Value::Nil))
-                    .map_err(|e| CodecError::capped("arguments missing", e));
+                return decode_strict(rmpv::Value::Map(Vec::new()))
+                    .or_else(|_| decode_strict(rmpv::Value::Nil))
+                    .map_err(|e| CodecError::capped("arguments missing", e.0));
             }
             (true, false) => {
                 rmpv::Value::Map(self.kwargs.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), v.clone())).collect())
@@ -169,7 +170,40 @@ impl Envelope {
                 ));
             }
         };
-        rmpv::ext::from_value(value).map_err(|e| CodecError::capped("arguments do not fit the task", e))
+        decode_strict(value)
+    }
+}
+
+/// Decodes `value` as `A`, refusing keys `A` has no field for (serde would
+/// skip them silently), and naming the field at fault in every error.
+fn decode_strict<A: DeserializeOwned>(value: rmpv::Value) -> Result<A, CodecError> {
+    const CONTEXT: &str = "arguments do not fit the task";
+    let mut unknown: Vec<String> = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| {
+        // A few are enough to say what is wrong (a hostile map may hold thousands).
+        if unknown.len() < 5 {
+            unknown.push(path.to_string());
+        }
+    };
+    let decoded: Result<A, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note));
+    match decoded {
+        Err(err) => {
+            // Serde's message without rmpv's "error while decoding value: ".
+            let rmpv::ext::Error::Syntax(inner) = err.inner();
+            match err.path().to_string() {
+                root if root == "." => Err(CodecError::capped(CONTEXT, inner)),
+                path => Err(CodecError::capped(&format!("{CONTEXT}: field `{path}`"), inner)),
+            }
+        }
+        Ok(_) if !unknown.is_empty() => {
+            let known = crate::schema::trace::<A>().and_then(|(shape, _)| match shape {
+                crate::schema::Shape::Struct(fields) => Some(fields.iter().map(|(name, _)| *name).collect::<Vec<_>>()),
+                _ => None,
+            });
+            let known = known.map_or_else(String::new, |names| format!(" (the task takes: {})", names.join(", ")));
+            Err(CodecError::capped(CONTEXT, format_args!("unknown field `{}`{known}", unknown.join("`, `"))))
+        }
+        Ok(args) => Ok(args),
     }
 }
 
@@ -267,6 +301,21 @@ mod tests {
         env.kwargs.insert("text".into(), rmpv::Value::from("x"));
         let err = env.decode_args::<Args>().unwrap_err();
         assert!(err.0.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn missing_unknown_and_mistyped_fields_are_named() {
+        let with = |pairs: &[(&str, rmpv::Value)]| {
+            let mut env = Envelope::new("id".into(), "t", &()).unwrap();
+            env.kwargs.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            env.decode_args::<Args>().unwrap_err().0
+        };
+        let missing = with(&[("chat_id", 7.into())]);
+        assert!(missing.contains("missing field `text`"), "{missing}");
+        let unknown = with(&[("chat_id", 7.into()), ("text", "x".into()), ("txet", "y".into())]);
+        assert!(unknown.contains("unknown field `txet`") && unknown.contains("chat_id, text"), "{unknown}");
+        let mistyped = with(&[("chat_id", "seven".into()), ("text", "x".into())]);
+        assert!(mistyped.contains("field `chat_id`") && mistyped.contains("invalid type"), "{mistyped}");
     }
 
     #[test]

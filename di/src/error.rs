@@ -37,6 +37,28 @@ pub enum StartupError {
         /// The client's error, with secrets removed.
         reason: String,
     },
+    /// The server answered, but refused us (a token or password it does
+    /// not accept).
+    #[error("{component} at {url} refused us: {reason}")]
+    Refused {
+        /// Which component.
+        component: Component,
+        /// Its URL, redacted.
+        url: String,
+        /// What it said, with secrets removed.
+        reason: String,
+    },
+    /// Something answered, but not as the component would (another HTTP
+    /// server at `telegram.api_url`, a proxy's error page).
+    #[error("{component} at {url} gave an unexpected answer: {reason}")]
+    UnexpectedAnswer {
+        /// Which component.
+        component: Component,
+        /// Its URL, redacted.
+        url: String,
+        /// What could not be understood, with secrets removed.
+        reason: String,
+    },
     /// The component's settings cannot work (a URL of the wrong kind, say).
     #[error("{component} is misconfigured: {reason}")]
     Misconfigured {
@@ -51,7 +73,10 @@ impl StartupError {
     /// The component at fault.
     pub fn component(&self) -> Component {
         match self {
-            Self::Unreachable { component, .. } | Self::Misconfigured { component, .. } => *component,
+            Self::Unreachable { component, .. }
+            | Self::Refused { component, .. }
+            | Self::UnexpectedAnswer { component, .. }
+            | Self::Misconfigured { component, .. } => *component,
         }
     }
 

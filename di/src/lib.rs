@@ -18,6 +18,7 @@ pub mod ids;
 pub mod outcome;
 pub mod record;
 pub mod registry;
+pub mod schema;
 pub mod shape;
 pub mod task;
 pub mod testing;
@@ -25,7 +26,9 @@ pub mod testing;
 pub use components::bot::{BotApi, BotError, ChatGone, Content, Outgoing, SentMessage, TelegramBot};
 pub use components::db::{Db, DbError, SqlxDb};
 pub use components::result_store::{RedisResultStore, ResultStore, StoreError};
-pub use container::{AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components};
+pub use container::{
+    AppContainer, AppModule, ComponentCheck, Container, ContainerBuilder, check_components, verify_telegram,
+};
 pub use context::{DbSession, TaskContext};
 pub use enqueue::{EnqueueError, Enqueuer, InMemoryEnqueuer, NoEnqueuer};
 pub use envelope::{ARGS_DIGEST_LABEL, CodecError, Envelope};
@@ -35,6 +38,7 @@ pub use governor::{Admission, FloodObserver, FrozenKey, Governor, GovernorStatus
 pub use ids::{IdError, validate_labels, validate_task_id};
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
+pub use schema::{ArgsSchema, Field, Shape};
 pub use shape::{DecodeLimits, ShapeError};
 pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
 

@@ -63,7 +63,7 @@ impl Outcome {
             Self::Panic(m) => ("Panic", format!("the task panicked: {m}")),
             Self::Interrupted => ("Interrupted", "the worker stopped the attempt at shutdown".to_owned()),
             Self::AlreadyFinished(TaskStatus::Success) => return None,
-            Self::AlreadyFinished(status) => ("AlreadyFinished", format!("the task already ended {status:?}")),
+            Self::AlreadyFinished(status) => ("AlreadyFinished", format!("the task already ended {status}")),
             Self::AttemptsExhausted { started } => (
                 "AttemptsExhausted",
                 format!("{started} attempts were started and the last never finished (the worker running it died?)"),

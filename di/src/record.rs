@@ -27,9 +27,26 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The name as stored in records (`queued`, `running`...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Success => "success",
+            Self::Failed => "failed",
+        }
+    }
+
     /// Whether the task will change no further.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Success | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

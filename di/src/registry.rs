@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::container::Container;
 use crate::context::TaskContext;
 use crate::envelope::{CodecError, Envelope, encode_value};
+use crate::schema::ArgsSchema;
 use crate::task::{Failure, TaskOptions, TaskResult, name_from_module_path};
 use crate::{BotApi, Db, ResultStore};
 
@@ -39,9 +40,15 @@ pub struct TaskDef {
     pub options: TaskOptions,
     run: fn(TaskContext, &Envelope) -> TaskFuture,
     check: fn(&Envelope) -> Result<(), CodecError>,
+    /// Describes the arguments (read from the `Args` type when asked).
+    schema: fn() -> ArgsSchema,
 }
 
 inventory::collect!(TaskDef);
+
+fn schema_unknown() -> ArgsSchema {
+    ArgsSchema::Unknown
+}
 
 impl TaskDef {
     /// Used by [`register_task!`](crate::register_task).
@@ -53,11 +60,24 @@ impl TaskDef {
         run: fn(TaskContext, &Envelope) -> TaskFuture,
         check: fn(&Envelope) -> Result<(), CodecError>,
     ) -> Self {
-        Self { module_path, file, line, options, run, check }
+        Self { module_path, file, line, options, run, check, schema: schema_unknown }
     }
 
-    /// Checks that the envelope's arguments decode as this task's `Args`
-    /// (the CLI does this before publishing).
+    /// Describes the arguments with `schema` (the macro passes
+    /// [`crate::schema::of`] for the task's `Args`).
+    pub const fn with_schema(mut self, schema: fn() -> ArgsSchema) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// The task's arguments: fields, types and defaults.
+    pub fn schema(&self) -> ArgsSchema {
+        (self.schema)()
+    }
+
+    /// Checks that the envelope's arguments decode as this task's `Args`,
+    /// strictly: a missing, unknown or mistyped field is an error naming it
+    /// (the CLI does this before publishing; the worker decodes the same way).
     pub fn check_args(&self, envelope: &Envelope) -> Result<(), CodecError> {
         (self.check)(envelope)
     }

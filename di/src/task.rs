@@ -319,7 +319,9 @@ pub fn new_task_id() -> String {
 /// register_task!(run: Args => Output, TaskOptions::new().max_attempts(3));
 /// ```
 /// It also defines `pub const TASK: TaskRef<Args, Output>`, the typed
-/// handle producers and other tasks enqueue this task with.
+/// handle producers and other tasks enqueue this task with. `Args` is
+/// `Serialize` and `Deserialize`: `producer tasks` reads its fields, types
+/// and defaults from the two.
 #[macro_export]
 macro_rules! register_task {
     ($run:path : $args:ty => $out:ty $(,)?) => {
@@ -336,6 +338,7 @@ macro_rules! register_task {
                 }
                 erased
             }, $crate::registry::check::<$args>)
+            .with_schema($crate::schema::of::<$args>)
         }
     };
 }

@@ -1,23 +1,28 @@
 //! Courier's settings, layered the Dynaconf way with figment.
 //!
-//! Layers, later ones winning: the compiled-in `settings.toml`; the same file
-//! in `$COURIER_SETTINGS_DIR` (default `./settings`); `.secrets.toml` beside
-//! it; then `COURIER_<SECTION>__<KEY>` environment variables, which beat
-//! every profile. `COURIER_ENV` picks the profile (`development` by default)
-//! and it is deep-merged over `[default]`. This crate is the only place that
-//! reads files or environment variables for configuration.
+//! Layers, later ones winning (`layers.rs`): the compiled-in
+//! `settings.toml`; the same file in `$COURIER_SETTINGS_DIR` (default
+//! `./settings`); `.secrets.toml` beside it; then `COURIER_<SECTION>__<KEY>`
+//! environment variables, which beat every profile. `COURIER_ENV` picks the
+//! profile (`development` by default); every layer's `[<profile>]` table is
+//! deep-merged over every layer's `[default]`. Unknown tables, sections and
+//! keys are errors that suggest the nearest known name (`strict.rs`). This
+//! crate is the only place that reads files or environment variables for
+//! configuration.
 
 mod duration;
+mod layers;
 mod secret;
 mod sections;
+mod show;
+mod strict;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
-use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+pub use layers::Sources;
 pub use secret::{Secret, SecretUrl, SecretUrls, percent_decode, redact_url};
 pub use sections::{
     DatabaseSettings, LogFormat, LogSettings, NatsMode, NatsSettings, PaidWhenSpent, RedisSettings, TelegramLimits,
@@ -36,9 +41,6 @@ pub const DEFAULT_PROFILE: &str = "development";
 /// The profiles a deployment may select.
 pub const PROFILES: &[&str] = &["development", "test", "production"];
 
-/// The defaults, compiled in so the binaries run from any directory.
-const BUILT_IN: &str = include_str!("../settings.toml");
-
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -47,6 +49,20 @@ pub enum SettingsError {
     UnknownProfile {
         /// The name that was given.
         profile: String,
+    },
+    /// `COURIER_SETTINGS_DIR` names no folder (a typo there would otherwise
+    /// silently run on the built-in defaults).
+    #[error("{DIR_VAR} is {}, which is not a folder", .0.display())]
+    MissingDir(PathBuf),
+    /// A table, section or key that no setting has: a typo, most likely.
+    #[error("unknown setting {key} ({origin}){}", strict::did_you_mean(.suggestion.as_deref()))]
+    UnknownKey {
+        /// What was written: a dotted key, a `[profile]` table, or a variable.
+        key: String,
+        /// Where: the file (and profile table), or the environment.
+        origin: String,
+        /// The nearest known name, written the same way, if one is close.
+        suggestion: Option<String>,
     },
     /// A layer could not be read or a value has the wrong type; figment's
     /// message names the key and the layer.
@@ -59,6 +75,7 @@ pub enum SettingsError {
 
 /// Everything Courier's processes are configured with.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The broker.
     pub nats: NatsSettings,
@@ -75,12 +92,20 @@ pub struct Settings {
     /// The profile these settings were loaded for.
     #[serde(skip)]
     pub profile: String,
+    /// Which layers were loaded, for the start-up log and `--print-settings`.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 impl Settings {
     /// Loads, merges and validates the settings from the process environment.
     pub fn load() -> Result<Self, SettingsError> {
-        let dir = std::env::var_os(DIR_VAR).map_or_else(|| PathBuf::from("settings"), PathBuf::from);
+        let dir = match std::env::var_os(DIR_VAR) {
+            Some(dir) if !Path::new(&dir).is_dir() => return Err(SettingsError::MissingDir(dir.into())),
+            Some(dir) => PathBuf::from(dir),
+            // The default folder is optional: the binaries run from anywhere.
+            None => PathBuf::from("settings"),
+        };
         let profile = std::env::var(PROFILE_VAR).unwrap_or_else(|_| DEFAULT_PROFILE.to_owned());
         Self::load_from(&dir, &profile)
     }
@@ -92,24 +117,30 @@ impl Settings {
         if !PROFILES.contains(&profile.as_str()) {
             return Err(SettingsError::UnknownProfile { profile });
         }
-        let figment = figment(dir).select(profile.as_str());
-        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut sources = Sources::discover(dir, &profile);
+        let figment = sources.figment();
+        strict::check(&figment, &sources)?;
+        let selected = figment.select(profile.as_str());
+        let mut settings: Settings = selected.extract().map_err(|err| strict::explain(err, &sources))?;
         settings.profile = profile;
-        let invalid = validate::validate(&settings, &figment);
-        if invalid.is_empty() { Ok(settings) } else { Err(SettingsError::Invalid(invalid)) }
-    }
-}
-
-/// The layers, not yet tied to a profile.
-fn figment(dir: &Path) -> Figment {
-    let mut figment = Figment::new().merge(Toml::string(BUILT_IN).nested());
-    // Exact paths (figment's `file` would also search parent folders); a
-    // missing file is simply a layer that is not there.
-    for name in ["settings.toml", ".secrets.toml"] {
-        let path = dir.join(name);
-        if path.is_file() {
-            figment = figment.merge(Toml::file_exact(path).nested());
+        let invalid = validate::validate(&settings, &selected);
+        if !invalid.is_empty() {
+            return Err(SettingsError::Invalid(invalid));
         }
+        sources.shown = show::masked(&selected, &settings)?;
+        settings.sources = sources;
+        Ok(settings)
     }
-    figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["ENV", "SETTINGS_DIR"]).split("__").global())
+
+    /// The merged settings as TOML, every secret (tokens, passwords in URLs)
+    /// shown as `***`: what `worker --print-settings` prints.
+    pub fn to_masked_toml(&self) -> String {
+        show::to_toml(&self.sources.shown)
+    }
+
+    /// The merged settings as a JSON-like value tree, secrets masked (for
+    /// `--print-settings --json`; any serializer will do).
+    pub fn masked(&self) -> &impl serde::Serialize {
+        &self.sources.shown
+    }
 }

@@ -88,6 +88,6 @@ async fn report_command_travels_from_bot_to_worker_to_telegram() {
 async fn bot_without_token_refuses_to_start() {
     let scope = Scope::new();
     let out = it::process::command("bot").envs(scope.env()).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("telegram.token"));
 }

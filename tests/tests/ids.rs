@@ -89,7 +89,7 @@ async fn the_cli_refuses_bad_ids_and_labels_with_the_usage_code() {
         &["send", "noop", "--label", "bad key=1"],
     ] {
         let (code, out, err) = producer_cli(&scope, args).await;
-        assert_eq!(code, 64, "{args:?}: {out} {err}");
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
         assert!(err.contains("task id") || err.contains("label"), "{args:?}: {err}");
     }
     assert_eq!(keys(&scope).await, Vec::<String>::new(), "no record was written");
@@ -196,7 +196,7 @@ async fn the_cli_reports_duplicates_and_refuses_other_arguments_under_an_id() {
     assert!(err.contains("duplicate"), "the CLI says so: {err:?}");
 
     let (code, _, err) = send(r#"{"chat_id": 2}"#).await;
-    assert_eq!(code, 65, "{err}");
+    assert_eq!(code, 6, "{err}");
     assert!(err.contains("other arguments"), "{err}");
     assert_eq!(scope.backlog_stream_only().await, 1, "one message in the stream");
 }

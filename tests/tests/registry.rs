@@ -69,3 +69,17 @@ fn lookup_and_listing() {
     assert_eq!(registry.get("report").map(|d| d.line), Some(40));
     assert!(registry.get("missing").is_none());
 }
+
+#[test]
+fn worker_check_reports_duplicate_task_names_as_a_usage_error() {
+    use courier::check::{exit, registry_line};
+    use courier::cli::Exit;
+    let line = registry_line(Registry::from_defs([&FIRST, &DISTINCT, &SECOND]));
+    assert!(!line.ok);
+    assert!(line.to_string().starts_with("FAIL  tasks") && line.detail.contains("\"report\""), "{line}");
+    assert!(line.detail.contains("tasks/src/other.rs:12") && line.detail.contains("tasks/src/report.rs:40"));
+    let fine = registry_line(Registry::from_defs([&FIRST, &DISTINCT]));
+    assert!(fine.ok && fine.detail.starts_with("2 registered"), "{fine}");
+    assert_eq!(exit(&[fine]), Exit::Ok);
+    assert_eq!(exit(&[line]), Exit::Usage);
+}

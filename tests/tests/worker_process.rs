@@ -15,16 +15,16 @@ fn check_reports_every_component_and_exits_zero() {
     let out = command("worker").arg("--check").env("COURIER_ENV", "development").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    for component in ["nats", "database", "redis", "telegram"] {
+    for component in ["tasks", "nats", "database", "redis", "telegram"] {
         assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains(component)), "{component} missing:\n{stdout}");
     }
 }
 
 #[test]
-fn check_exits_one_naming_unreachable_redis() {
+fn check_exits_three_naming_unreachable_redis() {
     let out = command("worker").arg("--check").env("COURIER_REDIS__URL", "redis://127.0.0.1:1").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("FAIL") && l.contains("redis")), "{stdout}");
 }
 

@@ -6,7 +6,6 @@
 mod ceiling;
 pub mod flood;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
@@ -239,11 +238,9 @@ fn proc_kib(pid: u32, field: &str) -> Option<u64> {
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// One status line on stderr, overwritten in place.
+/// One status line on stderr, overwritten in place; nothing into a pipe.
 fn progress(text: &str) {
-    let mut err = std::io::stderr();
-    let _ = write!(err, "\r\x1b[2K  {text}");
-    let _ = err.flush();
+    crate::cli::output::Progress::stderr().set(text);
 }
 
 /// The report as a table.

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
-use courier::cli::{envelope_from_json, parse_label, parse_when};
+use courier::cli::completions::Completions;
+use courier::cli::output::{print_json, print_json_line, print_text};
+use courier::cli::tasks as listing;
+use courier::cli::{EXIT_CODES, Exit, envelope_from_json, parse_label, parse_when};
 use courier::dead_letters::{self, Filter};
 use courier::publish::Published;
 use courier::{Producer, ProducerError, telemetry};
@@ -15,28 +18,11 @@ use settings::Settings;
 // Links the task plug-ins, to check names and arguments before publishing.
 use tasks as _;
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_TIMEOUT: u8 = 2;
-const EXIT_NO_RECORD: u8 = 3;
-const EXIT_UNAVAILABLE: u8 = 4;
-const EXIT_USAGE: u8 = 64;
-const EXIT_CONFLICT: u8 = 65;
-
-const EXIT_CODES: &str = "Exit codes:
-  0   success (or queued, without --wait; a duplicate is said on stderr)
-  1   the task failed (send --wait, result); replay: some matches failed
-  2   --wait timed out
-  3   no record (result) or no dead letter (replay) for that task id
-  4   NATS or Redis failed
-  64  bad usage: unknown task or flag, arguments that do not fit the task,
-      an invalid task id (1-128 of A-Z a-z 0-9 - _ . :) or label
-  65  send --id: that id was already sent with other arguments";
-
 /// Enqueue Courier tasks, read their results and operate dead letters.
 ///
 /// Settings come from the usual layers (COURIER_* variables, settings files).
 #[derive(Debug, Parser)]
-#[command(name = "producer", after_help = EXIT_CODES)]
+#[command(name = "producer", version, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,14 +30,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Lists the registered tasks with their arguments.
+    ///
+    /// Prints each task's name, lane, attempts and timeout, and each of its
+    /// arguments (the keys of send --kwargs) with its type and default.
+    #[command(after_help = EXIT_CODES)]
+    Tasks {
+        /// Print JSON (an array of tasks) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enqueues a task and prints its id.
     ///
-    /// Prints the task id once the broker confirmed it; with --wait, then the
-    /// result record as JSON. Sending an --id again with the same arguments
-    /// is a duplicate (exit 0, said on stderr); with others, exit 65.
+    /// Checks the arguments against the task's (`producer tasks` lists them):
+    /// a missing, unknown or mistyped field is refused, naming it, and
+    /// nothing is enqueued. Prints the task id once the broker confirmed it;
+    /// with --wait, then the result record as JSON. Sending an --id again
+    /// with the same arguments is a duplicate (exit 0, said on stderr); with
+    /// others, exit 6.
     #[command(after_help = EXIT_CODES)]
     Send {
-        /// The registered task name.
+        /// The registered task name (`producer tasks` lists them).
         task: String,
         /// The arguments, as a JSON object.
         #[arg(long, default_value = "{}")]
@@ -65,6 +64,9 @@ enum Command {
         /// Wait this many seconds for the result.
         #[arg(long, value_parser = parse_seconds)]
         wait: Option<Duration>,
+        /// Print one JSON object: task_id, duplicate, and with --wait the record.
+        #[arg(long)]
+        json: bool,
     },
     /// Prints a task's result record as JSON.
     #[command(after_help = EXIT_CODES)]
@@ -101,6 +103,9 @@ enum Command {
         all: bool,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Print the counts as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Measures Courier against a running worker.
     ///
@@ -146,6 +151,9 @@ enum Command {
     /// resume, cancel and a report.
     #[command(subcommand, after_help = EXIT_CODES)]
     Broadcast(courier::campaign::cli::BroadcastCommand),
+    /// Prints a shell completion script.
+    #[command(after_help = EXIT_CODES)]
+    Completions(Completions),
 }
 
 /// Which dead letters: every filter given must match.
@@ -183,24 +191,15 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init_quiet();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return match err.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(EXIT_USAGE),
-            };
-        }
-    };
-    let outcome = match cli.command {
-        Command::Send { task, kwargs, id, labels, wait } => send(&task, &kwargs, id, &labels, wait).await,
+    let outcome = match Cli::parse().command {
+        Command::Tasks { json } => list_tasks(json),
+        Command::Send { task, kwargs, id, labels, wait, json } => send(&task, &kwargs, id, &labels, wait, json).await,
         Command::Result { task_id } => result(&task_id).await,
         Command::DeadLetters { limit, filter } => list_dead_letters(limit.get(), filter.into_filter(None)).await,
-        Command::Replay { task_id: Some(task_id), filter, .. } => {
-            replay_one(&task_id, filter.into_filter(Some(task_id.clone()))).await
+        Command::Replay { task_id: Some(task_id), filter, json, .. } => {
+            replay_one(&task_id, filter.into_filter(Some(task_id.clone())), json).await
         }
-        Command::Replay { task_id: None, filter, .. } => replay_all(filter.into_filter(None)).await,
+        Command::Replay { task_id: None, filter, json, .. } => replay_all(filter.into_filter(None), json).await,
         Command::Bench { n, round_trips, runs, in_flight, ceiling, worker_pid, json } => {
             let options = courier::bench::BenchOptions {
                 n: n.get(),
@@ -215,46 +214,61 @@ async fn main() -> ExitCode {
         }
         Command::Governor { json } => governor(json).await,
         Command::Broadcast(command) => broadcast(command).await,
+        Command::Completions(completions) => {
+            completions.print::<Cli>();
+            Ok(Exit::Ok)
+        }
     };
-    outcome.unwrap_or_else(|code| code)
+    outcome.unwrap_or_else(|exit| exit).into()
 }
 
 async fn broadcast(command: courier::campaign::cli::BroadcastCommand) -> Outcome {
     let settings = settings()?;
     match courier::campaign::cli::run(&settings, command).await {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err((code, problem)) => Err(fail(code, problem)),
+        Ok(()) => Ok(Exit::Ok),
+        Err((exit, problem)) => Err(fail(exit, problem)),
     }
 }
 
 async fn governor(json: bool) -> Outcome {
     let settings = settings()?;
-    let (bot_id, status) = courier::flood_status::read(&settings).await.map_err(|err| fail(EXIT_UNAVAILABLE, err))?;
+    let (bot_id, status) = courier::flood_status::read(&settings).await.map_err(|err| fail(Exit::Unavailable, err))?;
     let limits = &settings.telegram.limits;
     if json {
         println!("{}", courier::flood_status::json(bot_id, limits, &status));
     } else {
         print!("{}", courier::flood_status::render(bot_id, limits, &status));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
-/// What a command returns: its exit code, or an early one (already explained on stderr).
-type Outcome = Result<ExitCode, ExitCode>;
+/// What a command returns: its exit, or an early one (already explained on stderr).
+type Outcome = Result<Exit, Exit>;
 
-fn fail(code: u8, problem: impl std::fmt::Display) -> ExitCode {
+fn fail(exit: impl Into<Exit>, problem: impl std::fmt::Display) -> Exit {
     eprintln!("producer: {problem}");
-    ExitCode::from(code)
+    exit.into()
 }
 
-fn settings() -> Result<Settings, ExitCode> {
-    Settings::load().map_err(|err| fail(EXIT_USAGE, err))
+fn settings() -> Result<Settings, Exit> {
+    Settings::load().map_err(|err| fail(Exit::Usage, err))
 }
 
-async fn connect() -> Result<(Settings, Producer), ExitCode> {
+async fn connect() -> Result<(Settings, Producer), Exit> {
     let settings = settings()?;
-    let producer = Producer::connect(&settings).await.map_err(|err| fail(EXIT_UNAVAILABLE, err))?;
+    let producer = Producer::connect(&settings).await.map_err(|err| fail(&err, &err))?;
     Ok((settings, producer))
+}
+
+fn list_tasks(json: bool) -> Outcome {
+    let registry = Registry::from_inventory().map_err(|err| fail(Exit::Usage, err))?;
+    let listed = listing::describe(&registry);
+    if json {
+        print_json(&listed);
+    } else {
+        print_text(&listing::render(&listed));
+    }
+    Ok(Exit::Ok)
 }
 
 async fn send(
@@ -263,37 +277,52 @@ async fn send(
     id: Option<String>,
     labels: &[(String, String)],
     wait: Option<Duration>,
+    json: bool,
 ) -> Outcome {
-    let registry = Registry::from_inventory().map_err(|err| fail(EXIT_USAGE, err))?;
+    let registry = Registry::from_inventory().map_err(|err| fail(Exit::Usage, err))?;
     let Some(def) = registry.get(task) else {
         let known = registry.names().join(", ");
-        return Err(fail(EXIT_USAGE, format!("no task is registered as {task:?}; known tasks: {known}")));
+        return Err(fail(Exit::Usage, format!("no task is registered as {task:?}; known tasks: {known}")));
     };
-    let explicit_id = id.is_some();
     let envelope = envelope_from_json(id.unwrap_or_else(di::new_task_id), task, kwargs, labels)
-        .map_err(|problem| fail(EXIT_USAGE, problem))?;
+        .map_err(|problem| fail(Exit::Usage, problem))?;
     // Before connecting: a refused id or label writes nothing anywhere.
     di::validate_task_id(&envelope.task_id)
         .and_then(|()| di::validate_labels(&envelope.labels))
-        .map_err(|err| fail(EXIT_USAGE, err))?;
-    def.check_args(&envelope).map_err(|err| fail(EXIT_USAGE, format!("--kwargs do not fit {task}: {err}")))?;
+        .map_err(|err| fail(Exit::Usage, err))?;
+    def.check_args(&envelope)
+        .map_err(|err| fail(Exit::Usage, format!("{task}: {err}; `producer tasks` lists its arguments")))?;
     let (_, producer) = connect().await?;
-    match producer.enqueue_envelope(&envelope, Some(def.options.lane)).await {
-        Ok(Published::Stored) => println!("{}", envelope.task_id),
-        Ok(Published::Duplicate) => {
-            println!("{}", envelope.task_id);
-            let id = &envelope.task_id;
-            eprintln!("producer: duplicate: task {id} was sent before with these arguments; nothing new was queued");
-        }
-        Err(err @ ProducerError::Conflict { .. }) if explicit_id => return Err(fail(EXIT_CONFLICT, err)),
-        Err(err @ (ProducerError::Invalid(_) | ProducerError::Conflict { .. })) => return Err(fail(EXIT_USAGE, err)),
-        Err(err) => return Err(fail(EXIT_UNAVAILABLE, err)),
+    let id = &envelope.task_id;
+    let duplicate = match producer.enqueue_envelope(&envelope, Some(def.options.lane)).await {
+        Ok(published) => published == Published::Duplicate,
+        Err(err) => return Err(fail(&err, &err)),
+    };
+    if duplicate {
+        eprintln!("producer: duplicate: task {id} was sent before with these arguments; nothing new was queued");
     }
-    let Some(timeout) = wait else { return Ok(ExitCode::SUCCESS) };
-    match producer.wait(&envelope.task_id, timeout).await {
-        Ok(record) => Ok(print_record(&record)),
-        Err(ProducerError::Timeout { .. }) => Err(fail(EXIT_TIMEOUT, format!("no final result within {timeout:?}"))),
-        Err(err) => Err(fail(EXIT_UNAVAILABLE, err)),
+    if !json {
+        println!("{id}");
+    }
+    let Some(timeout) = wait else {
+        if json {
+            print_json_line(&serde_json::json!({ "task_id": id, "duplicate": duplicate, "record": null }));
+        }
+        return Ok(Exit::Ok);
+    };
+    let record = match producer.wait(id, timeout).await {
+        Ok(record) => record,
+        Err(ProducerError::Timeout { .. }) => {
+            let waited = humantime::format_duration(timeout);
+            return Err(fail(Exit::Timeout, format!("no final result for task {id} within {waited}")));
+        }
+        Err(err) => return Err(fail(&err, &err)),
+    };
+    if json {
+        print_json(&serde_json::json!({ "task_id": id, "duplicate": duplicate, "record": record }));
+        Ok(record_exit(&record))
+    } else {
+        Ok(print_record(&record))
     }
 }
 
@@ -303,65 +332,73 @@ async fn result(task_id: &str) -> Outcome {
         Ok(Some(record)) => Ok(print_record(&record)),
         Ok(None) => {
             let ttl = humantime::format_duration(settings.redis.result_ttl);
-            Err(fail(EXIT_NO_RECORD, format!("no record for task {task_id} (never sent, or expired after {ttl})")))
+            Err(fail(Exit::NotFound, format!("no record for task {task_id} (never sent, or expired after {ttl})")))
         }
-        Err(err) => Err(fail(EXIT_UNAVAILABLE, err)),
+        Err(err) => Err(fail(&err, &err)),
     }
 }
 
-fn print_record(record: &ResultRecord) -> ExitCode {
-    match serde_json::to_string_pretty(record) {
-        Ok(json) => println!("{json}"),
-        Err(err) => println!("{{\"error\": \"cannot render the record: {err}\"}}"),
-    }
-    match record.status {
-        TaskStatus::Failed => ExitCode::from(EXIT_FAILED),
-        _ => ExitCode::SUCCESS,
-    }
+/// Prints the record as JSON; a failed task is [`Exit::Failed`].
+fn print_record(record: &ResultRecord) -> Exit {
+    print_json(record);
+    record_exit(record)
+}
+
+fn record_exit(record: &ResultRecord) -> Exit {
+    if record.status == TaskStatus::Failed { Exit::Failed } else { Exit::Ok }
 }
 
 async fn list_dead_letters(limit: usize, filter: Filter) -> Outcome {
     let (settings, producer) = connect().await?;
     let letters = dead_letters::list(producer.publisher().jetstream(), &settings.nats, &filter, limit)
         .await
-        .map_err(|err| fail(EXIT_UNAVAILABLE, err))?;
-    for letter in letters {
-        println!("{}", serde_json::to_string(&letter).unwrap_or_default());
-    }
-    Ok(ExitCode::SUCCESS)
+        .map_err(|err| fail(Exit::Unavailable, err))?;
+    letters.iter().for_each(print_json_line);
+    Ok(Exit::Ok)
 }
 
-async fn replay_one(task_id: &str, filter: Filter) -> Outcome {
+async fn replay_one(task_id: &str, filter: Filter, json: bool) -> Outcome {
     let (settings, producer) = connect().await?;
     let letter = dead_letters::replay_newest(&producer, &settings.nats, &filter).await;
     match letter {
         Ok(Some(letter)) => {
-            println!("{task_id}: back in the queue (was dead letter {}: {})", letter.sequence, letter.reason);
-            println!("matched 1, replayed 1, failed 0");
-            Ok(ExitCode::SUCCESS)
+            if !json {
+                println!("{task_id}: back in the queue (was dead letter {}: {})", letter.sequence, letter.reason);
+            }
+            print_counts(1, 1, 0, json);
+            Ok(Exit::Ok)
         }
-        Ok(None) => Err(fail(EXIT_NO_RECORD, format!("no dead letter for task {task_id}"))),
-        Err(err) => Err(fail(EXIT_UNAVAILABLE, err)),
+        Ok(None) => Err(fail(Exit::NotFound, format!("no dead letter for task {task_id}"))),
+        Err(err) => Err(fail(Exit::Unavailable, err)),
     }
 }
 
-async fn replay_all(filter: Filter) -> Outcome {
+async fn replay_all(filter: Filter, json: bool) -> Outcome {
     let (settings, producer) = connect().await?;
     let counts = dead_letters::replay_matching(&producer, &settings.nats, &filter)
         .await
-        .map_err(|err| fail(EXIT_UNAVAILABLE, err))?;
-    println!("matched {}, replayed {}, failed {}", counts.matched, counts.replayed, counts.failed);
-    Ok(if counts.failed > 0 { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+        .map_err(|err| fail(Exit::Unavailable, err))?;
+    print_counts(counts.matched, counts.replayed, counts.failed, json);
+    Ok(if counts.failed > 0 { Exit::Failed } else { Exit::Ok })
+}
+
+fn print_counts(matched: u64, replayed: u64, failed: u64, json: bool) {
+    if json {
+        print_json_line(&serde_json::json!({ "matched": matched, "replayed": replayed, "failed": failed }));
+    } else {
+        println!("matched {matched}, replayed {replayed}, failed {failed}");
+    }
 }
 
 async fn bench(options: &courier::bench::BenchOptions) -> Outcome {
     let settings = settings()?;
-    let report =
-        courier::bench::run(&settings, options).await.map_err(|err| fail(EXIT_UNAVAILABLE, format!("bench: {err}")))?;
+    let report = courier::bench::run(&settings, options)
+        .await
+        .map_err(|err| fail(Exit::Unavailable, format!("bench: {err}")))?;
     if options.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        print_json(&report);
     } else {
         print!("{}", courier::bench::table(&report));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }

@@ -1,81 +1,118 @@
-//! `worker`: runs tasks until SIGINT/SIGTERM. `--check` tests every
-//! component and exits; `--list-tasks` prints the registered task names.
+//! `worker`: runs tasks until SIGINT/SIGTERM. `--check` tests the registry
+//! and every component; `--list-tasks` prints the registered tasks;
+//! `--print-settings` the merged settings with secrets masked.
 
 use std::process::ExitCode;
 
-use courier::{check, lifecycle, run_worker, shutdown, telemetry};
-// Links the task plug-ins; without a name the linker drops their registrations.
+use clap::{Parser, Subcommand};
+use courier::check;
+use courier::cli::completions::Completions;
+use courier::cli::output::{print_json, print_text};
+use courier::cli::tasks as listing;
+use courier::cli::{EXIT_CODES, Exit};
+use courier::{lifecycle, run_worker, shutdown, telemetry};
 use settings::Settings;
+// Links the task plug-ins; without a name the linker drops their registrations.
 use tasks as _;
 
-const USAGE: &str = "usage: worker [--check | --list-tasks | --help]
+/// Runs Courier tasks until SIGINT or SIGTERM.
+///
+/// Settings: settings/settings.toml (in $COURIER_SETTINGS_DIR), COURIER_ENV=<profile>,
+/// COURIER_<SECTION>__<KEY>=<value>; README.md lists every key.
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, after_help = EXIT_CODES, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Check the task registry and connect to NATS, the database, Redis and
+    /// Telegram; print one line each.
+    #[arg(long, group = "mode")]
+    check: bool,
+    /// Print the registered tasks (names, one per line; --json: with their arguments).
+    #[arg(long, group = "mode")]
+    list_tasks: bool,
+    /// Print the merged settings as TOML, secrets masked, and the layers they came from.
+    #[arg(long, group = "mode")]
+    print_settings: bool,
+    /// With --check, --list-tasks or --print-settings: JSON for scripts.
+    #[arg(long, requires = "mode")]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-  (no flag)     run tasks until SIGINT or SIGTERM
-  --check       connect to NATS, the database, Redis and Telegram; one line each;
-                exit 0 if all are reachable, 1 otherwise
-  --list-tasks  print the registered task names, one per line
-
-Settings: settings/settings.toml, COURIER_ENV=<profile>, COURIER_<SECTION>__<KEY>=<value>.
-Exit codes: 0 ok, 1 a component is unreachable, 2 bad settings or usage.";
-
-enum Mode {
-    Run,
-    Check,
-    ListTasks,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a shell completion script.
+    #[command(after_help = EXIT_CODES)]
+    Completions(Completions),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mode = match std::env::args().nth(1).as_deref() {
-        None => Mode::Run,
-        Some("--check") => Mode::Check,
-        Some("--list-tasks") => Mode::ListTasks,
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!("worker: unknown argument {other:?}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Mode::ListTasks = mode {
-        return match lifecycle::load_registry() {
-            Ok(registry) => {
-                for name in registry.names() {
-                    println!("{name}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("worker: {err}");
-                ExitCode::from(2)
-            }
-        };
+    let cli = Cli::parse();
+    if let Some(Command::Completions(completions)) = &cli.command {
+        completions.print::<Cli>();
+        return ExitCode::SUCCESS;
+    }
+    if cli.list_tasks {
+        return list_tasks(cli.json).into();
     }
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("worker: {err}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
-    telemetry::init(&settings.log);
-    match mode {
-        Mode::Check => {
-            let lines = check::check_all(&settings).await;
-            for line in &lines {
-                println!("{line}");
-            }
-            if lines.iter().all(|line| line.outcome.is_ok()) { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }
-        Mode::Run | Mode::ListTasks => match run_worker(settings, shutdown::signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(%err, "worker failed to start");
-                eprintln!("worker: {err}");
-                ExitCode::from(1)
-            }
-        },
+    if cli.print_settings {
+        return print_settings(&settings, cli.json).into();
     }
+    telemetry::init(&settings.log);
+    telemetry::log_settings(&settings);
+    if cli.check {
+        let lines = check::check_all(&settings).await;
+        if cli.json {
+            print_json(&lines);
+        } else {
+            lines.iter().for_each(|line| println!("{line}"));
+        }
+        return check::exit(&lines).into();
+    }
+    match run_worker(settings, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("worker: {err}");
+            Exit::from(&err).into()
+        }
+    }
+}
+
+fn list_tasks(json: bool) -> Exit {
+    match lifecycle::load_registry() {
+        Ok(registry) if json => {
+            print_json(&listing::describe(&registry));
+            Exit::Ok
+        }
+        Ok(registry) => {
+            registry.names().iter().for_each(|name| println!("{name}"));
+            Exit::Ok
+        }
+        Err(err) => {
+            eprintln!("worker: {err}");
+            Exit::Usage
+        }
+    }
+}
+
+fn print_settings(settings: &Settings, json: bool) -> Exit {
+    if json {
+        print_json(&serde_json::json!({
+            "profile": settings.sources.profile,
+            "files": settings.sources.files,
+            "environment": settings.sources.env_keys,
+            "settings": settings.masked(),
+        }));
+    } else {
+        print_text(&format!("# layers: {}\n{}", settings.sources, settings.to_masked_toml()));
+    }
+    Exit::Ok
 }

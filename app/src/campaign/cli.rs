@@ -9,6 +9,7 @@ use settings::Settings;
 
 use super::recipients::Recipients;
 use super::{CampaignError, CampaignSpec, Campaigns, Counters};
+use crate::cli::Exit;
 
 /// A broadcast campaign: one task to many chats at Telegram's limit.
 #[derive(Debug, Subcommand)]
@@ -88,48 +89,49 @@ pub struct StartArgs {
 }
 
 /// What a command ended with: an exit code and what to say on stderr.
-pub type Outcome = Result<(), (u8, String)>;
+pub type Outcome = Result<(), (Exit, String)>;
 
-fn failed(code: u8) -> impl Fn(CampaignError) -> (u8, String) {
+fn failed(otherwise: Exit) -> impl Fn(CampaignError) -> (Exit, String) {
     move |err| {
-        let code = match err {
-            CampaignError::NotFound(_) => 3,
-            CampaignError::Invalid(_) | CampaignError::Recipients(_) | CampaignError::Status { .. } => 64,
-            CampaignError::Conflict(_) => 65,
-            _ => code,
+        let exit = match err {
+            CampaignError::NotFound(_) => Exit::NotFound,
+            CampaignError::Invalid(_) | CampaignError::Recipients(_) | CampaignError::Status { .. } => Exit::Usage,
+            CampaignError::Conflict(_) => Exit::Conflict,
+            CampaignError::Startup(_) | CampaignError::Broker(_) => Exit::Unavailable,
+            _ => otherwise,
         };
-        (code, err.to_string())
+        (exit, err.to_string())
     }
 }
 
 /// Runs one `broadcast` command.
 pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
-    let campaigns = Campaigns::connect(settings).await.map_err(failed(4))?;
+    let campaigns = Campaigns::connect(settings).await.map_err(failed(Exit::Unavailable))?;
     let terminal = std::io::stderr().is_terminal();
     match command {
         BroadcastCommand::Start(args) => {
             let kwargs: serde_json::Value =
-                serde_json::from_str(&args.kwargs).map_err(|e| (64, format!("--kwargs is not JSON: {e}")))?;
+                serde_json::from_str(&args.kwargs).map_err(|e| (Exit::Usage, format!("--kwargs is not JSON: {e}")))?;
             let serde_json::Value::Object(kwargs) = kwargs else {
-                return Err((64, "--kwargs must be a JSON object".into()));
+                return Err((Exit::Usage, "--kwargs must be a JSON object".into()));
             };
             let source = match (args.recipients, args.sql) {
                 (Some(path), _) => Recipients::Csv(path),
                 (None, Some(sql)) => Recipients::Sql(sql),
-                (None, None) => return Err((64, "--recipients FILE or --sql QUERY".into())),
+                (None, None) => return Err((Exit::Usage, "--recipients FILE or --sql QUERY".into())),
             };
             let lane = if args.paid { di::Lane::Paid } else { di::Lane::Bulk };
             let spec = CampaignSpec { id: args.id, task_name: args.task, kwargs, lane, follow_up: args.follow_up };
-            let campaign = campaigns.create(spec, &source).await.map_err(failed(1))?;
+            let campaign = campaigns.create(spec, &source).await.map_err(failed(Exit::Failed))?;
             eprintln!("campaign {}: recipients imported; publishing", campaign.id);
             let fan_out = campaigns.fan_out(&campaign.id, |n| progress(terminal, &format!("published {n}"))).await;
-            let fan_out = fan_out.map_err(failed(1))?;
+            let fan_out = fan_out.map_err(failed(Exit::Failed))?;
             end_progress(terminal);
             eprintln!("published {} (the stream had {} already)", fan_out.published, fan_out.duplicates);
             println!("{}", campaign.id);
         }
         BroadcastCommand::Status { id, json, watch } => loop {
-            let (campaign, counters) = campaigns.status(&id).await.map_err(failed(1))?;
+            let (campaign, counters) = campaigns.status(&id).await.map_err(failed(Exit::Failed))?;
             let eta = eta_seconds(settings, &counters, campaign.lane).await;
             let ended = matches!(campaign.status, super::CampaignStatus::Done | super::CampaignStatus::Cancelled);
             if json {
@@ -151,17 +153,19 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
             tokio::time::sleep(Duration::from_secs(1)).await;
         },
         BroadcastCommand::Pause { id } => {
-            campaigns.pause(&id).await.map_err(failed(1))?;
+            campaigns.pause(&id).await.map_err(failed(Exit::Failed))?;
             eprintln!("campaign {id} paused");
         }
         BroadcastCommand::Resume { id } => {
-            let fan_out =
-                campaigns.resume(&id, |n| progress(terminal, &format!("published {n}"))).await.map_err(failed(1))?;
+            let fan_out = campaigns
+                .resume(&id, |n| progress(terminal, &format!("published {n}")))
+                .await
+                .map_err(failed(Exit::Failed))?;
             end_progress(terminal);
             eprintln!("campaign {id} running; published {} again", fan_out.published);
         }
         BroadcastCommand::Cancel { id } => {
-            let cancelled = campaigns.cancel(&id).await.map_err(failed(1))?;
+            let cancelled = campaigns.cancel(&id).await.map_err(failed(Exit::Failed))?;
             eprintln!("campaign {id} cancelled; {cancelled} recipients not reached");
         }
         BroadcastCommand::Report { id, csv, dead } => {
@@ -170,7 +174,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
             if csv {
                 let _ = writeln!(out, "seq,chat_id,status,message_id,reason");
             } else {
-                let (campaign, counters) = campaigns.status(&id).await.map_err(failed(1))?;
+                let (campaign, counters) = campaigns.status(&id).await.map_err(failed(Exit::Failed))?;
                 let _ = writeln!(out, "{}", bar(&counters, campaign.status.name(), None));
                 let _ = writeln!(out, "dead chats ({}):", counters.dead());
             }
@@ -195,9 +199,9 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
                     }
                 })
                 .await
-                .map_err(failed(1))?;
+                .map_err(failed(Exit::Failed))?;
             if let Some(err) = broken.or_else(|| out.flush().err()) {
-                return Err((1, format!("writing the report: {err}")));
+                return Err((Exit::Failed, format!("writing the report: {err}")));
             }
         }
     }
@@ -244,11 +248,10 @@ fn bar(counters: &Counters, status: &str, eta: Option<f64>) -> String {
     line
 }
 
-/// A status line on stderr: overwritten in place on a terminal, else one per call.
+/// A status line on stderr, overwritten in place; nothing into a pipe.
 fn progress(terminal: bool, text: &str) {
     if terminal {
-        eprint!("\r\x1b[2K{text}");
-        let _ = std::io::stderr().flush();
+        crate::cli::output::Progress::stderr().set(text);
     }
 }
 

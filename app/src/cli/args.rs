@@ -1,6 +1,5 @@
-//! Helpers of the `producer` command line that are not about parsing
-//! flags: envelopes from JSON, labels and times from text, dead-letter
-//! filters.
+//! Values the `producer` command line reads: envelopes from JSON, labels
+//! and times from text, dead-letter filters.
 
 use std::time::SystemTime;
 
