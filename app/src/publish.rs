@@ -67,6 +67,11 @@ impl Publisher {
         Self { js: jetstream::new(client.clone()), client, settings }
     }
 
+    /// The NATS settings it publishes by.
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js

@@ -213,7 +213,7 @@ async fn pull_loop(
                 let _ = message.ack_with(AckKind::Nak(None)).await;
                 continue;
             };
-            running.spawn(handle(runtime.clone(), message, slot, hard_stop.clone(), abandon.clone()));
+            running.spawn(handle(runtime.clone(), message, lane, slot, hard_stop.clone(), abandon.clone()));
             while let Some(done) = running.try_join_next() {
                 if let Err(err) = done {
                     tracing::error!(%err, "a message handler died");
@@ -274,6 +274,7 @@ pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &Cancellatio
 async fn handle(
     runtime: Arc<Runtime>,
     message: Message,
+    lane: Lane,
     _slot: Slot,
     hard_stop: CancellationToken,
     abandon: CancellationToken,
@@ -292,7 +293,7 @@ async fn handle(
     );
     // Boxed: the executor's state machine is large, and this runs per message.
     let work = Box::pin(async {
-        if !campaign_admits(&runtime, &message).await {
+        if rerouted(&runtime, &message, lane, sequence).await || !campaign_admits(&runtime, &message).await {
             return;
         }
         let delivery = Delivery { count, interrupt: hard_stop.clone() };
@@ -339,6 +340,34 @@ async fn handle(
     }
     .instrument(span)
     .await;
+}
+
+/// A message on the transactional subject whose `lane` header names
+/// another lane (a producer that publishes every lane to `nats.subject`, as
+/// taskiq does) is republished to its lane's subject and acknowledged, so it
+/// waits in its lane (a bulk backlog never in front of the transactional
+/// one). True if it was; if the republish fails it runs where it is.
+async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u64) -> bool {
+    if lane != Lane::Transactional {
+        return false;
+    }
+    let wanted = message.headers.as_ref().and_then(|h| h.get("lane")).and_then(|v| Lane::parse(v.as_str()));
+    let Some(wanted) = wanted.filter(|l| *l != Lane::Transactional) else { return false };
+    let subject = crate::broker::lane_subject(runtime.publisher.settings(), wanted);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("lane", wanted.name());
+    let id = format!("lane:{sequence}:{:016x}", di::envelope::fnv1a64(&message.payload));
+    match runtime.publisher.send(subject, &id, headers, message.payload.clone()).await {
+        Ok(_) => {
+            let _ = message.double_ack().await;
+            tracing::debug!(lane = wanted.name(), "moved to its lane's subject");
+            true
+        }
+        Err(err) => {
+            tracing::warn!(%err, lane = wanted.name(), "not moved to its lane; it runs here");
+            false
+        }
+    }
 }
 
 /// Whether a message may run: a paused campaign's is parked and a

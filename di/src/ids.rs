@@ -55,6 +55,12 @@ pub enum IdError {
         /// The first control character found.
         found: char,
     },
+    /// The `lane` label names no lane.
+    #[error("the label \"lane\" is {value:?}: one of interactive, transactional, bulk, paid")]
+    UnknownLane {
+        /// What it said.
+        value: String,
+    },
 }
 
 /// Checks a task id: 1 to 128 bytes of ASCII letters, digits and `-_.:`
@@ -93,6 +99,11 @@ pub fn validate_labels(labels: &BTreeMap<String, rmpv::Value>) -> Result<(), IdE
         }
         if let Some(found) = text.chars().find(|c| c.is_control()) {
             return Err(IdError::LabelCharacter { key: key.clone(), found });
+        }
+        // A lane nobody knows would be ignored in silence: the task would run
+        // in its default lane, not where the sender meant.
+        if key == "lane" && crate::Lane::parse(&text).is_none() {
+            return Err(IdError::UnknownLane { value: text });
         }
     }
     Ok(())
@@ -134,6 +145,9 @@ mod tests {
         }
         let crlf = labels(&[("k", "v\r\nPUB x 0".into())]);
         assert!(matches!(validate_labels(&crlf), Err(IdError::LabelCharacter { found: '\r', .. })));
+        let lane = labels(&[("lane", "Bulk".into())]);
+        assert!(matches!(validate_labels(&lane), Err(IdError::UnknownLane { .. })), "lanes are lower case");
+        assert!(validate_labels(&labels(&[("lane", "bulk".into())])).is_ok());
         let long = labels(&[("k", "v".repeat(1025).into())]);
         assert!(matches!(validate_labels(&long), Err(IdError::LabelTooLong { len: 1025, .. })));
     }

@@ -166,8 +166,12 @@ pub struct TelegramLimits {
     #[serde(with = "duration")]
     pub wait_threshold: Duration,
     /// 429s from this many different chats within a second freeze the
-    /// whole bot for the `retry_after`, not only those chats.
+    /// whole bot for the shortest of their `retry_after`s, not only those chats.
     pub global_freeze_chats: u32,
+    /// The longest freeze a 429 sets (and the longest a task waits for
+    /// one): a `retry_after` past it is cut to it.
+    #[serde(with = "duration")]
+    pub max_retry_after: Duration,
     /// Messages per second one worker process sends while Redis is
     /// unreachable (the shared budget cannot be read; keep it small).
     pub fallback_per_second: f64,

@@ -138,6 +138,9 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
     ] {
         c.check(burst >= 1, key, || "must be at least 1".to_owned());
     }
+    c.check(limits.max_retry_after >= std::time::Duration::from_secs(1), "telegram.limits.max_retry_after", || {
+        "must be at least 1s (Telegram's retry_after is in whole seconds)".to_owned()
+    });
     c.check(limits.paid_per_second <= 1000.0, "telegram.limits.paid_per_second", || {
         format!("{} is above Telegram's 1000 paid messages a second", limits.paid_per_second)
     });

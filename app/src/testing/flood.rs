@@ -195,6 +195,7 @@ mod tests {
             interactive_reserve: 0.2,
             wait_threshold: Duration::from_millis(250),
             global_freeze_chats: 3,
+            max_retry_after: Duration::from_secs(3600),
             fallback_per_second: 5.0,
             paid_per_second: 100.0,
             paid_burst: 5,

@@ -216,7 +216,7 @@ pub(crate) struct InLane {
 #[async_trait]
 impl BotApi for InLane {
     async fn send_message(&self, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
-        self.bot.send_message_in(self.lane, chat_id, text).await
+        self.send(self.lane, &Outgoing::text(chat_id, text)).await
     }
 
     async fn send_message_in(&self, lane: Lane, chat_id: i64, text: &str) -> Result<SentMessage, BotError> {
@@ -442,7 +442,8 @@ impl TelegramBot {
         match sent {
             Ok(sent) => Ok(sent),
             Err(RequestError::RetryAfter(secs)) => {
-                let retry_after = secs.duration();
+                let cap = self.governor.as_ref().map_or(Duration::MAX, |g| g.limits().max_retry_after);
+                let retry_after = secs.duration().min(cap);
                 if let Some(governor) = &self.governor {
                     let bot_wide = governor.rate_limited(chat_id, lane, retry_after).await;
                     tracing::warn!(chat_id, lane = lane.name(), ?retry_after, bot_wide, "telegram answered 429");

@@ -25,6 +25,9 @@ struct LocalState {
     global_tat: i64,
     chats: HashMap<i64, i64>,
     frozen: HashMap<i64, Instant>,
+    /// When the last handed-back send of a chat was told to return (as the
+    /// shared governor's `queue:<chat>`: returns are spread, not together).
+    queue: HashMap<i64, i64>,
 }
 
 /// Chats remembered by the fallback before the oldest are forgotten.
@@ -53,12 +56,17 @@ impl LocalLimiter {
         if state.chats.len() > LOCAL_CHATS {
             state.chats.retain(|_, tat| *tat > now);
         }
+        if state.queue.len() > LOCAL_CHATS {
+            state.queue.retain(|_, back| *back > now);
+        }
         let chat = self.plan.chat(chat_id);
         let global_tat = state.global_tat.max(now);
         let chat_tat = state.chats.get(&chat_id).copied().unwrap_or(now).max(now);
         let wait = (global_tat - self.global.tau_us - now).max(chat_tat - chat.tau_us - now).max(0);
         if wait > threshold_us {
-            return Admission::Later(Duration::from_micros(wait.unsigned_abs()));
+            let back = (now + wait).max(state.queue.get(&chat_id).copied().unwrap_or(0));
+            state.queue.insert(chat_id, back + chat.interval_us.max(self.global.interval_us));
+            return Admission::Later(Duration::from_micros((back - now).unsigned_abs()));
         }
         state.global_tat = global_tat + self.global.interval_us;
         state.chats.insert(chat_id, chat_tat + chat.interval_us);

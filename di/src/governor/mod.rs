@@ -275,9 +275,10 @@ impl Governor {
             call.key(self.key(key));
         }
         call.key(self.key(&format!("queue:{chat_id}")))
-            .key(self.key(&format!("queue:{}", if lane == Lane::Paid { "paid" } else { "global" })))
+            .key(self.key("queue:global"))
             .key(self.key("stars"))
-            .key(self.key("rates"));
+            .key(self.key("rates"))
+            .key(self.key("queue:paid"));
         call.arg(plan.global.interval_us)
             .arg(plan.global.tau_us)
             .arg(shared.interval_us)
@@ -337,9 +338,11 @@ impl Governor {
     }
 
     /// Telegram answered 429 for `chat_id`: freezes that chat for
-    /// `retry_after` for every worker (and the bot, when several chats were
-    /// refused within a second). Returns whether the whole bot is frozen.
+    /// `retry_after` (at most `telegram.limits.max_retry_after`) for every
+    /// worker, and the bot, when several chats were refused within a second,
+    /// for the shortest of their waits. Returns whether the bot is frozen.
     pub async fn rate_limited(&self, chat_id: i64, lane: Lane, retry_after: Duration) -> bool {
+        let retry_after = retry_after.min(self.limits.max_retry_after);
         let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
         self.fallback.freeze(chat_id, retry_after);
         let frozen = async {
@@ -349,6 +352,7 @@ impl Governor {
                 .key(self.key("freeze"))
                 .key(self.key("recent429"))
                 .key(self.key("frozen"))
+                .key(self.key("recent429:shortest"))
                 .arg(ms)
                 .arg(chat_id)
                 .arg(self.limits.global_freeze_chats);
@@ -413,5 +417,16 @@ pub async fn connect(
         )
     })?;
     let limits = settings.telegram.limits.clone();
-    Ok(Some(Arc::new(Governor::new(bot_id, &settings.redis.key_prefix, limits, Some(client)))))
+    let governor = Governor::new(bot_id, &settings.redis.key_prefix, limits, Some(client));
+    // The scripts must run: a Redis that refuses them (an ACL without
+    // EVAL, a managed service without Lua) would leave every worker on the
+    // small fallback limit for good, saying so only in a warning.
+    if let Err(err) = governor.status().await {
+        return Err(crate::StartupError::Refused {
+            component: Part::Redis,
+            url: settings.redis.url.redacted(),
+            reason: format!("the flood-control scripts cannot run: {err}"),
+        });
+    }
+    Ok(Some(Arc::new(governor)))
 }

@@ -36,6 +36,10 @@ pub struct GovernorStatus {
     pub stars_budget: u64,
 }
 
+/// What the `STATUS` script answers: now (ms), the global TAT, the frozen
+/// keys with their ends, their count, the Stars value, the rates hash.
+type StatusReply = (u64, String, Vec<(String, f64)>, u64, String, Vec<(String, String)>);
+
 /// The window [`GovernorStatus::rates`] averages over.
 const RATE_SECONDS: u64 = 5;
 
@@ -48,14 +52,8 @@ impl Governor {
             call.key(self.key(key));
         }
         call.arg(MOST_FROZEN_LISTED);
-        let (now_ms, global_tat, frozen, frozen_count, stars, rates): (
-            u64,
-            String,
-            Vec<(String, f64)>,
-            u64,
-            String,
-            Vec<(String, String)>,
-        ) = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        let (now_ms, global_tat, frozen, frozen_count, stars, rates): StatusReply =
+            call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         let frozen = frozen
             .into_iter()
             .filter_map(|(member, until)| {
@@ -69,10 +67,20 @@ impl Governor {
             frozen_count,
             rates: lane_rates(&rates, now_ms / 1000),
             global_backlog: Duration::from_micros(global_tat_us.saturating_sub(now_ms * 1000)),
-            stars_today: stars.parse::<u64>().unwrap_or(0) as f64 / 10.0,
+            stars_today: tenths_today(&stars, now_ms / 86_400_000) as f64 / 10.0,
             stars_budget: self.limits.paid_daily_stars,
         })
     }
+}
+
+/// The tenths of a Star spent on `day` (days since the epoch, UTC) from the
+/// `stars` value `<day>:<tenths>`; 0 for another day.
+fn tenths_today(value: &str, day: u64) -> u64 {
+    value
+        .split_once(':')
+        .filter(|(d, _)| d.parse::<u64>().ok() == Some(day))
+        .and_then(|(_, tenths)| tenths.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Per-lane rates from the `rates` hash (`<lane>:<slot>` → `<sec>:<count>`)
@@ -98,6 +106,14 @@ fn lane_rates(fields: &[(String, String)], now_sec: u64) -> Vec<(Lane, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stars_count_only_for_their_day() {
+        assert_eq!(tenths_today("20000:35", 20_000), 35);
+        assert_eq!(tenths_today("19999:35", 20_000), 0, "yesterday's spend is not today's");
+        assert_eq!(tenths_today("", 20_000), 0);
+        assert_eq!(tenths_today("garbage", 20_000), 0);
+    }
 
     #[test]
     fn rates_count_only_the_last_full_seconds_of_each_lane() {
