@@ -30,10 +30,16 @@ async fn producer(env: Vec<(String, String)>, args: &[&str]) -> (i32, String, St
 async fn producer_tasks_lists_each_argument_with_its_type() {
     let (code, out, err) = producer(Vec::new(), &["tasks"]).await;
     assert_eq!(code, 0, "{err}");
-    let block: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("send_message ")).take(3).collect();
+    let block: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("send_message ")).take(5).collect();
     assert!(block[0].contains("transactional lane") && block[0].contains("5 attempts"), "{out}");
     assert_eq!(block[1].split_whitespace().collect::<Vec<_>>(), ["chat_id", "i64", "required"], "{out}");
-    assert_eq!(block[2].split_whitespace().collect::<Vec<_>>(), ["text", "string", "required"], "{out}");
+    assert_eq!(block[2].split_whitespace().collect::<Vec<_>>(), ["text", "string", "default", "\"\""], "{out}");
+    let copy: Vec<&str> = block[4].split_whitespace().collect();
+    assert_eq!(
+        copy,
+        ["copy_from", "{chat_id:", "i64,", "message_id:", "i32}", "or", "null", "default", "null"],
+        "{out}"
+    );
     assert!(out.lines().any(|l| l.starts_with("noop ")), "{out}");
 
     let (code, out, _) = producer(Vec::new(), &["tasks", "--json"]).await;
@@ -50,7 +56,7 @@ async fn send_names_the_field_at_fault_and_enqueues_nothing() {
     // Creates the streams, so "nothing was published" can be counted.
     let _producer = scope.producer().await;
     for (kwargs, says) in [
-        (r#"{"chat_id": 1}"#, "missing field `text`"),
+        (r#"{"text": "hi"}"#, "missing field `chat_id`"),
         (r#"{"chat_id": 1, "text": "hi", "txet": "typo"}"#, "unknown field `txet`"),
         (r#"{"chat_id": "one", "text": "hi"}"#, "field `chat_id`: invalid type: string \"one\", expected i64"),
     ] {

@@ -4,6 +4,7 @@
 //! machine in the same run, so every Courier figure has a yardstick.
 
 mod ceiling;
+pub mod fan_out;
 pub mod flood;
 
 use std::time::{Duration, Instant};
