@@ -16,6 +16,12 @@ CREATE TABLE courier_campaigns (
     -- Bumped by each resume: republished messages need message ids the
     -- stream has not seen (the parked ones were acknowledged and removed).
     generation BIGINT NOT NULL DEFAULT 0,
+    -- The page being published (seq range; 0, 0: none): the fan-out marks
+    -- a page queued and records it here in one transaction, publishes it,
+    -- then clears it. A restarted fan-out publishes that page's queued rows
+    -- again, under the same ids (the stream drops what it has).
+    publishing_first BIGINT NOT NULL DEFAULT 0,
+    publishing_last BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     started_at BIGINT,
     finished_at BIGINT
@@ -27,9 +33,14 @@ CREATE TABLE courier_campaign_recipients (
     -- numbers them the same, so it adds nothing twice.
     seq BIGINT NOT NULL,
     chat_id BIGINT NOT NULL,
-    -- pending (not in the stream), queued (in the stream), sent, blocked,
-    -- deactivated, kicked, not_found, failed, cancelled
+    -- pending (not in the stream), queued (in the stream), parked (taken
+    -- out by a pause), sent, blocked, deactivated, kicked, not_found,
+    -- failed, cancelled
     status TEXT NOT NULL,
+    -- The generation of the one message that stands for this row: its
+    -- Nats-Msg-Id is <campaign>:<chat_id>~g<generation>; any other copy
+    -- (from before a pause) is dropped by the workers.
+    generation BIGINT NOT NULL DEFAULT 0,
     message_id BIGINT,
     reason TEXT,
     updated_at BIGINT NOT NULL,

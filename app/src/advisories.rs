@@ -110,11 +110,15 @@ async fn handle(topology: &Topology, runtime: &Runtime, payload: &[u8]) -> Resul
         deliveries = advisory.deliveries,
         "message reached max_deliver; failing and dead-lettering it"
     );
-    if let Some(gate) = &runtime.campaigns {
-        // Before the message is removed: an error leaves the advisory to retry.
-        gate.record(&execution).await?;
-    }
-    if let Disposition::DeadLetter { reason } = &execution.disposition {
+    // Before the message is removed: an error leaves the advisory to retry.
+    // A dead chat is its campaign's outcome, not a dead letter.
+    let campaign_outcome = match &runtime.campaigns {
+        Some(gate) => gate.record(&execution).await?,
+        None => false,
+    };
+    if let Disposition::DeadLetter { reason } = &execution.disposition
+        && !campaign_outcome
+    {
         // The same dead-letter id as the worker loop's copy: one copy at most.
         let dedup = advisory.stream_seq.to_string();
         runtime.dead_letter(&message.payload, &message.subject, &execution, reason, &dedup).await?;

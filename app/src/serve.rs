@@ -376,8 +376,8 @@ async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u6
 async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
     use crate::campaign::worker::{CampaignGate, Verdict};
     let Some(gate) = &runtime.campaigns else { return true };
-    let Some((campaign, seq)) = CampaignGate::recipient_of(message.headers.as_ref()) else { return true };
-    match gate.check(&campaign, seq).await {
+    let Some((campaign, seq, id)) = CampaignGate::recipient_of(message.headers.as_ref()) else { return true };
+    match gate.check(&campaign, seq, &id).await {
         Ok(Verdict::Run) => true,
         Ok(verdict) => {
             let _ = message.double_ack().await;

@@ -258,3 +258,87 @@ async fn killing_a_worker_and_the_fan_out_mid_campaign_loses_nothing() {
     assert_eq!(fake.too_many(), 0);
     std::fs::remove_file(file).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_during_the_fan_out_strands_no_recipient_and_sends_none_twice() {
+    let limits = limits(300.0);
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let env = campaign_env(&scope, &fake, &limits, &schema);
+    let _workers = workers(2, &env).await;
+    let file = recipients_file(1..=6_000);
+    let path = file.to_str().unwrap().to_owned();
+    let fan_out = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || {
+            let args = ["broadcast", "start", "--task", "send_message", "--recipients", &path];
+            let args = [&args[..], &["--kwargs", r#"{"text":"news"}"#, "--id", "pause-early"]].concat();
+            ChildProcess::spawn_with_args("producer", &env, &args, "recipients imported")
+        }
+    })
+    .await
+    .unwrap();
+    // Paused while the first pages are still being published and sent.
+    scope.eventually(WAIT, "the first sends", || async { (!received(&fake).is_empty()).then_some(()) }).await;
+    let (code, _, err) = producer(&env, &["broadcast", "pause", "pause-early"]).await;
+    assert_eq!(code, 0, "{err}");
+    let paused = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during =
+        fake.accepted().iter().filter(|(_, t, at)| t == "news" && *at > paused + Duration::from_secs(1)).count();
+    assert_eq!(during, 0, "campaign messages sent while paused");
+    drop(fan_out);
+    // Resumed twice over (the first start may still be publishing): each
+    // recipient still gets exactly one message.
+    let (code, _, err) = producer(&env, &["broadcast", "resume", "pause-early"]).await;
+    assert_eq!(code, 0, "{err}");
+    let status = wait_done(&scope, &env, "pause-early").await;
+    assert_eq!(status["counters"]["sent"], 6_000, "{status}");
+    let seen = received(&fake);
+    let wrong: Vec<(&i64, &usize)> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(wrong.is_empty() && seen.len() == 6_000, "{} chats reached, {} more than once", seen.len(), wrong.len());
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_from_a_query_on_sqlite_can_be_cancelled() {
+    let limits = limits(50.0);
+    let scope = Scope::new();
+    let fake = FakeTelegram::start_with_limits(limits.clone()).await;
+    let db_path = std::env::temp_dir().join(format!("{}.db", it::unique("campaign")));
+    let db_url = format!("sqlite://{}?mode=rwc", db_path.display());
+    let mut env = env(&scope, &fake.url, &limits);
+    env.push(("COURIER_DATABASE__URL".into(), db_url.clone()));
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&db_url).await.unwrap();
+    sqlx::query("CREATE TABLE users (chat_id BIGINT, subscribed INTEGER)").execute(&db).await.unwrap();
+    for chat in 1..=600_i64 {
+        sqlx::query("INSERT INTO users VALUES ($1, $2)")
+            .bind(chat)
+            .bind(i64::from(chat % 2 == 0))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let _workers = workers(1, &env).await;
+    let args = ["broadcast", "start", "--task", "send_message", "--kwargs", r#"{"text":"news"}"#, "--id", "from-sql"];
+    let args = [&args[..], &["--sql", "SELECT chat_id FROM users WHERE subscribed = 1"]].concat();
+    let (code, out, err) = producer(&env, &args).await;
+    assert_eq!((code, out.trim()), (0, "from-sql"), "{err}");
+    scope.eventually(WAIT, "some sent", || async { (received(&fake).len() >= 20).then_some(()) }).await;
+    let (code, _, err) = producer(&env, &["broadcast", "cancel", "from-sql"]).await;
+    assert_eq!(code, 0, "{err}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = status(&env, "from-sql").await;
+    assert_eq!((status["status"].as_str(), status["total"].as_u64()), (Some("cancelled"), Some(300)), "{status}");
+    let counters = &status["counters"];
+    let (sent, cancelled) = (counters["sent"].as_u64().unwrap(), counters["cancelled"].as_u64().unwrap());
+    assert_eq!(sent + cancelled, 300, "every subscriber sent or cancelled: {status}");
+    assert!(cancelled > 0, "{status}");
+    let seen = received(&fake);
+    assert_eq!(seen.len() as u64, sent, "the rows say what the fake received");
+    assert!(seen.keys().all(|chat| chat % 2 == 0), "only subscribers");
+    drop(db);
+    let _ = std::fs::remove_file(db_path);
+}

@@ -89,7 +89,15 @@ impl Campaigns {
         if spec.kwargs.contains_key("chat_id") {
             return Err(CampaignError::Invalid("--kwargs must not hold chat_id: each recipient's is filled in".into()));
         }
-        let id = spec.id.clone().unwrap_or_else(|| format!("c-{}", &di::new_task_id()[..12]));
+        // The arguments every recipient will get, checked once here rather
+        // than failing a million times in the workers.
+        let sample = Self::envelope(&spec.task_name, "sample:1", &spec.kwargs, 1)?;
+        if let Some(def) = registry.get(&spec.task_name) {
+            def.check_args(&sample).map_err(|e| {
+                CampaignError::Invalid(format!("{}: arguments do not fit the task: {}", spec.task_name, e.0))
+            })?;
+        }
+        let id = spec.id.clone().unwrap_or_else(super::new_id);
         super::validate_id(&id)?;
         let wanted = Campaign {
             id: id.clone(),
@@ -109,49 +117,60 @@ impl Campaigns {
             return Err(CampaignError::Conflict(id));
         }
         if !stored.imported {
-            let pool = self.pool.clone();
-            recipients::for_each_page(source, Some(&self.pool), |page| {
-                let (pool, id) = (pool.clone(), id.clone());
-                async move { store::add_recipients(&pool, &id, &page).await.map(drop) }
-            })
-            .await?;
+            if let Recipients::Sql(query) = source {
+                store::import_query(&self.pool, &id, query).await?;
+            } else {
+                let pool = self.pool.clone();
+                recipients::for_each_page(source, Some(&self.pool), |page| {
+                    let (pool, id) = (pool.clone(), id.clone());
+                    async move { store::add_recipients(&pool, &id, &page).await.map(drop) }
+                })
+                .await?;
+            }
             store::start(&self.pool, &id).await?;
         }
         store::load(&self.pool, &id).await
     }
 
-    /// Publishes every pending recipient of a running campaign, page by
-    /// page, marking each page queued once the stream stored it; stops
-    /// early when the campaign stops running. Safe to run again (after a
-    /// crash, or twice at once): a recipient's message id is the same within
-    /// one generation, and the stream drops a repeat.
+    /// Publishes every recipient of a running campaign that needs a
+    /// message, page by page: each page is marked `queued` in the current
+    /// generation (and recorded as the page being published) first, then
+    /// published. First it publishes again the page a crash may have cut
+    /// short, under unchanged message ids (the stream drops the copies it
+    /// has; workers drop any copy that is not its row's live one). Stops when the campaign stops running or
+    /// is resumed by another fan-out (a new generation).
     pub async fn fan_out(&self, id: &str, mut progress: impl FnMut(u64)) -> Result<FanOut, CampaignError> {
         let mut done = FanOut::default();
+        let campaign = store::load(&self.pool, id).await?;
+        if campaign.status != CampaignStatus::Running {
+            return Ok(done);
+        }
+        let (rows, (first, last)) = store::interrupted_page(&self.pool, id).await?;
+        if last > 0 {
+            self.publish_rows(&campaign, &rows, &mut done).await?;
+            store::page_published(&self.pool, id, first, last).await?;
+        }
         let mut last_empty_pass: Option<Instant> = None;
         loop {
-            let campaign = store::load(&self.pool, id).await?;
-            if campaign.status != CampaignStatus::Running {
-                return Ok(done);
-            }
             let mut after = 0;
             let mut found = false;
             loop {
-                let page = store::pending_after(&self.pool, id, after, FAN_OUT_PAGE).await?;
-                let (Some(&(first, _)), Some(&(last, _))) = (page.first(), page.last()) else { break };
-                found = true;
-                let published = self.publish_page(&campaign, &page).await?;
-                done.published += published.published;
-                done.duplicates += published.duplicates;
-                store::mark_queued(&self.pool, id, first, last).await?;
-                progress(done.published + done.duplicates);
-                after = last;
-                if store::load(&self.pool, id).await?.status != CampaignStatus::Running {
+                let current = store::load(&self.pool, id).await?;
+                if current.status != CampaignStatus::Running || current.generation != campaign.generation {
                     return Ok(done);
                 }
+                let page = store::take_page(&self.pool, id, after, FAN_OUT_PAGE, campaign.generation).await?;
+                let (Some(&(first, _)), Some(&(last, _))) = (page.first(), page.last()) else { break };
+                found = true;
+                let rows: Vec<(i64, i64, i64)> =
+                    page.iter().map(|&(seq, chat)| (seq, chat, campaign.generation)).collect();
+                self.publish_rows(&campaign, &rows, &mut done).await?;
+                store::page_published(&self.pool, id, first, last).await?;
+                progress(done.published + done.duplicates);
+                after = last;
             }
-            // A worker may park a message (its row back to pending) just as
-            // a resume passes by: look again until a pass a second apart
-            // finds nothing.
+            // A pause and resume during this pass may have parked rows behind
+            // it: look again until a pass a second apart finds nothing.
             match (found, last_empty_pass) {
                 (true, _) => last_empty_pass = None,
                 (false, Some(at)) if at.elapsed() >= Duration::from_secs(1) => break,
@@ -164,19 +183,25 @@ impl Campaigns {
         Ok(done)
     }
 
-    async fn publish_page(&self, campaign: &Campaign, page: &[(i64, i64)]) -> Result<FanOut, CampaignError> {
+    async fn publish_rows(
+        &self,
+        campaign: &Campaign,
+        rows: &[(i64, i64, i64)],
+        done: &mut FanOut,
+    ) -> Result<(), CampaignError> {
+        let published = self.publish_page(campaign, rows).await?;
+        done.published += published.published;
+        done.duplicates += published.duplicates;
+        Ok(())
+    }
+
+    async fn publish_page(&self, campaign: &Campaign, page: &[(i64, i64, i64)]) -> Result<FanOut, CampaignError> {
         let subject = broker::lane_subject(&self.nats, campaign.lane);
         let mut pending = FuturesUnordered::new();
         let mut done = FanOut::default();
-        for &(seq, chat_id) in page {
+        for &(seq, chat_id, generation) in page {
             let task_id = super::task_id(&campaign.id, chat_id);
-            let mut envelope = di::Envelope::new(task_id.clone(), &campaign.task_name, &())
-                .map_err(|e| CampaignError::Invalid(e.to_string()))?;
-            for (key, value) in &campaign.kwargs {
-                let value = rmpv::ext::to_value(value).map_err(|e| CampaignError::Invalid(format!("{key}: {e}")))?;
-                envelope.kwargs.insert(key.clone(), value);
-            }
-            envelope.kwargs.insert("chat_id".into(), chat_id.into());
+            let mut envelope = Self::envelope(&campaign.task_name, &task_id, &campaign.kwargs, chat_id)?;
             let labels = [
                 (CAMPAIGN_LABEL, campaign.id.clone()),
                 (RECIPIENT_LABEL, seq.to_string()),
@@ -184,13 +209,16 @@ impl Campaigns {
             ];
             let mut headers = HeaderMap::new();
             for (key, value) in labels {
-                headers.insert(key, value.as_str());
                 envelope.labels.insert(key.to_owned(), value.into());
             }
+            headers.insert(super::CAMPAIGN_HEADER, campaign.id.as_str());
+            headers.insert(super::RECIPIENT_HEADER, seq.to_string().as_str());
+            headers.insert("lane", campaign.lane.name());
             let bytes = envelope.to_msgpack().map_err(|e| CampaignError::Invalid(e.0))?;
-            // One id per generation: a resume republishes parked recipients,
-            // whose first messages the stream may still remember.
-            let message_id = format!("{task_id}~g{}", campaign.generation);
+            // The row's generation: a resume republishes parked recipients,
+            // whose first messages the stream may still remember, and the
+            // workers drop any copy but this one.
+            let message_id = super::message_id(&task_id, generation);
             let publisher = self.publisher.clone();
             let subject = subject.clone();
             pending.push(async move { publisher.send(subject, &message_id, headers, Bytes::from(bytes)).await });
@@ -204,6 +232,23 @@ impl Campaigns {
             count(&mut done, result?);
         }
         Ok(done)
+    }
+
+    /// The envelope of one recipient's task: the shared arguments and its chat.
+    fn envelope(
+        task_name: &str,
+        task_id: &str,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+        chat_id: i64,
+    ) -> Result<di::Envelope, CampaignError> {
+        let mut envelope =
+            di::Envelope::new(task_id.to_owned(), task_name, &()).map_err(|e| CampaignError::Invalid(e.to_string()))?;
+        for (key, value) in kwargs {
+            let value = rmpv::ext::to_value(value).map_err(|e| CampaignError::Invalid(format!("{key}: {e}")))?;
+            envelope.kwargs.insert(key.clone(), value);
+        }
+        envelope.kwargs.insert("chat_id".into(), chat_id.into());
+        Ok(envelope)
     }
 
     /// Pauses a running campaign: no worker sends another of its messages.
@@ -222,9 +267,10 @@ impl Campaigns {
     }
 
     /// Cancels a campaign: recipients not yet reached become `cancelled`.
+    /// Cancelling again finishes a cancel that a crash cut short.
     pub async fn cancel(&self, id: &str) -> Result<u64, CampaignError> {
-        use CampaignStatus::{Draft, Paused, Running};
-        self.change(id, &[Draft, Running, Paused], CampaignStatus::Cancelled, "cancel").await?;
+        use CampaignStatus::{Cancelled, Draft, Paused, Running};
+        self.change(id, &[Draft, Running, Paused, Cancelled], Cancelled, "cancel").await?;
         store::cancel_outstanding(&self.pool, id).await
     }
 

@@ -97,7 +97,9 @@ fn failed(otherwise: Exit) -> impl Fn(CampaignError) -> (Exit, String) {
             CampaignError::NotFound(_) => Exit::NotFound,
             CampaignError::Invalid(_) | CampaignError::Recipients(_) | CampaignError::Status { .. } => Exit::Usage,
             CampaignError::Conflict(_) => Exit::Conflict,
-            CampaignError::Startup(_) | CampaignError::Broker(_) => Exit::Unavailable,
+            CampaignError::Startup(_) | CampaignError::Broker(_) | CampaignError::Db(_) | CampaignError::Publish(_) => {
+                Exit::Unavailable
+            }
             _ => otherwise,
         };
         (exit, err.to_string())
@@ -121,7 +123,10 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
                 (None, None) => return Err((Exit::Usage, "--recipients FILE or --sql QUERY".into())),
             };
             let lane = if args.paid { di::Lane::Paid } else { di::Lane::Bulk };
-            let spec = CampaignSpec { id: args.id, task_name: args.task, kwargs, lane, follow_up: args.follow_up };
+            // Said first: an import cut short is resumed with this id.
+            let id = args.id.unwrap_or_else(super::new_id);
+            eprintln!("campaign {id}: importing recipients (run the same start --id {id} to resume)");
+            let spec = CampaignSpec { id: Some(id), task_name: args.task, kwargs, lane, follow_up: args.follow_up };
             let campaign = campaigns.create(spec, &source).await.map_err(failed(Exit::Failed))?;
             eprintln!("campaign {}: recipients imported; publishing", campaign.id);
             let fan_out = campaigns.fan_out(&campaign.id, |n| progress(terminal, &format!("published {n}"))).await;
@@ -132,7 +137,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
         }
         BroadcastCommand::Status { id, json, watch } => loop {
             let (campaign, counters) = campaigns.status(&id).await.map_err(failed(Exit::Failed))?;
-            let eta = eta_seconds(settings, &counters, campaign.lane).await;
+            let eta = eta_seconds(settings, &counters, campaign.lane);
             let ended = matches!(campaign.status, super::CampaignStatus::Done | super::CampaignStatus::Cancelled);
             if json {
                 let value = serde_json::json!({
@@ -208,24 +213,17 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
     Ok(())
 }
 
-/// Seconds until the outstanding recipients are sent at the lane's rate
-/// now (from the governor), or at its budget when nothing is sending.
-async fn eta_seconds(settings: &Settings, counters: &Counters, lane: di::Lane) -> Option<f64> {
+/// Seconds until the outstanding recipients are sent at the rate the
+/// governor gives the campaign's lane (the global rate less the interactive
+/// reserve, or the paid rate).
+fn eta_seconds(settings: &Settings, counters: &Counters, lane: di::Lane) -> Option<f64> {
     let outstanding = counters.outstanding() as f64;
-    if outstanding == 0.0 {
-        return Some(0.0);
-    }
     let limits = &settings.telegram.limits;
-    let budget = match lane {
+    let rate = match lane {
         di::Lane::Paid => limits.paid_per_second,
         _ => limits.global_per_second * (1.0 - limits.interactive_reserve),
     };
-    let measured = match crate::flood_status::read(settings).await {
-        Ok((_, status)) => status.rates.iter().find(|(l, _)| *l == lane).map(|(_, rate)| *rate),
-        Err(_) => None,
-    };
-    let rate = measured.filter(|r| *r > 0.0).unwrap_or(budget);
-    Some((outstanding / rate).ceil())
+    (rate > 0.0).then(|| (outstanding / rate).ceil())
 }
 
 fn bar(counters: &Counters, status: &str, eta: Option<f64>) -> String {

@@ -14,8 +14,11 @@
 //! dropped; after it runs, its outcome is written to its row.
 //!
 //! The recipient row's life: `pending` (not in the stream) → `queued`
-//! (published) → `sent`, `blocked`, `deactivated`, `kicked`, `not_found`,
-//! `failed` or `cancelled`. Parking moves `queued` back to `pending`.
+//! (marked, then published, with the row's `generation` in its message id)
+//! → `sent`, `blocked`, `deactivated`, `kicked`, `not_found`, `failed` or
+//! `cancelled`. A pause moves `queued` to `parked` as its message arrives;
+//! a resume publishes `parked` (and `pending`) rows in a new generation;
+//! workers drop any message that is not its row's live copy.
 
 mod api;
 pub mod cli;
@@ -107,7 +110,7 @@ impl Counters {
 
     /// Recipients without a final outcome yet.
     pub fn outstanding(&self) -> u64 {
-        self.get("pending") + self.get("queued")
+        OUTSTANDING_STATUSES.iter().map(|s| self.get(s)).sum()
     }
 
     /// Chats the bot cannot message (blocked, deactivated, kicked, not found).
@@ -118,6 +121,13 @@ impl Counters {
 
 /// The recipient statuses that mean the chat is gone for this bot.
 pub const DEAD_STATUSES: [&str; 4] = ["blocked", "deactivated", "kicked", "not_found"];
+
+/// The recipient statuses without a final outcome.
+pub const OUTSTANDING_STATUSES: [&str; 3] = ["pending", "queued", "parked"];
+
+/// Every recipient status, for counters that list each (zeros included).
+pub const RECIPIENT_STATUSES: [&str; 10] =
+    ["pending", "queued", "parked", "sent", "blocked", "deactivated", "kicked", "not_found", "failed", "cancelled"];
 
 /// Why a campaign operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,12 +191,27 @@ pub fn validate_id(id: &str) -> Result<(), CampaignError> {
     }
 }
 
+/// A new campaign id: `c-` and 12 hex digits.
+pub fn new_id() -> String {
+    format!("c-{}", &di::new_task_id()[..12])
+}
+
 /// The task id of `chat_id`'s task in campaign `id`.
 pub fn task_id(id: &str, chat_id: i64) -> String {
     format!("{id}:{chat_id}")
 }
 
-/// The labels that mark a campaign task (also NATS headers).
+/// The labels that mark a campaign task in its envelope and record.
 pub const CAMPAIGN_LABEL: &str = "campaign";
 /// The recipient's `seq` in its campaign.
 pub const RECIPIENT_LABEL: &str = "recipient";
+/// The NATS headers the workers' gate reads (namespaced: a producer's own
+/// labels travel as headers too).
+pub const CAMPAIGN_HEADER: &str = "Courier-Campaign";
+/// The recipient's `seq`, as a header.
+pub const RECIPIENT_HEADER: &str = "Courier-Recipient";
+
+/// The `Nats-Msg-Id` of a recipient's message in one generation.
+pub fn message_id(task_id: &str, generation: i64) -> String {
+    format!("{task_id}~g{generation}")
+}

@@ -80,6 +80,28 @@ pub(super) async fn add_recipients(pool: &AnyPool, id: &str, batch: &[(i64, i64)
     Ok(query.execute(pool).await?.rows_affected())
 }
 
+/// Adds the recipients a query on the same database lists (its `chat_id`
+/// column), in one statement inside the database: nothing streams through
+/// this process, no read holds a lock while writes wait (SQLite), and
+/// recipients are numbered by chat id, so a re-run numbers them the same
+/// whatever order the query returns. Returns how many were new.
+pub(super) async fn import_query(pool: &AnyPool, id: &str, query: &str) -> Result<u64, CampaignError> {
+    let query = query.trim().trim_end_matches(';');
+    let sql = format!(
+        "INSERT INTO courier_campaign_recipients (campaign_id, seq, chat_id, status, updated_at) \
+         SELECT $1, ROW_NUMBER() OVER (ORDER BY chat_id), chat_id, 'pending', $2 \
+         FROM (SELECT DISTINCT CAST(chat_id AS BIGINT) AS chat_id FROM ({query}) AS source) AS chats \
+         WHERE chat_id IS NOT NULL ON CONFLICT DO NOTHING"
+    );
+    // The operator's own query on their own database, by design.
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(now()).execute(pool).await;
+    done.map(|d| d.rows_affected()).map_err(|e| {
+        CampaignError::Recipients(super::recipients::RecipientError::Query(format!(
+            "{e} (the query must return a chat_id column)"
+        )))
+    })
+}
+
 /// Marks the import complete and the campaign running.
 pub(super) async fn start(pool: &AnyPool, id: &str) -> Result<(), CampaignError> {
     sqlx::query(
@@ -93,35 +115,93 @@ pub(super) async fn start(pool: &AnyPool, id: &str) -> Result<(), CampaignError>
     Ok(())
 }
 
-/// Up to `limit` pending recipients after `after` (by seq): `(seq, chat_id)`.
-pub(super) async fn pending_after(
+/// Takes up to `limit` recipients after `after` (by seq) that need a
+/// message (`pending`, `parked`) and marks them `queued` in `generation`,
+/// in one transaction, before anything is published: a worker that parks
+/// one of them later moves it from `queued`, never the other way round.
+/// Returns `(seq, chat_id)` of those it took.
+pub(super) async fn take_page(
     pool: &AnyPool,
     id: &str,
     after: i64,
     limit: i64,
+    generation: i64,
 ) -> Result<Vec<(i64, i64)>, CampaignError> {
+    let mut tx = pool.begin().await?;
     let rows = sqlx::query(
         "SELECT seq, chat_id FROM courier_campaign_recipients \
-         WHERE campaign_id = $1 AND status = 'pending' AND seq > $2 ORDER BY seq LIMIT $3",
+         WHERE campaign_id = $1 AND status IN ('pending', 'parked') AND seq > $2 ORDER BY seq LIMIT $3",
     )
     .bind(id)
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    rows.iter().map(|r| Ok((r.try_get("seq")?, r.try_get("chat_id")?))).collect()
+    let page: Vec<(i64, i64)> =
+        rows.iter().map(|r| Ok((r.try_get("seq")?, r.try_get("chat_id")?))).collect::<Result<_, sqlx::Error>>()?;
+    if let (Some(first), Some(last)) = (page.first(), page.last()) {
+        sqlx::query(
+            "UPDATE courier_campaign_recipients SET status = 'queued', generation = $4, updated_at = $5 \
+             WHERE campaign_id = $1 AND seq >= $2 AND seq <= $3 AND status IN ('pending', 'parked')",
+        )
+        .bind(id)
+        .bind(first.0)
+        .bind(last.0)
+        .bind(generation)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE courier_campaigns SET publishing_first = $2, publishing_last = $3 WHERE id = $1")
+            .bind(id)
+            .bind(first.0)
+            .bind(last.0)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(page)
 }
 
-/// Marks the pending recipients between `first` and `last` (by seq) queued.
-pub(super) async fn mark_queued(pool: &AnyPool, id: &str, first: i64, last: i64) -> Result<(), CampaignError> {
-    sqlx::query(
-        "UPDATE courier_campaign_recipients SET status = 'queued', updated_at = $4 \
-         WHERE campaign_id = $1 AND seq >= $2 AND seq <= $3 AND status = 'pending'",
+/// The queued rows of the page a fan-out was publishing when it stopped
+/// (a crash): `(seq, chat_id, generation)`, and the page's range.
+pub(super) async fn interrupted_page(
+    pool: &AnyPool,
+    id: &str,
+) -> Result<(Vec<(i64, i64, i64)>, (i64, i64)), CampaignError> {
+    let row = sqlx::query("SELECT publishing_first, publishing_last FROM courier_campaigns WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    let Some(row) = row else { return Ok((Vec::new(), (0, 0))) };
+    let (first, last): (i64, i64) = (row.try_get("publishing_first")?, row.try_get("publishing_last")?);
+    if last == 0 {
+        return Ok((Vec::new(), (0, 0)));
+    }
+    let rows = sqlx::query(
+        "SELECT seq, chat_id, generation FROM courier_campaign_recipients \
+         WHERE campaign_id = $1 AND status = 'queued' AND seq >= $2 AND seq <= $3 ORDER BY seq",
     )
     .bind(id)
     .bind(first)
     .bind(last)
-    .bind(now())
+    .fetch_all(pool)
+    .await?;
+    let rows = rows
+        .iter()
+        .map(|r| Ok((r.try_get("seq")?, r.try_get("chat_id")?, r.try_get("generation")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok((rows, (first, last)))
+}
+
+/// The page `first..=last` is in the stream.
+pub(super) async fn page_published(pool: &AnyPool, id: &str, first: i64, last: i64) -> Result<(), CampaignError> {
+    sqlx::query(
+        "UPDATE courier_campaigns SET publishing_first = 0, publishing_last = 0 \
+         WHERE id = $1 AND publishing_first = $2 AND publishing_last = $3",
+    )
+    .bind(id)
+    .bind(first)
+    .bind(last)
     .execute(pool)
     .await?;
     Ok(())
@@ -154,7 +234,7 @@ pub(super) async fn transition(
 pub(super) async fn cancel_outstanding(pool: &AnyPool, id: &str) -> Result<u64, CampaignError> {
     Ok(sqlx::query(
         "UPDATE courier_campaign_recipients SET status = 'cancelled', updated_at = $2 \
-         WHERE campaign_id = $1 AND status IN ('pending', 'queued')",
+         WHERE campaign_id = $1 AND status IN ('pending', 'queued', 'parked')",
     )
     .bind(id)
     .bind(now())
@@ -172,6 +252,9 @@ pub(super) async fn counters(pool: &AnyPool, id: &str) -> Result<Counters, Campa
     .fetch_all(pool)
     .await?;
     let mut counters = Counters::default();
+    for status in super::RECIPIENT_STATUSES {
+        counters.by_status.insert(status.to_owned(), 0);
+    }
     for row in rows {
         let status: String = row.try_get("status")?;
         let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
@@ -188,7 +271,7 @@ pub(super) async fn finish_if_complete(pool: &AnyPool, id: &str) -> Result<bool,
         "UPDATE courier_campaigns SET status = 'done', finished_at = $2 \
          WHERE id = $1 AND status = 'running' AND imported = 1 AND NOT EXISTS (\
            SELECT 1 FROM courier_campaign_recipients \
-           WHERE campaign_id = $1 AND status IN ('pending', 'queued'))",
+           WHERE campaign_id = $1 AND status IN ('pending', 'queued', 'parked'))",
     )
     .bind(id)
     .bind(now())

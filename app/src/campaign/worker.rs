@@ -4,14 +4,16 @@
 //! to its recipient row, a dead chat's follow-up task is enqueued, and a
 //! campaign with nothing outstanding is marked done.
 //!
-//! Messages are recognised by their `campaign` and `recipient` headers (the
-//! fan-out sets them; labels travel as headers too). A header naming no
-//! campaign row changes nothing: the message runs as any other.
+//! Messages are recognised by their `Courier-Campaign` and
+//! `Courier-Recipient` headers, and must be their row's live copy: the
+//! `Nats-Msg-Id` `<campaign>:<chat>~g<generation>` of the row. An older
+//! copy of the row's message (from before a pause) is dropped; headers that
+//! match no row's message change nothing: the message runs as any other.
 
 use di::{ChatGone, Execution, TaskStatus};
 use sqlx::{AnyPool, Row};
 
-use super::{CAMPAIGN_LABEL, RECIPIENT_LABEL, store};
+use super::{CAMPAIGN_HEADER, CAMPAIGN_LABEL, RECIPIENT_HEADER, RECIPIENT_LABEL, store};
 use crate::publish::Publisher;
 
 /// What to do with a campaign message before it runs.
@@ -43,20 +45,22 @@ impl CampaignGate {
         Self { pool, publisher }
     }
 
-    /// The campaign and recipient a message's headers name, if any.
-    pub fn recipient_of(headers: Option<&async_nats::HeaderMap>) -> Option<(String, i64)> {
+    /// The campaign, recipient and message id a message's headers name, if any.
+    pub fn recipient_of(headers: Option<&async_nats::HeaderMap>) -> Option<(String, i64, String)> {
         let headers = headers?;
-        let campaign = headers.get(CAMPAIGN_LABEL)?.as_str().to_owned();
-        let seq = headers.get(RECIPIENT_LABEL)?.as_str().parse().ok()?;
-        Some((campaign, seq))
+        let campaign = headers.get(CAMPAIGN_HEADER)?.as_str().to_owned();
+        let seq = headers.get(RECIPIENT_HEADER)?.as_str().parse().ok()?;
+        let message_id = headers.get("Nats-Msg-Id")?.as_str().to_owned();
+        Some((campaign, seq, message_id))
     }
 
     /// Decides about one campaign message. Reads the database every time
     /// (one indexed lookup): a pause holds from the next message on.
-    pub async fn check(&self, campaign: &str, seq: i64) -> Result<Verdict, sqlx::Error> {
+    pub async fn check(&self, campaign: &str, seq: i64, message_id: &str) -> Result<Verdict, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT r.status AS recipient, c.status AS campaign FROM courier_campaign_recipients r \
-             JOIN courier_campaigns c ON c.id = r.campaign_id WHERE r.campaign_id = $1 AND r.seq = $2",
+            "SELECT r.status AS recipient, r.chat_id, r.generation, c.status AS campaign \
+             FROM courier_campaign_recipients r JOIN courier_campaigns c ON c.id = r.campaign_id \
+             WHERE r.campaign_id = $1 AND r.seq = $2",
         )
         .bind(campaign)
         .bind(seq)
@@ -65,25 +69,37 @@ impl CampaignGate {
         let Some(row) = row else { return Ok(Verdict::Run) };
         let recipient: String = row.try_get("recipient")?;
         let status: String = row.try_get("campaign")?;
+        let generation: i64 = row.try_get("generation")?;
+        let task_id = super::task_id(campaign, row.try_get("chat_id")?);
+        if message_id != super::message_id(&task_id, generation) {
+            // An older copy of this row's message is dropped; anything else
+            // only borrowed the headers and runs as any task.
+            let stale = message_id.strip_prefix(&task_id).is_some_and(|rest| rest.starts_with("~g"));
+            return Ok(if stale { Verdict::Dropped } else { Verdict::Run });
+        }
         Ok(match (recipient.as_str(), status.as_str()) {
-            ("cancelled", _) | (_, "cancelled") => Verdict::Dropped,
-            ("queued" | "pending", "paused") => {
+            (_, "cancelled") | ("cancelled", _) => Verdict::Dropped,
+            ("queued", "paused") => {
                 // Only while still paused: a resume that raced this must not
                 // lose the recipient.
                 let parked = sqlx::query(
-                    "UPDATE courier_campaign_recipients SET status = 'pending', updated_at = $3 \
-                     WHERE campaign_id = $1 AND seq = $2 AND status IN ('queued', 'pending') AND EXISTS (\
+                    "UPDATE courier_campaign_recipients SET status = 'parked', updated_at = $4 \
+                     WHERE campaign_id = $1 AND seq = $2 AND status = 'queued' AND generation = $3 AND EXISTS (\
                        SELECT 1 FROM courier_campaigns WHERE id = $1 AND status = 'paused')",
                 )
                 .bind(campaign)
                 .bind(seq)
+                .bind(generation)
                 .bind(store::now())
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
                 if parked == 1 { Verdict::Parked } else { Verdict::Run }
             }
-            _ => Verdict::Run,
+            // Sent, a dead chat, failed: this copy came late (a republished
+            // page after the duplicate window); the outcome stands.
+            ("queued", _) => Verdict::Run,
+            _ => Verdict::Dropped,
         })
     }
 
@@ -99,6 +115,14 @@ impl CampaignGate {
         let label = |key: &str| record.labels.get(key).and_then(rmpv::Value::as_str).map(str::to_owned);
         let (Some(campaign), Some(seq)) = (label(CAMPAIGN_LABEL), label(RECIPIENT_LABEL)) else { return Ok(false) };
         let Ok(seq) = seq.parse::<i64>() else { return Ok(false) };
+        // Only the recipient's own task (`<campaign>:<chat>`) writes its row.
+        let chat_id = execution
+            .task_id
+            .as_deref()
+            .and_then(|id| id.strip_prefix(campaign.as_str()))
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|chat| chat.parse::<i64>().ok());
+        let Some(chat_id) = chat_id else { return Ok(false) };
         let (status, message_id, reason, gone) = match record.status {
             TaskStatus::Success => {
                 let message_id = record.return_value.as_map().and_then(|fields| {
@@ -117,7 +141,8 @@ impl CampaignGate {
         };
         let updated = sqlx::query(
             "UPDATE courier_campaign_recipients SET status = $3, message_id = $4, reason = $5, updated_at = $6 \
-             WHERE campaign_id = $1 AND seq = $2 AND status IN ('pending', 'queued', 'cancelled')",
+             WHERE campaign_id = $1 AND seq = $2 AND chat_id = $7 \
+             AND status IN ('pending', 'queued', 'parked', 'cancelled', 'failed')",
         )
         .bind(&campaign)
         .bind(seq)
@@ -125,13 +150,27 @@ impl CampaignGate {
         .bind(message_id)
         .bind(reason)
         .bind(store::now())
+        .bind(chat_id)
         .execute(&self.pool)
         .await?
         .rows_affected();
-        if let Some(gone) = gone
-            && updated == 1
-        {
-            self.follow_up(&campaign, execution, gone).await?;
+        let ours = updated == 1
+            || sqlx::query(
+                "SELECT 1 FROM courier_campaign_recipients WHERE campaign_id = $1 AND seq = $2 AND chat_id = $3",
+            )
+            .bind(&campaign)
+            .bind(seq)
+            .bind(chat_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !ours {
+            return Ok(false);
+        }
+        if let Some(gone) = gone {
+            // Every time, not only when the row changed: a crash between the
+            // row and the publish must not lose it (its task id makes it once).
+            self.follow_up(&campaign, chat_id, gone).await?;
         }
         let _ = store::finish_if_complete(&self.pool, &campaign).await;
         Ok(gone.is_some())
@@ -139,20 +178,19 @@ impl CampaignGate {
 
     /// Enqueues the campaign's follow-up task for a dead chat (once: its
     /// task id is `<campaign>:<chat>:gone`).
-    async fn follow_up(&self, campaign: &str, execution: &Execution, gone: ChatGone) -> Result<(), sqlx::Error> {
+    async fn follow_up(&self, campaign: &str, chat_id: i64, gone: ChatGone) -> Result<(), sqlx::Error> {
         let follow_up: Option<String> = sqlx::query("SELECT follow_up FROM courier_campaigns WHERE id = $1")
             .bind(campaign)
             .fetch_optional(&self.pool)
             .await?
             .and_then(|row| row.try_get("follow_up").ok().flatten());
-        let (Some(task), Some(task_id)) = (follow_up, &execution.task_id) else { return Ok(()) };
-        let Some(chat_id) = task_id.rsplit(':').next().and_then(|c| c.parse::<i64>().ok()) else { return Ok(()) };
+        let Some(task) = follow_up else { return Ok(()) };
         let args = FollowUp { chat_id, reason: gone.code(), campaign_id: campaign };
-        match di::Envelope::new(format!("{task_id}:gone"), &task, &args) {
+        let task_id = format!("{}:gone", super::task_id(campaign, chat_id));
+        match di::Envelope::new(task_id, &task, &args) {
             Ok(envelope) => {
-                if let Err(err) = self.publisher.publish(&envelope, None).await {
-                    tracing::warn!(%err, campaign, chat_id, "follow-up task not enqueued");
-                }
+                // A publish that fails brings the message back, to try again.
+                self.publisher.publish(&envelope, None).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
             }
             Err(err) => tracing::warn!(%err, campaign, "follow-up task not built"),
         }
