@@ -157,6 +157,26 @@ impl Producer {
         Ok(())
     }
 
+    /// Cancels `task_id`: a final `cancelled` record, unless it already has
+    /// a final one. A queued (or scheduled, or retrying) task never runs; a
+    /// running one is told through `ctx.cancelled()` within about a second
+    /// and ends `cancelled` if it stops (a task that ignores the signal and
+    /// finishes ends `success`). Returns the final status it already had,
+    /// or `None` when the cancel was recorded.
+    pub async fn cancel(&self, task_id: &str) -> Result<Option<TaskStatus>, ProducerError> {
+        di::validate_task_id(task_id)?;
+        let name = self.store.get(task_id).await?.map(|r| r.task_name).unwrap_or_default();
+        if self.store.put_if_absent(task_id, &ResultRecord::cancelled(name, 0)).await? {
+            return Ok(None);
+        }
+        Ok(self.store.get(task_id).await?.map(|r| r.status).filter(|s| s.is_final()))
+    }
+
+    /// What `task_id` last said of its progress while running, if anything.
+    pub async fn progress(&self, task_id: &str) -> Result<Option<di::TaskProgress>, ProducerError> {
+        Ok(self.store.progress(task_id).await?)
+    }
+
     /// The record of `task_id`, if any.
     pub async fn result(&self, task_id: &str) -> Result<Option<ResultRecord>, ProducerError> {
         Ok(self.store.get(task_id).await?)

@@ -144,6 +144,18 @@ async fn serve_container(
             .with_governor(bot.governor())
             .with_campaigns(campaigns),
     );
+    // Tells running tasks when a producer cancels them (half a second apart:
+    // `ctx.cancelled()` resolves within a second). Ends with the serving.
+    let _cancellations = {
+        let runtime = runtime.clone();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = runtime.executor.watch_cancellations(std::time::Duration::from_millis(500)) => {}
+                () = stop.cancelled() => {}
+            }
+        })
+    };
     let pulling = Arc::new(PullHealth::default());
     let addr = settings.worker.http_addr.trim();
     if !addr.is_empty() {

@@ -42,6 +42,10 @@ struct Inner {
     /// their slot inside the task rather than hand the task back, which
     /// would send the earlier messages again.
     sent: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when a producer cancels this task while it runs.
+    cancel: tokio_util::sync::CancellationToken,
+    /// Progress reports, coalesced.
+    progress: crate::progress::Reporter,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -77,6 +81,8 @@ impl TaskContext {
                 session: Mutex::new(None),
                 enqueued: AtomicU32::new(0),
                 sent: Arc::default(),
+                cancel: tokio_util::sync::CancellationToken::new(),
+                progress: crate::progress::Reporter::default(),
             }),
         }
     }
@@ -129,6 +135,34 @@ impl TaskContext {
     pub fn db_backend(&self) -> &'static str {
         let db: Arc<dyn Db> = self.inner.container.resolve();
         db.backend()
+    }
+
+    /// Resolves when a producer cancels this task (`Producer::cancel`),
+    /// within about a second on whichever worker runs it. A task that stops
+    /// then (returning any error, e.g. [`crate::Failure::cancelled`]) ends
+    /// `cancelled` and its database session is rolled back; a task that
+    /// ignores it and succeeds ends `success`.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await;
+    }
+
+    /// Whether a producer cancelled this task.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// The token [`TaskContext::cancelled`] waits on (for the executor).
+    pub fn cancel_token(&self) -> tokio_util::sync::CancellationToken {
+        self.inner.cancel.clone()
+    }
+
+    /// Reports how far the task is: `fraction` from 0 to 1 and a short
+    /// message, readable by `Producer::progress` and `producer result
+    /// --watch` while it runs. Cheap to call often: at most four writes a
+    /// second reach the store, the latest value always among them.
+    pub fn progress(&self, fraction: f64, message: &str) {
+        let store: Arc<dyn crate::ResultStore> = self.inner.container.resolve();
+        self.inner.progress.report(store, &self.inner.task_id, fraction, message);
     }
 
     /// The lane this task's Telegram messages travel in.

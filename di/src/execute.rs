@@ -28,6 +28,8 @@ pub struct Executor {
     enqueuer: Arc<dyn Enqueuer>,
     /// Bounds on the envelopes it accepts: bytes, then shape.
     limits: DecodeLimits,
+    /// The tasks running now, to tell them when a producer cancels one.
+    cancellations: crate::cancel::Cancellations,
 }
 
 impl std::fmt::Debug for Executor {
@@ -45,7 +47,13 @@ impl Executor {
         limits: DecodeLimits,
     ) -> Self {
         let store: Arc<dyn ResultStore> = container.resolve();
-        Self { registry, container, store, enqueuer, limits }
+        Self { registry, container, store, enqueuer, limits, cancellations: Default::default() }
+    }
+
+    /// Tells running tasks that a producer cancelled them, checking every
+    /// `every` (one read of the running tasks' records); runs until dropped.
+    pub async fn watch_cancellations(&self, every: std::time::Duration) {
+        self.cancellations.watch(self.store.clone(), every).await;
     }
 
     /// The registry it runs from.
@@ -252,6 +260,7 @@ impl Executor {
             self.container.clone(),
             self.enqueuer.clone(),
         );
+        let _cancellable = self.cancellations.enter(&envelope.task_id, ctx.cancel_token());
         let future = AssertUnwindSafe(def.start(ctx.clone(), envelope)).catch_unwind();
         let body = tokio::time::timeout(def.options.timeout, future);
         let finished = tokio::select! {
@@ -269,6 +278,10 @@ impl Executor {
             Ok(Ok(Err(RunError::Failed(failure)))) => Outcome::Failed(failure),
             Ok(Ok(Ok(output))) => Outcome::Success(output),
         };
+        // Told to stop and did not succeed: cancelled (a task that ignores
+        // the signal and finishes keeps its success).
+        let outcome =
+            if ctx.is_cancelled() && !matches!(outcome, Outcome::Success(_)) { Outcome::Cancelled } else { outcome };
         let success = matches!(outcome, Outcome::Success(_));
         match ctx.finish_session(success).await {
             Ok(()) => outcome,
@@ -293,7 +306,7 @@ impl Executor {
         let retry = def.map(|d| d.options.retry).unwrap_or(crate::task::RetryPolicy::NONE);
         let attempts_left = attempt < retry.max_attempts;
         let disposition = match &outcome {
-            Outcome::Success(_) => Disposition::Ack,
+            Outcome::Success(_) | Outcome::Cancelled => Disposition::Ack,
             // Telegram's limits, not the task: retried without spending the attempt.
             Outcome::Failed(Failure::Throttled { retry_after, .. }) => Disposition::Retry { delay: *retry_after },
             Outcome::Failed(Failure::Retryable { retry_after, .. }) if attempts_left => {
@@ -312,6 +325,7 @@ impl Executor {
         let name = task_name.clone().unwrap_or_default();
         let record = task_id.as_ref().map(|_| match (&outcome, outcome.error()) {
             (Outcome::Success(value), _) => ResultRecord::success(name, attempt, value.clone(), elapsed.as_secs_f64()),
+            (Outcome::Cancelled, _) => ResultRecord::cancelled(name, attempt),
             (_, error) => {
                 let status = if matches!(disposition, Disposition::Retry { .. } | Disposition::HandBack) {
                     TaskStatus::Retrying
@@ -351,7 +365,8 @@ impl Executor {
 /// again (its copy may be what was lost) if it failed.
 fn already_finished(task_id: String, task_name: String, record: ResultRecord, started: Instant) -> Execution {
     let disposition = match (&record.status, &record.error) {
-        (TaskStatus::Success, _) => Disposition::Ack,
+        // Cancelled by a producer (before it ran, or while): nothing to copy.
+        (TaskStatus::Success | TaskStatus::Cancelled, _) => Disposition::Ack,
         (_, error) => Disposition::DeadLetter {
             reason: error.as_ref().map_or_else(|| "failed".to_owned(), |e| format!("{}: {}", e.exc_type, e.message())),
         },

@@ -6,6 +6,7 @@
 //! **Architecture Invariant:** this crate never touches NATS and never reads
 //! configuration itself; it is handed [`settings::Settings`].
 
+pub mod cancel;
 pub mod components;
 pub mod container;
 pub mod context;
@@ -16,6 +17,7 @@ pub mod execute;
 pub mod governor;
 pub mod ids;
 pub mod outcome;
+pub mod progress;
 pub mod record;
 pub mod registry;
 pub mod schema;
@@ -36,6 +38,7 @@ pub use error::{Component, StartupError};
 pub use execute::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError};
 pub use governor::{Admission, FloodObserver, FrozenKey, Governor, GovernorStatus, Lane};
 pub use ids::{IdError, validate_labels, validate_task_id};
+pub use progress::TaskProgress;
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
 pub use schema::{ArgsSchema, Field, Shape};

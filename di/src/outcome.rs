@@ -46,6 +46,9 @@ pub enum Outcome {
         /// How often it was delivered.
         deliveries: u64,
     },
+    /// A producer cancelled the task while it ran, and it stopped (it
+    /// returned without success); its database session was rolled back.
+    Cancelled,
 }
 
 impl Outcome {
@@ -62,7 +65,9 @@ impl Outcome {
             Self::Timeout(after) => ("Timeout", format!("the attempt ran longer than {after:?}")),
             Self::Panic(m) => ("Panic", format!("the task panicked: {m}")),
             Self::Interrupted => ("Interrupted", "the worker stopped the attempt at shutdown".to_owned()),
+            Self::Cancelled => ("Cancelled", "cancelled by request".to_owned()),
             Self::AlreadyFinished(TaskStatus::Success) => return None,
+            Self::AlreadyFinished(TaskStatus::Cancelled) => ("Cancelled", "cancelled by request".to_owned()),
             Self::AlreadyFinished(status) => ("AlreadyFinished", format!("the task already ended {status}")),
             Self::AttemptsExhausted { started } => (
                 "AttemptsExhausted",

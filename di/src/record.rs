@@ -24,6 +24,8 @@ pub enum TaskStatus {
     Success,
     /// It will not run again; `error` says why.
     Failed,
+    /// A producer cancelled it: it never ran, or it stopped when told.
+    Cancelled,
 }
 
 impl TaskStatus {
@@ -35,12 +37,13 @@ impl TaskStatus {
             Self::Retrying => "retrying",
             Self::Success => "success",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
     /// Whether the task will change no further.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Success | Self::Failed)
+        matches!(self, Self::Success | Self::Failed | Self::Cancelled)
     }
 }
 
@@ -146,6 +149,19 @@ impl ResultRecord {
         let mut record = Self::new(task_name, TaskStatus::Success, attempt);
         record.return_value = return_value;
         record.execution_time = execution_time;
+        record.finished_at = Some(record.updated_at);
+        record
+    }
+
+    /// A final `cancelled` record (what `Producer::cancel` writes, and what a
+    /// task that stopped when told ends with).
+    pub fn cancelled(task_name: impl Into<String>, attempt: u32) -> Self {
+        let mut record = Self::failure(
+            task_name,
+            TaskStatus::Cancelled,
+            attempt,
+            TaskError::new("Cancelled", "cancelled by request"),
+        );
         record.finished_at = Some(record.updated_at);
         record
     }

@@ -56,6 +56,12 @@ impl Failure {
         Self::Fatal { message: message.to_string() }
     }
 
+    /// The task stops because a producer cancelled it (after
+    /// `ctx.cancelled()`): it ends `cancelled`, its session rolled back.
+    pub fn cancelled() -> Self {
+        Self::Fatal { message: "stopped: cancelled".to_owned() }
+    }
+
     /// A pause for Telegram's limits that spends no attempt.
     pub fn throttled(message: impl fmt::Display, retry_after: Duration) -> Self {
         Self::Throttled { message: message.to_string(), retry_after }

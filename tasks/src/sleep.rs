@@ -1,4 +1,5 @@
 //! Sleeps, then returns: for demos, load tests and graceful-shutdown checks.
+//! Reports its progress every 100 ms and stops when cancelled.
 
 use di::prelude::*;
 
@@ -10,9 +11,21 @@ pub struct Args {
 }
 
 /// Sleeps `ms` milliseconds and returns them.
-pub async fn run(_ctx: TaskContext, args: Args) -> TaskResult<u64> {
-    tokio::time::sleep(Duration::from_millis(args.ms)).await;
-    Ok(args.ms)
+pub async fn run(ctx: TaskContext, args: Args) -> TaskResult<u64> {
+    let total = Duration::from_millis(args.ms);
+    let started = tokio::time::Instant::now();
+    loop {
+        let left = total.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Ok(args.ms);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(left.min(Duration::from_millis(100))) => {}
+            () = ctx.cancelled() => return Err(Failure::cancelled()),
+        }
+        let done = started.elapsed().as_secs_f64() / total.as_secs_f64();
+        ctx.progress(done, &format!("slept {} ms", started.elapsed().as_millis()));
+    }
 }
 
 register_task!(run: Args => u64, TaskOptions::new().timeout(Duration::from_secs(3600)));

@@ -112,7 +112,6 @@ async fn ten_thousand_recipients_at_the_limit_each_once_with_the_dead_chats_repo
     let env = campaign_env(&scope, &fake, &limits, &schema);
     let _workers = workers(3, &env).await;
     let file = recipients_file(1..=10_000);
-    let started = Instant::now();
     let id = start(&env, &file).await;
 
     // Replies while it runs: enqueue to the message at the fake.
@@ -126,11 +125,15 @@ async fn ten_thousand_recipients_at_the_limit_each_once_with_the_dead_chats_repo
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let status = wait_done(&scope, &env, &id).await;
-    let took = started.elapsed();
 
     assert_eq!(fake.too_many(), 0, "the fake answered 429");
+    // The campaign's sending, from its first request at the fake to its last
+    // (the dead chats' too): what the limits govern. Process start-up and
+    // this test's polling are not the campaign's.
+    let at: Vec<Instant> = fake.sent_messages().iter().filter(|r| r.body["text"] == "news").map(|r| r.at).collect();
+    let took = *at.iter().max().unwrap() - *at.iter().min().unwrap();
     let allowed = Duration::from_secs_f64(10_000.0 / 200.0 * 1.15);
-    assert!(took <= allowed, "took {took:?}; within 15% of 50 s is {allowed:?}");
+    assert!(took <= allowed, "sending took {took:?}; within 15% of 50 s is {allowed:?}");
     let seen = received(&fake);
     for chat in 1..=10_000_i64 {
         let dead = chat % 10 == 0 || chat % 100 == 5;

@@ -73,6 +73,22 @@ enum Command {
     Result {
         /// The task id.
         task_id: String,
+        /// Follow the task until it ends: its progress on a terminal (a bar),
+        /// then the final record.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Cancels a task: if queued it never runs; if running it is told to stop.
+    ///
+    /// Writes a final `cancelled` record unless the task already has a final
+    /// one. A running task sees `ctx.cancelled()` within about a second; if
+    /// it stops it ends `cancelled`, if it ignores the signal and finishes it
+    /// ends `success`. Says which on stderr; exit 4 when the task had already
+    /// ended (its status is said).
+    #[command(after_help = EXIT_CODES)]
+    Cancel {
+        /// The task id.
+        task_id: String,
     },
     /// Lists dead letters.
     ///
@@ -194,7 +210,9 @@ async fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Tasks { json } => list_tasks(json),
         Command::Send { task, kwargs, id, labels, wait, json } => send(&task, &kwargs, id, &labels, wait, json).await,
-        Command::Result { task_id } => result(&task_id).await,
+        Command::Result { task_id, watch: false } => result(&task_id).await,
+        Command::Result { task_id, watch: true } => watch(&task_id).await,
+        Command::Cancel { task_id } => cancel(&task_id).await,
         Command::DeadLetters { limit, filter } => list_dead_letters(limit.get(), filter.into_filter(None)).await,
         Command::Replay { task_id: Some(task_id), filter, json, .. } => {
             replay_one(&task_id, filter.into_filter(Some(task_id.clone())), json).await
@@ -334,6 +352,51 @@ async fn result(task_id: &str) -> Outcome {
             let ttl = humantime::format_duration(settings.redis.result_ttl);
             Err(fail(Exit::NotFound, format!("no record for task {task_id} (never sent, or expired after {ttl})")))
         }
+        Err(err) => Err(fail(&err, &err)),
+    }
+}
+
+/// Follows a task's progress until its record is final, then prints it.
+async fn watch(task_id: &str) -> Outcome {
+    let (_, producer) = connect().await?;
+    let progress = courier::cli::output::Progress::stderr();
+    loop {
+        match producer.result(task_id).await {
+            Ok(Some(record)) if record.status.is_final() => {
+                progress.clear();
+                return Ok(print_record(&record));
+            }
+            Ok(record) => {
+                let status = record.map_or("not started", |r| r.status.name());
+                let line = match producer.progress(task_id).await {
+                    Ok(Some(p)) => {
+                        let filled = (p.fraction * 30.0).round() as usize;
+                        format!(
+                            "{status} [{}{}] {:.0}% {}",
+                            "#".repeat(filled),
+                            "-".repeat(30 - filled.min(30)),
+                            p.fraction * 100.0,
+                            p.message
+                        )
+                    }
+                    _ => status.to_owned(),
+                };
+                progress.set(&line);
+            }
+            Err(err) => return Err(fail(&err, &err)),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn cancel(task_id: &str) -> Outcome {
+    let (_, producer) = connect().await?;
+    match producer.cancel(task_id).await {
+        Ok(None) => {
+            eprintln!("task {task_id}: cancelled (a running task is told to stop)");
+            Ok(Exit::Ok)
+        }
+        Ok(Some(status)) => Err(fail(Exit::NotFound, format!("task {task_id} already ended: {}", status.name()))),
         Err(err) => Err(fail(&err, &err)),
     }
 }

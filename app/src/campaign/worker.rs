@@ -130,6 +130,7 @@ impl CampaignGate {
                 });
                 ("sent", message_id, None, None)
             }
+            TaskStatus::Cancelled => ("cancelled", None, None, None),
             _ => {
                 let error = record.error.as_ref();
                 let text = error.map(|e| format!("{}: {}", e.exc_type, e.message())).unwrap_or_default();

@@ -13,7 +13,7 @@ use settings::RedisSettings;
 use shaku::{Component, Interface};
 
 use crate::error::{Component as Part, StartupError};
-use crate::record::ResultRecord;
+use crate::record::{ResultRecord, TaskStatus};
 
 /// A result-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,30 @@ pub trait ResultStore: Interface {
             }
         }
         Ok(done)
+    }
+
+    /// Which of `task_ids` a producer cancelled (their final record says
+    /// `cancelled`), in as few round trips as the store allows.
+    async fn cancelled_among(&self, task_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut cancelled = Vec::new();
+        for id in task_ids {
+            if self.get(id).await?.is_some_and(|r| r.status == crate::TaskStatus::Cancelled) {
+                cancelled.push(id.clone());
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Writes `task_id`'s progress (beside its record, never over it).
+    async fn set_progress(&self, task_id: &str, progress: &crate::TaskProgress) -> Result<(), StoreError> {
+        let _ = (task_id, progress);
+        Ok(())
+    }
+
+    /// Reads `task_id`'s last progress, if it reported any.
+    async fn progress(&self, task_id: &str) -> Result<Option<crate::TaskProgress>, StoreError> {
+        let _ = task_id;
+        Ok(None)
     }
 
     /// Checks that the store answers.
@@ -273,6 +297,47 @@ impl ResultStore for RedisResultStore {
         // EXISTS counts the final keys in one round trip.
         let n: usize = redis::cmd("EXISTS").arg(&keys).query_async(&mut conn).await.map_err(|e| self.failed(e))?;
         Ok(n)
+    }
+
+    async fn set_progress(&self, task_id: &str, progress: &crate::TaskProgress) -> Result<(), StoreError> {
+        let bytes =
+            rmp_serde::to_vec_named(progress).map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
+        let mut conn = self.conn().await?;
+        let _: () = conn
+            .set_ex(format!("{}:progress", self.key(task_id)), bytes, self.ttl.as_secs().max(1))
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    async fn progress(&self, task_id: &str) -> Result<Option<crate::TaskProgress>, StoreError> {
+        let mut conn = self.conn().await?;
+        let bytes: Option<Vec<u8>> =
+            conn.get(format!("{}:progress", self.key(task_id))).await.map_err(|e| self.failed(e))?;
+        Ok(bytes.and_then(|b| rmp_serde::from_slice(&b).ok()))
+    }
+
+    async fn cancelled_among(&self, task_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in task_ids {
+            pipe.get(self.key(id));
+        }
+        let mut conn = self.conn().await?;
+        let records: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        Ok(task_ids
+            .iter()
+            .zip(records)
+            .filter(|(_, bytes)| {
+                bytes
+                    .as_deref()
+                    .and_then(|b| ResultRecord::from_msgpack(b).ok())
+                    .is_some_and(|r| r.status == TaskStatus::Cancelled)
+            })
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

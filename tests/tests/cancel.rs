@@ -1,0 +1,120 @@
+//! Cancellation and progress: a queued task that is cancelled never runs; a
+//! running one sees `ctx.cancelled()` within a second, stops, ends
+//! `cancelled` and its transaction leaves no rows; progress written while a
+//! task runs is readable from another process.
+
+use std::time::{Duration, Instant};
+
+use di::TaskStatus;
+use it::PgSchema;
+use it::process::{ChildProcess, command};
+use it::scope::Scope;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Inserts a row in its transaction, then waits to be cancelled.
+mod patient {
+    use di::prelude::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Args {
+        pub table: String,
+    }
+
+    pub async fn run(ctx: TaskContext, args: Args) -> TaskResult<()> {
+        let query = format!("INSERT INTO {} (note) VALUES ('written before the cancel')", args.table);
+        let mut db = ctx.db().await?;
+        di::sqlx::query(di::sqlx::AssertSqlSafe(query)).execute(&mut *db).await.retryable()?;
+        drop(db);
+        tokio::select! {
+            () = ctx.cancelled() => Err(Failure::cancelled()),
+            () = tokio::time::sleep(Duration::from_secs(60)) => Ok(()),
+        }
+    }
+
+    register_task!(run: Args => ());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_task_that_is_cancelled_never_runs() {
+    let scope = Scope::new();
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 10 }).await.unwrap();
+    assert_eq!(producer.cancel(&handle.task_id).await.unwrap(), None, "recorded");
+    let worker = scope.start_worker().await;
+    let record = handle.wait(WAIT).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Cancelled, "{record:?}");
+    assert_eq!(record.started_at, None, "it never started");
+    scope.eventually(WAIT, "the message acked", || async { (scope.backlog().await.0 == 0).then_some(()) }).await;
+    assert_eq!(producer.progress(&handle.task_id).await.unwrap(), None, "it never ran");
+    assert_eq!(producer.cancel(&handle.task_id).await.unwrap(), Some(TaskStatus::Cancelled), "already ended");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_stops_within_a_second_and_its_transaction_leaves_no_rows() {
+    let schema = PgSchema::create().await;
+    let table = format!("{}.notes", schema.name);
+    let pg = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} (note TEXT)"))).execute(&pg).await.unwrap();
+    let mut scope = Scope::new();
+    scope.settings.database.url = settings::SecretUrl::new(&schema.url);
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(patient::TASK, &patient::Args { table: table.clone() }).await.unwrap();
+    scope
+        .eventually(WAIT, "running", || async {
+            let record = producer.result(&handle.task_id).await.unwrap()?;
+            (record.status == TaskStatus::Running).then_some(())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    // From another process, as a user would.
+    let env = scope.env();
+    let task_id = handle.task_id.clone();
+    let out =
+        tokio::task::spawn_blocking(move || command("producer").envs(env).args(["cancel", &task_id]).output().unwrap())
+            .await
+            .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record = handle.wait(WAIT).await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(record.status, TaskStatus::Cancelled, "{record:?}");
+    assert!(took < Duration::from_millis(1_500), "stopped {took:?} after the cancel");
+    let rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"))).fetch_one(&pg).await.unwrap();
+    assert_eq!(rows, 0, "the cancelled task's transaction was rolled back");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_written_by_a_running_task_is_readable_from_another_process() {
+    let scope = Scope::new();
+    // The task runs in a worker process; this process reads its progress.
+    let env = scope.env();
+    let mut worker = tokio::task::spawn_blocking(move || ChildProcess::start(&env)).await.unwrap();
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 3_000 }).await.unwrap();
+    let task_id = handle.task_id.clone();
+    let seen = scope
+        .eventually(WAIT, "progress past a third", || async {
+            let progress = producer.progress(&task_id).await.unwrap()?;
+            (progress.fraction > 0.3 && progress.fraction < 1.0).then_some(progress)
+        })
+        .await;
+    assert!(seen.message.starts_with("slept "), "{seen:?}");
+    assert_eq!(producer.result(&task_id).await.unwrap().unwrap().status, TaskStatus::Running);
+    // The CLI follows it to the end.
+    let env = scope.env();
+    let out = tokio::task::spawn_blocking(move || {
+        command("producer").envs(env).args(["result", &task_id, "--watch"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "success");
+    assert!(!out.stderr.contains(&b'\r'), "no bar into a pipe");
+    worker.terminate(Duration::from_secs(10));
+}
