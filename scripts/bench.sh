@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Courier's benchmark, as BENCHMARKS.md reports it: a release build, a worker
-# started and timed to "worker ready", then `producer bench` (3 runs, with the
-# raw ceilings) against it, on the services configured by settings
-# (development profile: the local NATS, Redis and PostgreSQL).
-#   N=10000 RUNS=3 ROUND_TRIPS=1000 ./scripts/bench.sh [--json]
+# started and timed to "worker ready", then the `bench` binary (a warm-up,
+# 3 runs, every result read back and checked, with the raw ceilings) against
+# it, on the services configured by settings (development profile: the local
+# NATS, Redis and PostgreSQL). Exits with bench's code: 1 if any result was
+# failed, wrong or missing.
+#   N=10000 RUNS=3 ROUND_TRIPS=1000 WARMUP=1000 ./scripts/bench.sh [--json]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
 RUNS=${RUNS:-3}
 ROUND_TRIPS=${ROUND_TRIPS:-1000}
-cargo build --release --quiet --bin worker --bin producer
+WARMUP=${WARMUP:-1000}
+cargo build --release --quiet --bin worker --bin bench
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 # Names of its own, so a running development worker is not disturbed.
@@ -26,7 +29,8 @@ export COURIER_WORKER__HTTP_ADDR=${COURIER_WORKER__HTTP_ADDR:-}
 export RUST_LOG=${RUST_LOG:-warn,courier::worker=info}
 
 log=$(mktemp)
-trap 'kill -TERM "${pid:-0}" 2>/dev/null || true; rm -f "$log"' EXIT
+# Stops only the worker this script started (never `kill 0`: the process group).
+trap 'if [ -n "${pid:-}" ]; then kill -TERM "$pid" 2>/dev/null || true; fi; rm -f "$log"' EXIT
 started=$(date +%s%N)
 "$bin/worker" >"$log" 2>&1 &
 pid=$!
@@ -37,6 +41,9 @@ done
 ready_ms=$(( ($(date +%s%N) - started) / 1000000 ))
 echo "worker ready ${ready_ms} ms after its process started ($(grep -o 'startup_ms=[0-9]*' "$log"))"
 sleep 1
-"$bin/producer" bench --n "$N" --runs "$RUNS" --round-trips "$ROUND_TRIPS" --ceiling --worker-pid "$pid" "$@"
+status=0
+"$bin/bench" --n "$N" --runs "$RUNS" --round-trips "$ROUND_TRIPS" --warmup "$WARMUP" --ceiling --worker-pid "$pid" "$@" || status=$?
 kill -TERM "$pid"
 wait "$pid"
+pid=
+exit "$status"

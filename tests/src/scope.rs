@@ -204,6 +204,13 @@ impl Scope {
         consumer.info().await.expect("consumer info").delivered.consumer_sequence
     }
 
+    /// Every Redis key under this scope's prefix ([`scan_keys`]).
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let client = redis::Client::open(self.settings.redis.url.expose()).expect("Redis URL");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect to Redis");
+        scan_keys(&mut conn, &self.settings.redis.key_prefix).await.expect("SCAN")
+    }
+
     /// Polls `check` every 20 ms until it returns `Some`, or panics with
     /// `what` after `timeout`.
     pub async fn eventually<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> T
@@ -220,6 +227,18 @@ impl Scope {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Every key that starts with `prefix`, found with `SCAN`, cursor by cursor
+/// (never `KEYS`, which blocks Redis while it walks the whole keyspace).
+/// The prefix is taken literally: it must hold no glob characters.
+pub async fn scan_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor = conn.scan_match::<_, String>(format!("{prefix}*")).await?;
+    while let Some(key) = cursor.next_item().await {
+        keys.push(key?);
+    }
+    Ok(keys)
 }
 
 impl Default for Scope {
@@ -248,7 +267,7 @@ impl Drop for Scope {
                     && let Ok(Ok(mut conn)) =
                         tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection()).await
                 {
-                    let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap_or_default();
+                    let keys = scan_keys(&mut conn, &prefix).await.unwrap_or_default();
                     if !keys.is_empty() {
                         let _: Result<(), _> = conn.del(keys).await;
                     }

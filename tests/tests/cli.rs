@@ -20,7 +20,7 @@ fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
-const PRODUCER_COMMANDS: [&str; 7] = ["tasks", "send", "result", "dead-letters", "replay", "bench", "completions"];
+const PRODUCER_COMMANDS: [&str; 6] = ["tasks", "send", "result", "dead-letters", "replay", "completions"];
 
 #[test]
 fn every_binary_and_subcommand_has_help_with_the_exit_codes() {
@@ -41,6 +41,9 @@ fn every_binary_and_subcommand_has_help_with_the_exit_codes() {
     for command in PRODUCER_COMMANDS {
         assert!(out.contains(command), "producer --help does not list {command}");
     }
+    // The benchmark is a binary of its own, not a production command.
+    assert!(!out.contains("bench"), "producer --help lists a benchmark:\n{out}");
+    assert_eq!(run("producer", &["bench"], &[]).0, 2, "producer bench is gone");
     let (_, out, _) = run("worker", &["--help"], &[]);
     for flag in ["--check", "--list-tasks", "--print-settings", "--json"] {
         assert!(out.contains(flag), "worker --help does not list {flag}");

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bb8_redis::redis::{self, AsyncCommands};
 use di::TaskStatus;
 use it::process::command;
 use it::scope::Scope;
@@ -65,9 +64,7 @@ async fn send_names_the_field_at_fault_and_enqueues_nothing() {
         assert!(err.contains(says), "{kwargs}: {err}");
         assert!(out.is_empty(), "no task id is printed: {out}");
     }
-    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = conn.keys(format!("{}*", scope.settings.redis.key_prefix)).await.unwrap();
+    let keys = scope.redis_keys().await;
     assert!(keys.is_empty(), "no record was written: {keys:?}");
     assert_eq!(scope.backlog_stream_only().await, 0, "nothing was published");
 }

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bb8_redis::redis::{self, AsyncCommands};
 use bytes::Bytes;
 use courier::ProducerError;
 use courier::publish::Published;
@@ -24,13 +23,6 @@ mod spawner {
     }
 
     register_task!(run: () => String);
-}
-
-/// Every Redis key under the scope's prefix.
-async fn keys(scope: &Scope) -> Vec<String> {
-    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    conn.keys(format!("{}*", scope.settings.redis.key_prefix)).await.unwrap()
 }
 
 /// Runs the `producer` binary with the scope's settings: exit code, stdout, stderr.
@@ -72,7 +64,7 @@ async fn the_producer_api_refuses_bad_ids_and_labels_before_writing() {
     label_key.labels.insert("bad key".into(), 1.into());
     assert!(matches!(refused(producer.enqueue_envelope(&label_key, None).await), IdError::LabelKey { .. }));
 
-    assert_eq!(keys(&scope).await, Vec::<String>::new(), "no record was written");
+    assert_eq!(scope.redis_keys().await, Vec::<String>::new(), "no record was written");
     assert_eq!(scope.backlog_stream_only().await, 0, "nothing was published");
 }
 
@@ -92,7 +84,7 @@ async fn the_cli_refuses_bad_ids_and_labels_with_the_usage_code() {
         assert_eq!(code, 2, "{args:?}: {out} {err}");
         assert!(err.contains("task id") || err.contains("label"), "{args:?}: {err}");
     }
-    assert_eq!(keys(&scope).await, Vec::<String>::new(), "no record was written");
+    assert_eq!(scope.redis_keys().await, Vec::<String>::new(), "no record was written");
     assert_eq!(scope.backlog_stream_only().await, 0, "nothing was published");
 }
 

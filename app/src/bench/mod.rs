@@ -1,275 +1,300 @@
-//! `producer bench`: Courier's throughput and latency against the configured
-//! services and a running worker, and with `--ceiling` what the bare
-//! primitives (async-nats and redis alone, no framework) achieve on the same
-//! machine in the same run, so every Courier figure has a yardstick.
+//! The benchmarks behind BENCHMARKS.md, each run by a binary of its own
+//! (none is part of `worker`, `producer` or `bot`): `bench` (this module:
+//! Courier end to end against a running worker, and with `--ceiling` the
+//! raw primitives and pipelines on the same services), `flood-bench`
+//! ([`flood`]) and `fanout-bench` ([`fan_out`]).
+//!
+//! `bench` is honest in the way the Taskiq harness (`bench/taskiq/`) is:
+//! it waits for a worker to answer and warms up before timing, reads every
+//! result back and checks it (a failed, wrong or missing result is counted
+//! apart, stops the runs and fails the command), and compares a Courier
+//! figure only with the raw pipeline doing the same work (`report.rs`).
 
 mod ceiling;
 pub mod fan_out;
 pub mod flood;
+pub mod readback;
+pub mod report;
 
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use serde::Serialize;
 use settings::Settings;
 
+use self::ceiling::{Ceiling, Work};
+use self::readback::{Checked, Expected, Readback};
+use self::report::{Phase, Report, Samples};
+use crate::cli::output::Progress;
 use crate::producer::{Producer, ProducerError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Tasks per throughput phase.
+    /// Tasks per throughput phase (and messages per raw phase).
     pub n: usize,
     /// Sequential round trips for the latency phase.
     pub round_trips: usize,
-    /// Enqueues in flight at once.
+    /// Enqueues (and raw publishes) in flight at once.
     pub in_flight: usize,
     /// Repetitions of the whole suite (figures are medians).
     pub runs: usize,
-    /// Also measure the bare primitives and the raw pipeline.
+    /// Tasks of each kind run, read back and checked before timing.
+    pub warmup: usize,
+    /// How long a batch may go without a new result before the rest count
+    /// as missing.
+    pub stall: Duration,
+    /// Also measure the bare primitives and the raw pipelines.
     pub ceiling: bool,
     /// The worker's process id, to report its memory.
     pub worker_pid: Option<u32>,
-    /// Print JSON instead of a table.
-    pub json: bool,
 }
 
-/// Why a benchmark stopped.
+/// Why a benchmark stopped before it could report.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// The producer failed.
     #[error(transparent)]
     Producer(#[from] ProducerError),
-    /// A raw primitive failed.
+    /// A raw primitive, the readback or a service failed: what was being
+    /// done, and what the library said.
     #[error("{0}")]
     Raw(String),
+    /// No worker answered the first task.
+    #[error("no worker answered: a noop task had no result within {0}; is a worker running on these settings?")]
+    NoWorker(String),
 }
 
 fn raw(err: impl std::fmt::Display) -> BenchError {
     BenchError::Raw(err.to_string())
 }
 
-/// One measured figure: the median of the runs, and their range.
-#[derive(Debug, Clone, Serialize)]
-pub struct Figure {
-    /// What was measured.
-    pub phase: String,
-    /// Tasks or messages per run.
-    pub n: usize,
-    /// Median rate per second (throughput phases).
-    pub per_second: Option<f64>,
-    /// Slowest and fastest run's rate.
-    pub per_second_range: Option<(f64, f64)>,
-    /// Latency percentiles in milliseconds (round-trip phase, all runs pooled).
-    pub p50_ms: Option<f64>,
-    /// 99th percentile.
-    pub p99_ms: Option<f64>,
-    /// Slowest.
-    pub max_ms: Option<f64>,
-    /// The rate as a percentage of the raw pipeline's (with `--ceiling`).
-    pub of_raw_pipeline: Option<f64>,
+/// Maps a library error to [`BenchError::Raw`], saying what was being done.
+fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
+    move |err| BenchError::Raw(format!("{what}: {err}"))
 }
 
-/// Everything one `producer bench` printed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// The figures, in the order measured.
-    pub figures: Vec<Figure>,
-    /// The worker's resident memory before the runs, KiB.
-    pub worker_rss_at_rest_kib: Option<u64>,
-    /// The worker's peak resident memory after the runs, KiB.
-    pub worker_rss_peak_kib: Option<u64>,
-}
-
-#[derive(Default)]
-struct Samples {
-    rates: Vec<(String, usize, f64)>,
-    latencies: Vec<f64>,
-}
-
-/// Runs the suite.
-pub async fn run(settings: &Settings, options: &BenchOptions) -> Result<Report, BenchError> {
-    let producer = Producer::connect(settings).await?;
-    let rest = options.worker_pid.and_then(|pid| proc_kib(pid, "VmRSS:"));
-    let mut samples = Samples::default();
-    for run in 1..=options.runs {
-        progress(&format!("run {run}/{}", options.runs));
-        let noop = enqueue_and_finish(&producer, options, "noop", |p| {
-            Box::pin(async move { Ok(p.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await?.task_id) })
-        })
-        .await?;
-        samples.rates.push(("enqueue (publish with ack), noop".into(), options.n, noop.0));
-        samples.rates.push(("end to end, noop".into(), options.n, noop.1));
-        let select = enqueue_and_finish(&producer, options, "select_one", |p| {
-            Box::pin(async move { Ok(p.enqueue(tasks::select_one::TASK, &tasks::select_one::Args {}).await?.task_id) })
-        })
-        .await?;
-        samples.rates.push(("end to end, DI SELECT 1".into(), options.n, select.1));
-        samples.latencies.extend(round_trips(&producer, options.round_trips).await?);
-        if options.ceiling {
-            for (phase, rate) in ceiling::measure(settings, options).await? {
-                samples.rates.push((phase, options.n, rate));
-            }
-        }
-    }
-    eprintln!();
-    let peak = options.worker_pid.and_then(|pid| proc_kib(pid, "VmHWM:"));
-    Ok(summarise(samples, options, rest, peak))
-}
-
-type EnqueueOne = for<'a> fn(&'a Producer) -> futures_util::future::BoxFuture<'a, Result<String, BenchError>>;
-
-/// Enqueues `n` tasks with `in_flight` at once; returns the enqueue rate and
-/// the end-to-end rate (first enqueue until every result is readable).
-async fn enqueue_and_finish(
-    producer: &Producer,
-    options: &BenchOptions,
-    what: &str,
-    one: EnqueueOne,
-) -> Result<(f64, f64), BenchError> {
-    let started = Instant::now();
-    let mut pending = FuturesUnordered::new();
-    let mut ids = Vec::with_capacity(options.n);
-    let mut issued = 0;
-    while ids.len() < options.n {
-        while issued < options.n && pending.len() < options.in_flight {
-            pending.push(one(producer));
-            issued += 1;
-        }
-        if let Some(id) = pending.next().await {
-            ids.push(id?);
-            if ids.len() % 1000 == 0 {
-                progress(&format!("{what}: enqueued {}/{}", ids.len(), options.n));
-            }
-        }
-    }
-    let enqueued = started.elapsed();
-    // Results arrive roughly in order: check the oldest chunk until it is done.
-    let mut remaining: &[String] = &ids;
-    while !remaining.is_empty() {
-        let chunk = &remaining[..remaining.len().min(500)];
-        if producer.count_final(chunk).await? == chunk.len() {
-            remaining = &remaining[chunk.len()..];
-            progress(&format!("{what}: finished {}/{}", ids.len() - remaining.len(), ids.len()));
-        } else {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err(BenchError::Raw(format!(
-                "{what}: {} tasks unfinished after 10 min: is a worker running?",
-                remaining.len()
-            )));
-        }
-    }
-    let finished = started.elapsed();
-    Ok((options.n as f64 / enqueued.as_secs_f64(), options.n as f64 / finished.as_secs_f64()))
-}
-
-/// Sequential enqueue -> result read by `TaskHandle::wait`; milliseconds.
-async fn round_trips(producer: &Producer, count: usize) -> Result<Vec<f64>, BenchError> {
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let started = Instant::now();
-        let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await?;
-        handle.wait(Duration::from_secs(30)).await?;
-        out.push(started.elapsed().as_secs_f64() * 1000.0);
-        if i % 100 == 99 {
-            progress(&format!("round trips {}/{count}", i + 1));
-        }
-    }
-    Ok(out)
-}
-
-fn summarise(samples: Samples, options: &BenchOptions, rest: Option<u64>, peak: Option<u64>) -> Report {
-    let mut figures: Vec<Figure> = Vec::new();
-    for (phase, n, _) in &samples.rates {
-        if figures.iter().any(|f| &f.phase == phase) {
-            continue;
-        }
-        let mut rates: Vec<f64> = samples.rates.iter().filter(|(p, _, _)| p == phase).map(|(_, _, r)| *r).collect();
-        rates.sort_by(f64::total_cmp);
-        figures.push(Figure {
-            phase: phase.clone(),
-            n: *n,
-            per_second: Some(median(&rates)),
-            per_second_range: Some((rates[0], rates[rates.len() - 1])),
-            p50_ms: None,
-            p99_ms: None,
-            max_ms: None,
-            of_raw_pipeline: None,
-        });
-    }
-    let mut latencies = samples.latencies;
-    latencies.sort_by(f64::total_cmp);
-    if !latencies.is_empty() {
-        figures.push(Figure {
-            phase: "round trip, noop (enqueue -> result readable)".into(),
-            n: options.round_trips,
-            per_second: None,
-            per_second_range: None,
-            p50_ms: Some(percentile(&latencies, 0.50)),
-            p99_ms: Some(percentile(&latencies, 0.99)),
-            max_ms: latencies.last().copied(),
-            of_raw_pipeline: None,
-        });
-    }
-    let pipeline = figures.iter().find(|f| f.phase.starts_with("raw pipeline")).and_then(|f| f.per_second);
-    if let Some(pipeline) = pipeline {
-        for figure in &mut figures {
-            if !figure.phase.starts_with("raw") {
-                figure.of_raw_pipeline = figure.per_second.map(|r| 100.0 * r / pipeline);
-            }
-        }
-    }
-    Report { figures, worker_rss_at_rest_kib: rest, worker_rss_peak_kib: peak }
-}
-
+/// The middle of `sorted` values.
 fn median(sorted: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
+/// The `q` quantile of `sorted` values (nearest rank).
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+/// Progress of one phase, on a terminal only.
+#[derive(Debug)]
+pub struct Show<'a> {
+    progress: &'a Progress,
+    phase: &'a str,
+}
+
+impl Show<'_> {
+    fn set(&self, text: &str) {
+        self.progress.set(&format!("{}: {text}", self.phase));
+    }
+}
+
+/// The Courier task a batch runs.
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Noop,
+    SelectOne,
+}
+
+impl Task {
+    fn expected(self) -> Expected {
+        match self {
+            Self::Noop => Expected::new(tasks::noop::TASK.name(), &()),
+            Self::SelectOne => Expected::new(tasks::select_one::TASK.name(), &1i64),
+        }
+    }
+}
+
+/// The connections a run uses.
+struct Bench<'a> {
+    settings: &'a Settings,
+    options: &'a BenchOptions,
+    producer: Producer,
+    readback: Readback,
+    progress: &'a Progress,
+}
+
+/// Runs the suite: readiness, warm-up, then `runs` times each phase. A
+/// phase whose results are not all the expected ones stops the runs; the
+/// report says which and how many ([`Report::clean`] is false).
+pub async fn run(settings: &Settings, options: &BenchOptions) -> Result<Report, BenchError> {
+    let progress = Progress::stderr();
+    let producer = Producer::connect(settings).await?;
+    let readback = Readback::connect(settings, options.stall).await?;
+    let mut ceiling = match options.ceiling {
+        true => Some(Ceiling::open(settings, readback.clone()).await?),
+        false => None,
+    };
+    let bench = Bench { settings, options, producer, readback, progress: &progress };
+    let rest = options.worker_pid.and_then(|pid| proc_kib(pid, "VmRSS:"));
+    let mut samples = Samples::default();
+    let measured = bench.measure(&mut samples, ceiling.as_mut()).await;
+    if let Some(ceiling) = ceiling {
+        ceiling.close().await;
+    }
+    progress.clear();
+    measured?;
+    let mut report = samples.summarise(options.in_flight, settings.worker.concurrency, options.round_trips);
+    report.worker_rss_at_rest_kib = rest;
+    report.worker_rss_peak_kib = options.worker_pid.and_then(|pid| proc_kib(pid, "VmHWM:"));
+    Ok(report)
+}
+
+impl Bench<'_> {
+    async fn measure(&self, samples: &mut Samples, mut ceiling: Option<&mut Ceiling>) -> Result<(), BenchError> {
+        let (n, warmup) = (self.options.n, self.options.warmup);
+        self.wait_for_worker().await?;
+        for (task, phase) in [(Task::Noop, "warm-up, noop"), (Task::SelectOne, "warm-up, DI SELECT 1")] {
+            let (_, _, checked) = self.batch(task, warmup, phase).await?;
+            if !samples.check(0, phase, checked) {
+                return Ok(());
+            }
+        }
+        if let Some(ceiling) = ceiling.as_deref_mut() {
+            for (work, phase) in [(Work::Nothing, "warm-up, raw pipeline"), (Work::SelectOne, "warm-up, raw SELECT 1")]
+            {
+                let show = Show { progress: self.progress, phase };
+                let (_, checked) =
+                    ceiling.raw_pipeline(self.settings, work, warmup, self.options.in_flight, &show).await?;
+                if !samples.check(0, phase, checked) {
+                    return Ok(());
+                }
+            }
+        }
+        for run in 1..=self.options.runs {
+            let (enqueued, finished, checked) = self.batch(Task::Noop, n, Phase::EndToEndNoop.label()).await?;
+            if !samples.check(run, Phase::EndToEndNoop.label(), checked) {
+                return Ok(());
+            }
+            samples.rate(run, Phase::Enqueue, n, enqueued);
+            samples.rate(run, Phase::EndToEndNoop, n, finished);
+            let (_, finished, checked) = self.batch(Task::SelectOne, n, Phase::EndToEndSelect.label()).await?;
+            if !samples.check(run, Phase::EndToEndSelect.label(), checked) {
+                return Ok(());
+            }
+            samples.rate(run, Phase::EndToEndSelect, n, finished);
+            let (latencies, checked) = self.round_trips().await?;
+            if !samples.check(run, "round trip, noop", checked) {
+                return Ok(());
+            }
+            samples.latencies(latencies);
+            if let Some(ceiling) = ceiling.as_deref_mut() {
+                let show = Show { progress: self.progress, phase: "raw primitives" };
+                for (phase, rate) in ceiling.primitives(n, &show).await? {
+                    samples.rate(run, phase, n, rate);
+                }
+                for (work, phase) in
+                    [(Work::Nothing, Phase::RawPipelineNoop), (Work::SelectOne, Phase::RawPipelineSelect)]
+                {
+                    let show = Show { progress: self.progress, phase: phase.label() };
+                    let (rate, checked) =
+                        ceiling.raw_pipeline(self.settings, work, n, self.options.in_flight, &show).await?;
+                    if !samples.check(run, phase.label(), checked) {
+                        return Ok(());
+                    }
+                    samples.rate(run, phase, n, rate);
+                }
+            }
+            samples.runs_completed = run;
+        }
+        Ok(())
+    }
+
+    /// Sends `noop` tasks until one comes back (a worker may still be
+    /// starting), for up to a minute; its result must be the expected one.
+    async fn wait_for_worker(&self) -> Result<(), BenchError> {
+        let show = Show { progress: self.progress, phase: "warm-up" };
+        show.set("waiting for a worker to answer");
+        let started = Instant::now();
+        let limit = Duration::from_secs(60);
+        while started.elapsed() < limit {
+            let handle = self.producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await?;
+            match handle.wait(Duration::from_secs(2)).await {
+                Ok(_) => return Ok(()),
+                Err(ProducerError::Timeout { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(BenchError::NoWorker(crate::telemetry::human(limit).to_string()))
+    }
+
+    /// Enqueues `n` tasks with `in_flight` at once, then reads every result
+    /// back and checks it. Returns the enqueue rate and the end-to-end rate
+    /// (first enqueue until the last result is read back), and the checks.
+    async fn batch(&self, task: Task, n: usize, phase: &str) -> Result<(f64, f64, Checked), BenchError> {
+        let show = Show { progress: self.progress, phase };
+        let started = Instant::now();
+        let mut pending = FuturesUnordered::new();
+        let mut ids = Vec::with_capacity(n);
+        let mut issued = 0;
+        while ids.len() < n {
+            while issued < n && pending.len() < self.options.in_flight {
+                pending.push(self.enqueue(task));
+                issued += 1;
+            }
+            if let Some(id) = pending.next().await {
+                ids.push(id?);
+                if ids.len() % 1000 == 0 {
+                    show.set(&format!("enqueued {}/{n}", ids.len()));
+                }
+            }
+        }
+        let enqueued = started.elapsed();
+        let prefix = &self.settings.redis.key_prefix;
+        let checked = self.readback.read_all(prefix, &ids, &task.expected(), &show).await?;
+        let finished = started.elapsed();
+        Ok((n as f64 / enqueued.as_secs_f64(), n as f64 / finished.as_secs_f64(), checked))
+    }
+
+    async fn enqueue(&self, task: Task) -> Result<String, ProducerError> {
+        let producer = &self.producer;
+        Ok(match task {
+            Task::Noop => producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await?.task_id,
+            Task::SelectOne => producer.enqueue(tasks::select_one::TASK, &tasks::select_one::Args {}).await?.task_id,
+        })
+    }
+
+    /// Sequential enqueue -> final record read by `TaskHandle::wait`, in
+    /// milliseconds; each record is checked, and one that does not come
+    /// within the stall time is missing.
+    async fn round_trips(&self) -> Result<(Vec<f64>, Checked), BenchError> {
+        let count = self.options.round_trips;
+        let show = Show { progress: self.progress, phase: "round trips" };
+        let expected = Task::Noop.expected();
+        let mut out = Vec::with_capacity(count);
+        let mut checked = Checked::default();
+        for i in 0..count {
+            let started = Instant::now();
+            let handle = self.producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await?;
+            match handle.wait(self.options.stall).await {
+                Ok(record) => {
+                    out.push(started.elapsed().as_secs_f64() * 1000.0);
+                    checked.record(&record, &expected);
+                }
+                Err(ProducerError::Timeout { .. }) => checked.missing += 1,
+                Err(err) => return Err(err.into()),
+            }
+            if !checked.clean() {
+                break;
+            }
+            if i % 100 == 99 {
+                show.set(&format!("{}/{count}", i + 1));
+            }
+        }
+        Ok((out, checked))
+    }
 }
 
 /// A field of `/proc/<pid>/status`, in KiB.
 fn proc_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// One status line on stderr, overwritten in place; nothing into a pipe.
-fn progress(text: &str) {
-    crate::cli::output::Progress::stderr().set(text);
-}
-
-/// The report as a table.
-pub fn table(report: &Report) -> String {
-    let mut out = String::from(
-        "| phase | N | per second (median) | range | p50 ms | p99 ms | max ms | % of raw pipeline |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
-    );
-    let num = |v: Option<f64>, digits: usize| v.map_or_else(String::new, |v| format!("{v:.digits$}"));
-    for f in &report.figures {
-        let range = f.per_second_range.map_or_else(String::new, |(lo, hi)| format!("{lo:.0}-{hi:.0}"));
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            f.phase,
-            f.n,
-            num(f.per_second, 0),
-            range,
-            num(f.p50_ms, 2),
-            num(f.p99_ms, 2),
-            num(f.max_ms, 2),
-            num(f.of_raw_pipeline, 0)
-        ));
-    }
-    if let (Some(rest), Some(peak)) = (report.worker_rss_at_rest_kib, report.worker_rss_peak_kib) {
-        out.push_str(&format!(
-            "\nworker RSS: {:.1} MiB at rest, {:.1} MiB peak\n",
-            rest as f64 / 1024.0,
-            peak as f64 / 1024.0
-        ));
-    }
-    out
 }

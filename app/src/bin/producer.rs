@@ -123,35 +123,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measures Courier against a running worker.
-    ///
-    /// Measures enqueue rate, end-to-end throughput (noop and a DI SELECT 1)
-    /// and round-trip latency against a running worker; --ceiling also
-    /// measures the bare primitives and a raw pipeline on the same services.
-    #[command(after_help = EXIT_CODES)]
-    Bench {
-        /// Tasks per throughput phase.
-        #[arg(long, default_value = "10000")]
-        n: NonZeroUsize,
-        /// Sequential round trips for the latency phase.
-        #[arg(long, default_value = "1000")]
-        round_trips: NonZeroUsize,
-        /// Repetitions of the whole suite (figures are medians).
-        #[arg(long, default_value = "1")]
-        runs: NonZeroUsize,
-        /// Enqueues in flight at once.
-        #[arg(long, default_value = "64")]
-        in_flight: NonZeroUsize,
-        /// Also measure the bare primitives and the raw pipeline.
-        #[arg(long)]
-        ceiling: bool,
-        /// The worker's process id, to report its memory.
-        #[arg(long)]
-        worker_pid: Option<u32>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
     /// Shows the bot's flood control, shared by every worker.
     ///
     /// The limits, messages per second each lane sends now, how far the
@@ -218,18 +189,6 @@ async fn main() -> ExitCode {
             replay_one(&task_id, filter.into_filter(Some(task_id.clone())), json).await
         }
         Command::Replay { task_id: None, filter, json, .. } => replay_all(filter.into_filter(None), json).await,
-        Command::Bench { n, round_trips, runs, in_flight, ceiling, worker_pid, json } => {
-            let options = courier::bench::BenchOptions {
-                n: n.get(),
-                round_trips: round_trips.get(),
-                in_flight: in_flight.get(),
-                runs: runs.get(),
-                ceiling,
-                worker_pid,
-                json,
-            };
-            bench(&options).await
-        }
         Command::Governor { json } => governor(json).await,
         Command::Broadcast(command) => broadcast(command).await,
         Command::Completions(completions) => {
@@ -451,17 +410,4 @@ fn print_counts(matched: u64, replayed: u64, failed: u64, json: bool) {
     } else {
         println!("matched {matched}, replayed {replayed}, failed {failed}");
     }
-}
-
-async fn bench(options: &courier::bench::BenchOptions) -> Outcome {
-    let settings = settings()?;
-    let report = courier::bench::run(&settings, options)
-        .await
-        .map_err(|err| fail(Exit::Unavailable, format!("bench: {err}")))?;
-    if options.json {
-        print_json(&report);
-    } else {
-        print!("{}", courier::bench::table(&report));
-    }
-    Ok(Exit::Ok)
 }
