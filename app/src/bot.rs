@@ -197,6 +197,7 @@ async fn status(producer: &Producer, task_id: &str) -> String {
             TaskStatus::Retrying => format!("Task {task_id}: failed on attempt {}, will retry.", record.attempt),
             TaskStatus::Running => format!("Task {task_id}: running (attempt {}).", record.attempt),
             TaskStatus::Queued => format!("Task {task_id}: queued."),
+            TaskStatus::Scheduled => format!("Task {task_id}: scheduled."),
             TaskStatus::Cancelled => format!("Task {task_id}: cancelled."),
         },
         Ok(None) => format!("I know no task {task_id} (or its record has expired)."),

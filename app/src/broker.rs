@@ -232,6 +232,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
     js.get_or_create_stream(advisories)
         .await
         .map_err(|e| topology(format!("stream {}", advisory_stream(settings)))(&e))?;
+    crate::schedule::delayed::ensure_stream(js, settings).await?;
     Ok(task_stream)
 }
 

@@ -62,6 +62,21 @@ pub fn registry_line(registry: Result<Registry, RegistryError>) -> CheckLine {
     CheckLine::new("tasks", "this binary".to_owned(), outcome)
 }
 
+/// The schedules' line: how many, or the first that is wrong.
+pub fn schedules_line(settings: &Settings) -> CheckLine {
+    let outcome = Registry::from_inventory().map_err(|err| (Exit::Usage, err.to_string())).and_then(|registry| {
+        match crate::schedule::cron::load(&registry, settings) {
+            Ok(schedules) if schedules.is_empty() => Ok("none".to_owned()),
+            Ok(schedules) => {
+                let names: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
+                Ok(format!("{} declared: {}", names.len(), names.join(", ")))
+            }
+            Err(err) => Err((Exit::Usage, err.to_string())),
+        }
+    });
+    CheckLine::new("schedules", "tasks and settings".to_owned(), outcome)
+}
+
 /// Checks the registry, NATS and every container component, independently.
 pub async fn check_all(settings: &Settings) -> Vec<CheckLine> {
     let nats = async {
@@ -76,7 +91,7 @@ pub async fn check_all(settings: &Settings) -> Vec<CheckLine> {
         CheckLine::new("nats", settings.nats.url.redacted(), outcome)
     };
     let (nats, components) = tokio::join!(nats, di::check_components(settings));
-    let mut lines = vec![registry_line(Registry::from_inventory()), nats];
+    let mut lines = vec![registry_line(Registry::from_inventory()), schedules_line(settings), nats];
     lines.extend(components.into_iter().map(|c| {
         let outcome = c.outcome.map_err(|err| (Exit::from(&err), err.to_string()));
         CheckLine::new(c.component, c.target, outcome)

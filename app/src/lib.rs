@@ -17,6 +17,7 @@ pub mod producer;
 pub mod publish;
 pub mod pull;
 pub mod runtime;
+pub mod schedule;
 pub mod serve;
 pub mod serve_core;
 pub mod shutdown;

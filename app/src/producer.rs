@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream;
 use di::{ARGS_DIGEST_LABEL, Envelope, RedisResultStore, ResultRecord, ResultStore, TaskRef, TaskStatus};
@@ -126,26 +126,90 @@ impl Producer {
         envelope: &Envelope,
         lane: Option<di::Lane>,
     ) -> Result<Published, ProducerError> {
-        di::validate_task_id(&envelope.task_id)?;
-        di::validate_labels(&envelope.labels)?;
-        let digest = envelope.args_digest();
-        let mut envelope = envelope.clone();
-        envelope.labels.insert(ARGS_DIGEST_LABEL.to_owned(), digest.as_str().into());
+        let envelope = digested(envelope)?;
         let mut queued = ResultRecord::new(envelope.task_name.clone(), TaskStatus::Queued, 0);
         queued.labels = envelope.labels.clone();
-        // Never over a record that exists: the task id may have run already.
-        if !self.store.put_if_absent(&envelope.task_id, &queued).await?
-            && let Some(existing) = self.store.get(&envelope.task_id).await?
-        {
-            // A record without a digest (an older or a taskiq producer) counts as the same.
-            if existing.labels.get(ARGS_DIGEST_LABEL).and_then(|d| d.as_str()).is_some_and(|d| d != digest) {
-                return Err(ProducerError::Conflict { task_id: envelope.task_id });
-            }
-            if existing.status.is_final() {
-                return Ok(Published::Duplicate);
-            }
+        if let Some(duplicate) = self.claim_record(&envelope, &queued, self.store.ttl()).await? {
+            return Ok(duplicate);
         }
         Ok(self.publisher.publish(&envelope, lane).await?)
+    }
+
+    /// Enqueues `task` with `args` to run once `delay` has passed: records
+    /// `scheduled` with the due time, and keeps the task in the broker (not
+    /// in any process) until then. See [`Producer::enqueue_envelope_at`].
+    pub async fn enqueue_in<A: Serialize, O: DeserializeOwned>(
+        &self,
+        task: TaskRef<A, O>,
+        args: &A,
+        delay: Duration,
+    ) -> Result<TaskHandle<O>, ProducerError> {
+        self.enqueue_at(task, args, SystemTime::now() + delay).await
+    }
+
+    /// Enqueues `task` with `args` to run at `due` (never before it; within
+    /// about a second after it while the workers, NATS and Redis run).
+    pub async fn enqueue_at<A: Serialize, O: DeserializeOwned>(
+        &self,
+        task: TaskRef<A, O>,
+        args: &A,
+        due: SystemTime,
+    ) -> Result<TaskHandle<O>, ProducerError> {
+        let envelope = task.envelope(args)?;
+        let published = self.enqueue_envelope_at(&envelope, Some(task.options().lane), due).await?;
+        Ok(TaskHandle {
+            task_id: envelope.task_id,
+            duplicate: published == Published::Duplicate,
+            producer: self.clone(),
+            _output: PhantomData,
+        })
+    }
+
+    /// [`Producer::enqueue_envelope`] for a task due at `due`: the record
+    /// says `scheduled` with `due_at` (and lives until the due time plus
+    /// the result TTL); the envelope waits in the delayed stream, and a
+    /// worker moves it to its lane once due. A due time already passed is
+    /// an ordinary enqueue. Needs JetStream.
+    pub async fn enqueue_envelope_at(
+        &self,
+        envelope: &Envelope,
+        lane: Option<di::Lane>,
+        due: SystemTime,
+    ) -> Result<Published, ProducerError> {
+        let Ok(delay) = due.duration_since(SystemTime::now()) else {
+            return self.enqueue_envelope(envelope, lane).await;
+        };
+        let envelope = digested(envelope)?;
+        let mut scheduled = ResultRecord::new(envelope.task_name.clone(), TaskStatus::Scheduled, 0);
+        scheduled.labels = envelope.labels.clone();
+        scheduled.due_at = Some(crate::schedule::unix_ms(due) as f64 / 1000.0);
+        if let Some(duplicate) = self.claim_record(&envelope, &scheduled, self.store.ttl() + delay).await? {
+            return Ok(duplicate);
+        }
+        Ok(self.publisher.publish_delayed(&envelope, lane, crate::schedule::unix_ms(due)).await?)
+    }
+
+    /// Writes `record` for a new task id. If the id has a record already:
+    /// other arguments are [`ProducerError::Conflict`]; the same arguments
+    /// with a final record are `Some(Duplicate)` (nothing to publish);
+    /// otherwise `None` (publish: the stream reports a duplicate itself).
+    async fn claim_record(
+        &self,
+        envelope: &Envelope,
+        record: &ResultRecord,
+        ttl: Duration,
+    ) -> Result<Option<Published>, ProducerError> {
+        // Never over a record that exists: the task id may have run already.
+        if self.store.put_if_absent_for(&envelope.task_id, record, ttl).await? {
+            return Ok(None);
+        }
+        let Some(existing) = self.store.get(&envelope.task_id).await? else { return Ok(None) };
+        let digest = envelope.labels.get(ARGS_DIGEST_LABEL).and_then(|d| d.as_str());
+        // A record without a digest (an older or a taskiq producer) counts as the same.
+        if existing.labels.get(ARGS_DIGEST_LABEL).and_then(|d| d.as_str()).is_some_and(|d| Some(d) != digest) {
+            return Err(ProducerError::Conflict { task_id: envelope.task_id.clone() });
+        }
+        Ok(existing.status.is_final().then_some(Published::Duplicate))
     }
 
     /// Replaces every record of `task_id` with a fresh `queued` one (before
@@ -165,8 +229,19 @@ impl Producer {
     /// or `None` when the cancel was recorded.
     pub async fn cancel(&self, task_id: &str) -> Result<Option<TaskStatus>, ProducerError> {
         di::validate_task_id(task_id)?;
-        let name = self.store.get(task_id).await?.map(|r| r.task_name).unwrap_or_default();
-        if self.store.put_if_absent(task_id, &ResultRecord::cancelled(name, 0)).await? {
+        let current = self.store.get(task_id).await?;
+        let name = current.as_ref().map(|r| r.task_name.clone()).unwrap_or_default();
+        // A scheduled task's cancel must outlive its due time, when the
+        // worker that moves it looks for it.
+        let until_due = current
+            .and_then(|r| r.due_at)
+            .and_then(|due| Duration::try_from_secs_f64(due - di::unix_now()).ok())
+            .unwrap_or_default();
+        if self
+            .store
+            .put_if_absent_for(task_id, &ResultRecord::cancelled(name, 0), self.store.ttl() + until_due)
+            .await?
+        {
             return Ok(None);
         }
         Ok(self.store.get(task_id).await?.map(|r| r.status).filter(|s| s.is_final()))
@@ -226,6 +301,17 @@ impl Producer {
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
+}
+
+/// The envelope, checked (task id, labels) and labelled with its
+/// arguments' digest.
+fn digested(envelope: &Envelope) -> Result<Envelope, ProducerError> {
+    di::validate_task_id(&envelope.task_id)?;
+    di::validate_labels(&envelope.labels)?;
+    let digest = envelope.args_digest();
+    let mut envelope = envelope.clone();
+    envelope.labels.insert(ARGS_DIGEST_LABEL.to_owned(), digest.as_str().into());
+    Ok(envelope)
 }
 
 /// A task that was enqueued: its id, and a typed way to its output.

@@ -84,6 +84,36 @@ impl Publisher {
     /// the label is written into it, so the worker runs the task in that
     /// lane and not in the task's default.
     pub async fn publish(&self, envelope: &Envelope, lane: Option<Lane>) -> Result<Published, PublishError> {
+        let (subject, headers, bytes) = self.prepare(envelope, lane)?;
+        self.send(subject, &envelope.task_id, headers, bytes).await
+    }
+
+    /// Publishes one envelope to the delayed stream (JetStream only): it is
+    /// moved to its lane's subject once `due` (Unix milliseconds) has come
+    /// (see `crate::schedule`). Deduplicated by task id like
+    /// [`Publisher::publish`].
+    pub async fn publish_delayed(
+        &self,
+        envelope: &Envelope,
+        lane: Option<Lane>,
+        due_ms: u64,
+    ) -> Result<Published, PublishError> {
+        if self.settings.mode != NatsMode::Jetstream {
+            return Err(PublishError::Rejected {
+                subject: self.settings.subject.clone(),
+                reason: "delayed tasks need nats.mode = \"jetstream\" (core NATS keeps nothing)".to_owned(),
+            });
+        }
+        let (target, mut headers, bytes) = self.prepare(envelope, lane)?;
+        try_insert(&mut headers, crate::schedule::DUE_HEADER, &due_ms.to_string());
+        try_insert(&mut headers, crate::schedule::TARGET_HEADER, &target);
+        try_insert(&mut headers, TASK_ID_HEADER, &envelope.task_id);
+        self.send(crate::schedule::delayed_subject(&self.settings), &envelope.task_id, headers, bytes).await
+    }
+
+    /// The subject, headers and bytes of an envelope: labelled with `lane`
+    /// if it has no lane label, its short labels as headers.
+    fn prepare(&self, envelope: &Envelope, lane: Option<Lane>) -> Result<(String, HeaderMap, Bytes), PublishError> {
         let labelled;
         let envelope = match (envelope.lane(), lane) {
             (None, Some(lane)) => {
@@ -105,7 +135,7 @@ impl Publisher {
                 try_insert(&mut headers, key, text);
             }
         }
-        self.send(subject, &envelope.task_id, headers, Bytes::from(bytes)).await
+        Ok((subject, headers, Bytes::from(bytes)))
     }
 
     /// Publishes raw bytes (a replay, a test's hostile payload). A message
@@ -227,7 +257,7 @@ fn one_line(text: &str) -> String {
 /// Adds a header if async-nats accepts its name and value, and says
 /// whether it did (`HeaderMap::insert` with `&str` panics on a line break
 /// in the value, or a space, a colon or a control character in the name).
-fn try_insert(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
+pub(crate) fn try_insert(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
     if name.is_empty() {
         return false;
     }

@@ -30,6 +30,12 @@ pub enum WorkerError {
     /// The registry, the migrations or a start-up hook failed.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    /// A cron schedule is wrong (the message names it and where it was declared).
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::cron::ScheduleError),
+    /// The Redis client for delayed tasks could not be made.
+    #[error("redis.url: {0}")]
+    Redis(String),
     /// The metrics and health server could not listen.
     #[error("worker.http_addr {addr}: cannot listen: {reason}")]
     Http {
@@ -50,10 +56,11 @@ pub enum WorkerError {
 pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let registry = lifecycle::load_registry()?;
+    let schedules = crate::schedule::cron::load(&registry, &settings)?;
     lifecycle::warn_if_pool_below_concurrency(&settings);
     let nats = broker::connect(&settings.nats, "courier-worker").await?;
     // Boxed: the whole worker's state machine would make every caller's future large.
-    let result = Box::pin(with_nats(&settings, registry, &nats, started, shutdown)).await;
+    let result = Box::pin(with_nats(&settings, registry, schedules, &nats, started, shutdown)).await;
     if let Err(err) = nats.drain().await {
         tracing::warn!(%err, "NATS drain failed");
     }
@@ -68,6 +75,7 @@ pub async fn run_worker(settings: Settings, shutdown: impl Future<Output = ()>) 
 async fn with_nats(
     settings: &Settings,
     registry: Registry,
+    schedules: Vec<crate::schedule::cron::Schedule>,
     nats: &async_nats::Client,
     started: std::time::Instant,
     shutdown: impl Future<Output = ()>,
@@ -94,9 +102,19 @@ async fn with_nats(
     let container = AppContainer::builder(settings).build().await?;
     let module: Arc<dyn Container> = container.module().clone();
     let token = CancellationToken::new();
-    let result =
-        serve_container(settings, registry, nats, publisher, topology, consumers, &module, &token, started, shutdown)
-            .await;
+    let result = serve_container(
+        settings,
+        (registry, schedules),
+        nats,
+        publisher,
+        topology,
+        consumers,
+        &module,
+        &token,
+        started,
+        shutdown,
+    )
+    .await;
     token.cancel();
     if result.is_ok() {
         tracing::info!("stopping: shutdown hooks, then the container, then NATS");
@@ -111,7 +129,7 @@ async fn with_nats(
 #[allow(clippy::too_many_arguments)]
 async fn serve_container(
     settings: &Settings,
-    registry: Registry,
+    (registry, schedules): (Registry, Vec<crate::schedule::cron::Schedule>),
     nats: &async_nats::Client,
     publisher: Publisher,
     topology: Option<Topology>,
@@ -124,6 +142,7 @@ async fn serve_container(
     let db: Arc<dyn Db> = module.resolve();
     lifecycle::migrate(&*db).await?;
     let campaigns = crate::campaign::worker::CampaignGate::new(db.pool().clone(), publisher.clone());
+    let pool = db.pool().clone();
     drop(db);
     lifecycle::run_startup_hooks(&Registry::hooks(HookKind::Startup), module.clone()).await?;
 
@@ -140,7 +159,7 @@ async fn serve_container(
         tokio::spawn(metrics.flood.clone().watch(governor.clone()));
     }
     let runtime = Arc::new(
-        Runtime::new(executor, publisher, store.clone(), progress, metrics.clone(), topology.clone())
+        Runtime::new(executor, publisher.clone(), store.clone(), progress, metrics.clone(), topology.clone())
             .with_governor(bot.governor())
             .with_campaigns(campaigns),
     );
@@ -156,6 +175,11 @@ async fn serve_container(
             }
         })
     };
+    if topology.is_some() {
+        spawn_time_keepers(settings, schedules, &publisher, &store, pool, token)?;
+    } else if !schedules.is_empty() {
+        tracing::warn!("cron schedules are not kept in core NATS mode (nothing deduplicates their ticks)");
+    }
     let pulling = Arc::new(PullHealth::default());
     let addr = settings.worker.http_addr.trim();
     if !addr.is_empty() {
@@ -220,6 +244,34 @@ async fn serve_container(
     tokio::select! {
         () = serving => {}
         () = watch => {}
+    }
+    Ok(())
+}
+
+/// Starts this worker's share of delayed tasks (indexing and moving) and
+/// the clocks of the cron schedules; both end with `token`.
+fn spawn_time_keepers(
+    settings: &Settings,
+    schedules: Vec<crate::schedule::cron::Schedule>,
+    publisher: &Publisher,
+    store: &Arc<dyn ResultStore>,
+    pool: di::sqlx::AnyPool,
+    token: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let redis = di::components::result_store::redis_client(&settings.redis)
+        .map_err(|err| WorkerError::Redis(err.to_string()))?;
+    let mover = Arc::new(crate::schedule::delayed::DelayedMover::new(
+        publisher.clone(),
+        store.clone(),
+        redis,
+        &settings.redis.key_prefix,
+    ));
+    tokio::spawn(mover.run(token.clone()));
+    if !schedules.is_empty() {
+        let names: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(schedules = %names.join(","), "keeping the cron schedules");
+        let producer = crate::Producer::new(publisher.clone(), store.clone());
+        tokio::spawn(crate::schedule::cron::keep(schedules, producer, pool, token.clone()));
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
 pub use schema::{ArgsSchema, Field, Shape};
 pub use shape::{DecodeLimits, ShapeError};
-pub use task::{Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
+pub use task::{CronSpec, Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
 
 // Re-exported so task crates use the very versions the runtime does.
 pub use {inventory, rmpv, shaku, sqlx};

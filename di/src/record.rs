@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub enum TaskStatus {
     /// Published, not yet picked up.
     Queued,
+    /// Waiting for its due time (`due_at`); then it is queued.
+    Scheduled,
     /// A worker is executing it.
     Running,
     /// It failed in a way worth retrying, and will run again.
@@ -33,6 +35,7 @@ impl TaskStatus {
     pub fn name(self) -> &'static str {
         match self {
             Self::Queued => "queued",
+            Self::Scheduled => "scheduled",
             Self::Running => "running",
             Self::Retrying => "retrying",
             Self::Success => "success",
@@ -114,6 +117,9 @@ pub struct ResultRecord {
     /// Courier: when the task reached a final status, Unix seconds.
     #[serde(default)]
     pub finished_at: Option<f64>,
+    /// Courier: when a delayed or scheduled task is due, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<f64>,
 }
 
 fn nil() -> rmpv::Value {
@@ -141,6 +147,7 @@ impl ResultRecord {
             updated_at: unix_now(),
             started_at: None,
             finished_at: None,
+            due_at: None,
         }
     }
 

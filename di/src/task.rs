@@ -181,6 +181,19 @@ pub struct TaskOptions {
     /// The lane it travels in (its subject and consumer, and its share of
     /// the Telegram budget), unless an enqueue says otherwise (label `lane`).
     pub lane: crate::Lane,
+    /// A cron schedule: the fleet enqueues the task, with its default
+    /// arguments, once at each tick (see [`TaskOptions::cron`]).
+    pub cron: Option<CronSpec>,
+}
+
+/// A cron schedule declared in a task's registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CronSpec {
+    /// Five fields (minute, hour, day of month, month, day of week), or six
+    /// with seconds first: `"0 9 * * *"`, `"*/10 * * * * *"`.
+    pub expression: &'static str,
+    /// The IANA time zone the fields are read in (`"Europe/Moscow"`).
+    pub tz: &'static str,
 }
 
 impl TaskOptions {
@@ -191,6 +204,7 @@ impl TaskOptions {
             retry: RetryPolicy::DEFAULT,
             timeout: Duration::from_secs(300),
             lane: crate::Lane::Transactional,
+            cron: None,
         }
     }
 
@@ -221,6 +235,32 @@ impl TaskOptions {
     /// The lane of the task's Telegram messages (default: transactional).
     pub const fn lane(mut self, lane: crate::Lane) -> Self {
         self.lane = lane;
+        self
+    }
+
+    /// Runs the task on a cron schedule, in UTC unless [`TaskOptions::tz`]
+    /// says otherwise: every worker keeps the clock, and each tick is
+    /// enqueued once fleet-wide (task id `cron:<task name>:<tick>`). The
+    /// task's `Args` must decode from `{}` (every field has a default); the
+    /// worker refuses to start otherwise, as it does for an expression it
+    /// cannot parse.
+    ///
+    /// ```
+    /// use di::TaskOptions;
+    /// const OPTIONS: TaskOptions = TaskOptions::new().cron("0 9 * * *").tz("Europe/Moscow");
+    /// assert_eq!(OPTIONS.cron.unwrap().tz, "Europe/Moscow");
+    /// ```
+    pub const fn cron(mut self, expression: &'static str) -> Self {
+        self.cron = Some(CronSpec { expression, tz: "UTC" });
+        self
+    }
+
+    /// The time zone of the cron schedule (an IANA name); without a
+    /// schedule it does nothing.
+    pub const fn tz(mut self, tz: &'static str) -> Self {
+        if let Some(spec) = self.cron {
+            self.cron = Some(CronSpec { expression: spec.expression, tz });
+        }
         self
     }
 }

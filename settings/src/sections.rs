@@ -245,3 +245,53 @@ pub struct LogSettings {
     /// Text or JSON lines.
     pub format: LogFormat,
 }
+
+/// What a schedule does about ticks that passed while no worker ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissedTicks {
+    /// Forget them: the next tick is the next one after start-up.
+    #[default]
+    Skip,
+    /// Run the latest missed tick once at start-up (if the schedule has run
+    /// before), then go on as usual.
+    Once,
+}
+
+impl MissedTicks {
+    /// The name as written in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::Once => "once",
+        }
+    }
+}
+
+/// A cron schedule (`[default.schedules.<name>]`): every worker keeps the
+/// clock, and each tick enqueues `task` once fleet-wide.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// The registered task to enqueue.
+    pub task: String,
+    /// Five fields (minute hour day-of-month month day-of-week), or six
+    /// with seconds first.
+    pub cron: String,
+    /// The IANA time zone the fields are read in.
+    #[serde(default = "utc")]
+    pub tz: String,
+    /// The task's arguments (a table; fields left out take their defaults).
+    #[serde(default)]
+    pub args: figment::value::Dict,
+    /// The lane, if not the task's own.
+    #[serde(default)]
+    pub lane: Option<String>,
+    /// Ticks missed while no worker ran: `skip` (the default) or `once`.
+    #[serde(default)]
+    pub missed: MissedTicks,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}

@@ -119,6 +119,19 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         },
     );
 
+    for (name, schedule) in &settings.schedules {
+        let key = format!("schedules.{name}");
+        c.check(
+            !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            &key,
+            || "a schedule's name is 1 to 64 letters, digits, '_' or '-' (it becomes part of task ids)".to_owned(),
+        );
+        c.check(!schedule.task.trim().is_empty(), &format!("{key}.task"), || "names no task".to_owned());
+        c.check(!schedule.cron.trim().is_empty(), &format!("{key}.cron"), || "is empty".to_owned());
+    }
+
     let limits = &tg.limits;
     for (key, rate) in [
         ("telegram.limits.global_per_second", limits.global_per_second),

@@ -262,6 +262,8 @@ impl Drop for Scope {
                     let js = jetstream::new(client);
                     let _ = js.delete_stream(&nats.stream).await;
                     let _ = js.delete_stream(courier::broker::dead_letter_stream(&nats)).await;
+                    let _ = js.delete_stream(courier::broker::advisory_stream(&nats)).await;
+                    let _ = js.delete_stream(courier::schedule::delayed_stream(&nats)).await;
                 }
                 if let Ok(client) = redis::Client::open(redis_url.as_str())
                     && let Ok(Ok(mut conn)) =

@@ -136,7 +136,7 @@ fn check_lists_the_registry_and_exits_0_or_says_why_not_in_json_too() {
     assert_eq!(code, 0, "{out}{err}");
     let lines: serde_json::Value = serde_json::from_str(&out).unwrap();
     let components: Vec<&str> = lines.as_array().unwrap().iter().map(|l| l["component"].as_str().unwrap()).collect();
-    assert_eq!(components, ["tasks", "nats", "database", "redis", "telegram"]);
+    assert_eq!(components, ["tasks", "schedules", "nats", "database", "redis", "telegram"]);
     assert!(lines[0]["detail"].as_str().unwrap().contains("send_message"), "{out}");
     assert!(lines.as_array().unwrap().iter().all(|l| l["ok"] == true), "{out}");
     // The start-up log names the layers and the variables, never their values.

@@ -47,7 +47,8 @@ enum Command {
     /// nothing is enqueued. Prints the task id once the broker confirmed it;
     /// with --wait, then the result record as JSON. Sending an --id again
     /// with the same arguments is a duplicate (exit 0, said on stderr); with
-    /// others, exit 6.
+    /// others, exit 6. With --in or --at the task waits in the broker until
+    /// it is due (status `scheduled`).
     #[command(after_help = EXIT_CODES)]
     Send {
         /// The registered task name (`producer tasks` lists them).
@@ -67,6 +68,8 @@ enum Command {
         /// Print one JSON object: task_id, duplicate, and with --wait the record.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        when: WhenArgs,
     },
     /// Prints a task's result record as JSON.
     #[command(after_help = EXIT_CODES)]
@@ -138,9 +141,39 @@ enum Command {
     /// resume, cancel and a report.
     #[command(subcommand, after_help = EXIT_CODES)]
     Broadcast(courier::campaign::cli::BroadcastCommand),
+    /// Cron schedules: list them with their next tick, pause, resume.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Schedules(courier::schedule::cli::SchedulesCommand),
     /// Prints a shell completion script.
     #[command(after_help = EXIT_CODES)]
     Completions(Completions),
+}
+
+/// When a sent task is due (neither: now).
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+struct WhenArgs {
+    /// Run it after this long: 10m, 1h30m, 45s.
+    #[arg(long = "in", value_parser = parse_delay)]
+    delay: Option<Duration>,
+    /// Run it at this time, RFC 3339: 2026-12-01T09:00:00Z.
+    #[arg(long, value_parser = parse_at)]
+    at: Option<SystemTime>,
+}
+
+impl WhenArgs {
+    fn due(&self) -> Option<SystemTime> {
+        self.at.or_else(|| self.delay.map(|d| SystemTime::now() + d))
+    }
+}
+
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|_| format!("{text:?} is not a duration such as 10m, 1h30m or 45s"))
+}
+
+fn parse_at(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2026-12-01T09:00:00Z"))
 }
 
 /// Which dead letters: every filter given must match.
@@ -180,7 +213,9 @@ async fn main() -> ExitCode {
     telemetry::init_quiet();
     let outcome = match Cli::parse().command {
         Command::Tasks { json } => list_tasks(json),
-        Command::Send { task, kwargs, id, labels, wait, json } => send(&task, &kwargs, id, &labels, wait, json).await,
+        Command::Send { task, kwargs, id, labels, wait, json, when } => {
+            send(&task, &kwargs, id, &labels, (wait, when.due()), json).await
+        }
         Command::Result { task_id, watch: false } => result(&task_id).await,
         Command::Result { task_id, watch: true } => watch(&task_id).await,
         Command::Cancel { task_id } => cancel(&task_id).await,
@@ -191,6 +226,7 @@ async fn main() -> ExitCode {
         Command::Replay { task_id: None, filter, json, .. } => replay_all(filter.into_filter(None), json).await,
         Command::Governor { json } => governor(json).await,
         Command::Broadcast(command) => broadcast(command).await,
+        Command::Schedules(command) => schedules(command).await,
         Command::Completions(completions) => {
             completions.print::<Cli>();
             Ok(Exit::Ok)
@@ -202,6 +238,14 @@ async fn main() -> ExitCode {
 async fn broadcast(command: courier::campaign::cli::BroadcastCommand) -> Outcome {
     let settings = settings()?;
     match courier::campaign::cli::run(&settings, command).await {
+        Ok(()) => Ok(Exit::Ok),
+        Err((exit, problem)) => Err(fail(exit, problem)),
+    }
+}
+
+async fn schedules(command: courier::schedule::cli::SchedulesCommand) -> Outcome {
+    let settings = settings()?;
+    match courier::schedule::cli::run(&settings, command).await {
         Ok(()) => Ok(Exit::Ok),
         Err((exit, problem)) => Err(fail(exit, problem)),
     }
@@ -253,7 +297,7 @@ async fn send(
     kwargs: &str,
     id: Option<String>,
     labels: &[(String, String)],
-    wait: Option<Duration>,
+    (wait, due): (Option<Duration>, Option<SystemTime>),
     json: bool,
 ) -> Outcome {
     let registry = Registry::from_inventory().map_err(|err| fail(Exit::Usage, err))?;
@@ -271,7 +315,12 @@ async fn send(
         .map_err(|err| fail(Exit::Usage, format!("{task}: {err}; `producer tasks` lists its arguments")))?;
     let (_, producer) = connect().await?;
     let id = &envelope.task_id;
-    let duplicate = match producer.enqueue_envelope(&envelope, Some(def.options.lane)).await {
+    let lane = Some(def.options.lane);
+    let published = match due {
+        Some(due) => producer.enqueue_envelope_at(&envelope, lane, due).await,
+        None => producer.enqueue_envelope(&envelope, lane).await,
+    };
+    let duplicate = match published {
         Ok(published) => published == Published::Duplicate,
         Err(err) => return Err(fail(&err, &err)),
     };

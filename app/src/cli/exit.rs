@@ -88,6 +88,7 @@ impl From<&WorkerError> for Exit {
             WorkerError::Startup(err) => err.into(),
             WorkerError::Lifecycle(LifecycleError::Registry(_)) => Self::Usage,
             WorkerError::Lifecycle(LifecycleError::Migrations { .. } | LifecycleError::Hook { .. }) => Self::Failed,
+            WorkerError::Schedule(_) | WorkerError::Redis(_) => Self::Usage,
             WorkerError::Http { .. } => Self::Failed,
         }
     }

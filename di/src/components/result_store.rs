@@ -42,6 +42,14 @@ pub trait ResultStore: Interface {
     /// overwrites the result of the run that already happened.
     async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError>;
 
+    /// [`ResultStore::put_if_absent`] with a longer life than the store's
+    /// TTL (never shorter): a delayed task's `scheduled` record, or a
+    /// cancel of one, must outlive its due time.
+    async fn put_if_absent_for(&self, task_id: &str, record: &ResultRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = ttl;
+        self.put_if_absent(task_id, record).await
+    }
+
     /// Records `running` for `task_id` and returns what was there before it
     /// (the final record if there is one, else the in-flight one), in as few
     /// round trips as the store allows: a worker learns how many attempts a
@@ -257,6 +265,10 @@ impl ResultStore for RedisResultStore {
     }
 
     async fn put_if_absent(&self, task_id: &str, record: &ResultRecord) -> Result<bool, StoreError> {
+        self.put_if_absent_for(task_id, record, self.ttl).await
+    }
+
+    async fn put_if_absent_for(&self, task_id: &str, record: &ResultRecord, ttl: Duration) -> Result<bool, StoreError> {
         let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
         let mut conn = self.conn().await?;
         let key = if record.status.is_final() { self.key(task_id) } else { self.status_key(task_id) };
@@ -265,7 +277,7 @@ impl ResultStore for RedisResultStore {
             .arg(bytes)
             .arg("NX")
             .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
+            .arg(ttl.max(self.ttl).as_secs().max(1))
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;

@@ -1,0 +1,410 @@
+//! Delayed tasks on the worker side: the indexer and the mover (see the
+//! module above for the design, ARCHITECTURE.md for its failure modes).
+//!
+//! **Invariant:** a delayed task is in the delayed stream until a copy of it
+//! is stored in the task stream (or it was cancelled); it is never moved
+//! before its due time (Redis' clock), and once due it is moved within a
+//! nap (at most [`MAX_NAP`]) plus the time a move takes, while NATS and
+//! Redis answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use bb8_redis::redis;
+use di::ResultStore;
+use futures_util::StreamExt;
+use settings::NatsSettings;
+use tokio_util::sync::CancellationToken;
+
+use super::index::{Claim, DueIndex};
+use super::{DUE_HEADER, TARGET_HEADER, delayed_stream, delayed_subject, index_durable};
+use crate::broker::{self, BrokerError};
+use crate::publish::{Publisher, TASK_ID_HEADER, try_insert};
+
+/// Entries claimed at once.
+const BATCH: usize = 256;
+/// Moves in flight at once.
+const MOVES_IN_FLIGHT: usize = 32;
+/// How long a claim keeps other movers off an entry (well inside the
+/// stream's duplicate window, so a second move after a crash is dropped).
+const LEASE: Duration = Duration::from_secs(30);
+/// The longest the mover sleeps (an entry indexed meanwhile waits no longer).
+pub const MAX_NAP: Duration = Duration::from_millis(200);
+/// How long the rebuild lock is held at most (a rebuilder that dies frees it).
+const REBUILD_HOLD: Duration = Duration::from_secs(10);
+/// The pause after a failure of NATS or Redis.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Creates (or reuses) the delayed stream: file storage (a restarted NATS
+/// keeps what waits), limits retention (the indexer's acks remove nothing;
+/// the mover deletes what it moved).
+pub async fn ensure_stream(js: &jetstream::Context, settings: &NatsSettings) -> Result<stream::Stream, BrokerError> {
+    let config = stream::Config {
+        name: delayed_stream(settings),
+        subjects: vec![delayed_subject(settings)],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        num_replicas: settings.stream_replicas,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.map_err(|e| BrokerError::Topology {
+        what: format!("stream {}", delayed_stream(settings)),
+        reason: e.to_string(),
+    })
+}
+
+/// The indexer consumer: every message of the delayed stream, from the first.
+fn index_config(settings: &NatsSettings) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(index_durable(settings)),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// One worker's share of delayed tasks: indexing and moving.
+pub struct DelayedMover {
+    js: jetstream::Context,
+    settings: NatsSettings,
+    publisher: Publisher,
+    store: Arc<dyn ResultStore>,
+    index: DueIndex,
+    /// The lane subjects a message may be moved to.
+    targets: Vec<String>,
+}
+
+impl std::fmt::Debug for DelayedMover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelayedMover").field("stream", &delayed_stream(&self.settings)).finish_non_exhaustive()
+    }
+}
+
+impl DelayedMover {
+    /// A mover over the worker's publisher and result store, with its own
+    /// Redis connection for the index.
+    pub fn new(publisher: Publisher, store: Arc<dyn ResultStore>, redis: redis::Client, key_prefix: &str) -> Self {
+        let settings = publisher.settings().clone();
+        let targets = di::Lane::ALL.iter().map(|lane| broker::lane_subject(&settings, *lane)).collect();
+        Self {
+            js: publisher.jetstream().clone(),
+            index: DueIndex::new(redis, key_prefix, &delayed_stream(&settings)),
+            settings,
+            publisher,
+            store,
+            targets,
+        }
+    }
+
+    /// Indexes and moves until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tokio::join!(self.index_loop(&stop), self.move_loop(&stop));
+    }
+
+    /// Reads the delayed stream through the indexer consumer into the index.
+    async fn index_loop(&self, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
+            if let Err(reason) = self.index_until_broken(stop).await {
+                tracing::warn!(%reason, "delayed tasks: the indexer stopped; binding again");
+                nap(RETRY, stop).await;
+            }
+        }
+    }
+
+    /// Binds the indexer consumer and indexes until it breaks (deleted for
+    /// a rebuild, NATS gone) or `stop`.
+    async fn index_until_broken(&self, stop: &CancellationToken) -> Result<(), String> {
+        let stream = self.js.get_stream(delayed_stream(&self.settings)).await.map_err(|e| e.to_string())?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(&index_durable(&self.settings), index_config(&self.settings))
+            .await
+            .map_err(|e| e.to_string())?;
+        let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut batches = messages.ready_chunks(BATCH);
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                batch = batches.next() => batch,
+            };
+            let Some(batch) = batch else { return Err("the consumer's message stream ended".to_owned()) };
+            let mut broken = None;
+            let mut messages = Vec::with_capacity(batch.len());
+            for item in batch {
+                match item {
+                    Ok(message) => messages.push(message),
+                    Err(err) => broken = Some(err.to_string()),
+                }
+            }
+            self.index_messages(messages).await;
+            if let Some(reason) = broken {
+                return Err(reason);
+            }
+        }
+    }
+
+    /// Adds a batch to the index, then acks it; if Redis refuses, hands the
+    /// batch back to be delivered again in a second.
+    async fn index_messages(&self, messages: Vec<jetstream::Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let entries: Vec<(u64, u64)> = messages
+            .iter()
+            .filter_map(|message| {
+                let sequence = message.info().ok()?.stream_sequence;
+                // No readable due time: due now (a hostile or foreign message
+                // is moved at once and judged by the worker, not kept forever).
+                let due = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(DUE_HEADER))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .unwrap_or(0);
+                Some((sequence, due))
+            })
+            .collect();
+        let kind = match self.index.add(&entries).await {
+            Ok(()) => AckKind::Ack,
+            Err(err) => {
+                tracing::warn!(%err, "delayed tasks: cannot index (Redis); redelivering in a second");
+                AckKind::Nak(Some(RETRY))
+            }
+        };
+        for message in messages {
+            if let Err(err) = message.ack_with(kind.clone()).await {
+                tracing::debug!(%err, "delayed tasks: ack of an indexed message failed; it will be indexed again");
+            }
+        }
+    }
+
+    /// Claims what is due and moves it, napping until the next entry is due.
+    async fn move_loop(&self, stop: &CancellationToken) {
+        let mut failing = false;
+        while !stop.is_cancelled() {
+            let pause = match self.index.claim(BATCH, LEASE).await {
+                Ok(Claim::Rebuild) => {
+                    failing = false;
+                    self.rebuild().await
+                }
+                Ok(Claim::Due { sequences, next }) => {
+                    failing = false;
+                    let full = sequences.len() == BATCH;
+                    self.move_all(sequences).await;
+                    if full { Duration::ZERO } else { next.unwrap_or(MAX_NAP).clamp(Duration::from_millis(2), MAX_NAP) }
+                }
+                Err(err) => {
+                    if !failing {
+                        tracing::warn!(%err, "delayed tasks: cannot claim due tasks (Redis); retrying every second");
+                    }
+                    failing = true;
+                    RETRY
+                }
+            };
+            nap(pause, stop).await;
+        }
+    }
+
+    /// The index is not known to be whole: one worker (the one that gets
+    /// the lock) marks it whole and re-creates the indexer consumer, which
+    /// then delivers every waiting message again. Returns the pause before
+    /// the next claim.
+    async fn rebuild(&self) -> Duration {
+        match self.index.lock_rebuild(REBUILD_HOLD).await {
+            Ok(true) => {}
+            Ok(false) => return MAX_NAP,
+            Err(err) => {
+                tracing::warn!(%err, "delayed tasks: cannot take the rebuild lock");
+                return RETRY;
+            }
+        }
+        let result = self.recreate_index().await;
+        if let Err(err) = self.index.unlock_rebuild().await {
+            tracing::debug!(%err, "delayed tasks: the rebuild lock expires by itself");
+        }
+        match result {
+            Ok(waiting) => {
+                tracing::info!(waiting, "delayed tasks: index (re)built from the delayed stream");
+                Duration::ZERO
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "delayed tasks: cannot rebuild the index; trying again");
+                RETRY
+            }
+        }
+    }
+
+    /// Marks the index whole, then deletes and re-creates the indexer
+    /// consumer. Returns how many messages wait in the delayed stream.
+    async fn recreate_index(&self) -> Result<u64, String> {
+        self.index.mark_whole().await.map_err(|e| e.to_string())?;
+        let name = delayed_stream(&self.settings);
+        let mut stream = match self.js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(_) => ensure_stream(&self.js, &self.settings).await.map_err(|e| e.to_string())?,
+        };
+        // Absent on a first start: nothing to delete.
+        let _ = stream.delete_consumer(&index_durable(&self.settings)).await;
+        stream
+            .get_or_create_consumer::<consumer::pull::Config>(
+                &index_durable(&self.settings),
+                index_config(&self.settings),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream.info().await.map_err(|e| e.to_string())?.state.messages)
+    }
+
+    /// Moves claimed entries: reads each from the delayed stream, drops the
+    /// cancelled ones, publishes the rest to their lane subjects, deletes
+    /// what is done from the stream and the index. An entry whose move
+    /// failed stays leased and is claimed again when the lease ends.
+    async fn move_all(&self, sequences: Vec<u64>) {
+        if sequences.is_empty() {
+            return;
+        }
+        let stream = match self.js.get_stream(delayed_stream(&self.settings)).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%err, "delayed tasks: cannot open the delayed stream; the claimed tasks move later");
+                return;
+            }
+        };
+        let fetched: Vec<(u64, Fetched)> = futures_util::stream::iter(sequences)
+            .map(|sequence| {
+                let stream = &stream;
+                async move { (sequence, fetch(stream, sequence).await) }
+            })
+            .buffer_unordered(MOVES_IN_FLIGHT)
+            .collect()
+            .await;
+        let ids: Vec<String> = fetched
+            .iter()
+            .filter_map(|(_, f)| match f {
+                Fetched::Found(message) => task_id(&message.headers),
+                _ => None,
+            })
+            .collect();
+        let cancelled = self.store.cancelled_among(&ids).await.unwrap_or_default();
+        let done: Vec<u64> = futures_util::stream::iter(fetched)
+            .map(|(sequence, fetched)| {
+                let (stream, cancelled) = (&stream, &cancelled);
+                async move {
+                    match fetched {
+                        Fetched::Gone => Some(sequence),
+                        Fetched::Failed => None,
+                        Fetched::Found(message) => {
+                            let id = task_id(&message.headers);
+                            let dropped = id.as_ref().is_some_and(|id| cancelled.contains(id));
+                            if !dropped && !self.publish(message).await {
+                                return None;
+                            }
+                            delete(stream, sequence).await.then_some(sequence)
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(MOVES_IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if let Err(err) = self.index.remove(&done).await {
+            // Each is claimed again after its lease, found gone, and removed.
+            tracing::debug!(%err, "delayed tasks: cannot remove moved entries from the index");
+        }
+    }
+
+    /// Publishes one delayed message to its lane subject (a target that is
+    /// not a lane subject goes to the transactional one, which reroutes by
+    /// the envelope's own label). True once the task stream has it.
+    async fn publish(&self, message: async_nats::jetstream::message::StreamMessage) -> bool {
+        let wanted = message.headers.get(TARGET_HEADER).map(|v| v.as_str().to_owned());
+        let target = wanted.filter(|t| self.targets.contains(t)).unwrap_or_else(|| self.targets_default());
+        // A message without a task id keeps its stream sequence as its
+        // message id (the worker dead-letters what it cannot read).
+        let id = task_id(&message.headers).unwrap_or_else(|| format!("delayed:{}", message.sequence));
+        let mut headers = HeaderMap::new();
+        for (name, values) in message.headers.iter() {
+            let name = name.as_ref();
+            if [DUE_HEADER, TARGET_HEADER, "Nats-Msg-Id"].iter().any(|skip| skip.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            if let Some(value) = values.first() {
+                try_insert(&mut headers, name, value.as_str());
+            }
+        }
+        match self.publisher.send(target, &id, headers, message.payload).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(%err, task_id = %id, "delayed tasks: cannot move a due task; it is tried again after its lease");
+                false
+            }
+        }
+    }
+
+    fn targets_default(&self) -> String {
+        broker::lane_subject(&self.settings, di::Lane::Transactional)
+    }
+
+    /// How many delayed tasks the index holds (waiting, or being moved).
+    pub async fn waiting(&self) -> Result<u64, String> {
+        self.index.len().await.map_err(|e| e.to_string())
+    }
+}
+
+/// A delayed message read by sequence.
+enum Fetched {
+    Found(async_nats::jetstream::message::StreamMessage),
+    /// Not in the stream (moved already): drop the index entry.
+    Gone,
+    /// NATS did not answer: leave the entry leased.
+    Failed,
+}
+
+async fn fetch(stream: &stream::Stream, sequence: u64) -> Fetched {
+    match stream.get_raw_message(sequence).await {
+        Ok(message) => Fetched::Found(message),
+        Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => Fetched::Gone,
+        Err(err) if matches!(err.kind(), stream::RawMessageErrorKind::JetStream(_)) => {
+            // "no message found" arrives as a JetStream error on some servers.
+            if err.to_string().contains("no message found") { Fetched::Gone } else { Fetched::Failed }
+        }
+        Err(err) => {
+            tracing::debug!(%err, sequence, "delayed tasks: cannot read a due task");
+            Fetched::Failed
+        }
+    }
+}
+
+/// Deletes a moved message; true once it is gone (a second delete of a
+/// message already deleted is an error from the server, and also "gone").
+async fn delete(stream: &stream::Stream, sequence: u64) -> bool {
+    match stream.delete_message(sequence).await {
+        Ok(_) => true,
+        Err(err) if matches!(err.kind(), stream::DeleteMessageErrorKind::JetStream(_)) => true,
+        Err(err) => {
+            tracing::debug!(%err, sequence, "delayed tasks: cannot delete a moved task; the stream drops the next move as a duplicate");
+            false
+        }
+    }
+}
+
+fn task_id(headers: &HeaderMap) -> Option<String> {
+    headers.get(TASK_ID_HEADER).map(|v| v.as_str().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// Sleeps `pause` unless `stop` comes first.
+async fn nap(pause: Duration, stop: &CancellationToken) {
+    if pause.is_zero() {
+        tokio::task::yield_now().await;
+        return;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(pause) => {}
+        () = stop.cancelled() => {}
+    }
+}
