@@ -21,6 +21,10 @@ use crate::runtime::STORE_RETRY;
 
 /// How long one pull request waits for messages before it is renewed.
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// A pull still open this long after it expired was lost (the server
+/// restarted under it): it is abandoned and a new one is sent, rather than
+/// waiting for the client's own timeout.
+const PULL_LOST_AFTER: Duration = Duration::from_secs(1);
 /// At shutdown, how long to wait for more messages of the last pull request
 /// (to hand them straight back) before giving up on it.
 const SHUTDOWN_DRAIN_IDLE: Duration = Duration::from_millis(200);
@@ -187,10 +191,15 @@ async fn pull_loop(
             }
         };
         let (mut received, mut failure) = (0_usize, None);
+        let lost = tokio::time::Instant::now() + PULL_EXPIRES + PULL_LOST_AFTER;
         loop {
             let next = tokio::select! {
                 biased;
                 next = batch.next() => next,
+                () = tokio::time::sleep_until(lost) => {
+                    failure = Some("the pull request was never answered (the server restarted?)".to_owned());
+                    break;
+                }
                 () = shutdown.cancelled() => {
                     // Messages of this pull that are still on their way: give them back.
                     while let Ok(Some(Ok(message))) = tokio::time::timeout(SHUTDOWN_DRAIN_IDLE, batch.next()).await {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::index::{Claim, DueIndex};
 use super::{DUE_HEADER, TARGET_HEADER, delayed_stream, delayed_subject, index_durable};
 use crate::broker::{self, BrokerError};
-use crate::publish::{Publisher, TASK_ID_HEADER, try_insert};
+use crate::publish::{PublishError, Publisher, TASK_ID_HEADER, try_insert};
 
 /// Entries claimed at once.
 const BATCH: usize = 256;
@@ -34,8 +34,12 @@ const LEASE: Duration = Duration::from_secs(30);
 pub const MAX_NAP: Duration = Duration::from_millis(200);
 /// How long the rebuild lock is held at most (a rebuilder that dies frees it).
 const REBUILD_HOLD: Duration = Duration::from_secs(10);
+/// The longest one NATS request of a move may take (the client's own
+/// timeout is 5 s; a request lost in a server restart should not hold the
+/// mover that long).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pause after a failure of NATS or Redis.
-const RETRY: Duration = Duration::from_secs(1);
+const RETRY: Duration = Duration::from_millis(250);
 
 /// Creates (or reuses) the delayed stream: file storage (a restarted NATS
 /// keeps what waits), limits retention (the indexer's acks remove nothing;
@@ -110,7 +114,7 @@ impl DelayedMover {
     async fn index_loop(&self, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             if let Err(reason) = self.index_until_broken(stop).await {
-                tracing::warn!(%reason, "delayed tasks: the indexer stopped; binding again");
+                tracing::info!(%reason, "delayed tasks: the indexer stopped; binding again");
                 nap(RETRY, stop).await;
             }
         }
@@ -191,11 +195,18 @@ impl DelayedMover {
                     failing = false;
                     self.rebuild().await
                 }
-                Ok(Claim::Due { sequences, next }) => {
+                Ok(Claim::Due { entries, next }) => {
                     failing = false;
-                    let full = sequences.len() == BATCH;
-                    self.move_all(sequences).await;
-                    if full { Duration::ZERO } else { next.unwrap_or(MAX_NAP).clamp(Duration::from_millis(2), MAX_NAP) }
+                    let full = entries.len() == BATCH;
+                    if self.move_all(entries).await {
+                        if full {
+                            Duration::ZERO
+                        } else {
+                            next.unwrap_or(MAX_NAP).clamp(Duration::from_millis(2), MAX_NAP)
+                        }
+                    } else {
+                        RETRY
+                    }
                 }
                 Err(err) => {
                     if !failing {
@@ -262,22 +273,30 @@ impl DelayedMover {
     /// Moves claimed entries: reads each from the delayed stream, drops the
     /// cancelled ones, publishes the rest to their lane subjects, deletes
     /// what is done from the stream and the index. An entry whose move
-    /// failed stays leased and is claimed again when the lease ends.
-    async fn move_all(&self, sequences: Vec<u64>) {
-        if sequences.is_empty() {
-            return;
+    /// failed is given back at its due time (claimed again at the next
+    /// claim); if even that fails, its lease ends it. False if any failed.
+    async fn move_all(&self, entries: Vec<(u64, u64)>) -> bool {
+        if entries.is_empty() {
+            return true;
         }
-        let stream = match self.js.get_stream(delayed_stream(&self.settings)).await {
-            Ok(stream) => stream,
-            Err(err) => {
+        let opened = tokio::time::timeout(REQUEST_TIMEOUT, self.js.get_stream(delayed_stream(&self.settings))).await;
+        let stream = match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
                 tracing::warn!(%err, "delayed tasks: cannot open the delayed stream; the claimed tasks move later");
-                return;
+                self.give_back(&entries).await;
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!("delayed tasks: NATS did not answer; the claimed tasks move later");
+                self.give_back(&entries).await;
+                return false;
             }
         };
-        let fetched: Vec<(u64, Fetched)> = futures_util::stream::iter(sequences)
-            .map(|sequence| {
+        let fetched: Vec<((u64, u64), Fetched)> = futures_util::stream::iter(entries)
+            .map(|entry| {
                 let stream = &stream;
-                async move { (sequence, fetch(stream, sequence).await) }
+                async move { (entry, fetch(stream, entry.0).await) }
             })
             .buffer_unordered(MOVES_IN_FLIGHT)
             .collect()
@@ -290,31 +309,39 @@ impl DelayedMover {
             })
             .collect();
         let cancelled = self.store.cancelled_among(&ids).await.unwrap_or_default();
-        let done: Vec<u64> = futures_util::stream::iter(fetched)
-            .map(|(sequence, fetched)| {
+        let outcomes: Vec<((u64, u64), bool)> = futures_util::stream::iter(fetched)
+            .map(|(entry, fetched)| {
                 let (stream, cancelled) = (&stream, &cancelled);
                 async move {
-                    match fetched {
-                        Fetched::Gone => Some(sequence),
-                        Fetched::Failed => None,
+                    let done = match fetched {
+                        Fetched::Gone => true,
+                        Fetched::Failed => false,
                         Fetched::Found(message) => {
                             let id = task_id(&message.headers);
                             let dropped = id.as_ref().is_some_and(|id| cancelled.contains(id));
-                            if !dropped && !self.publish(message).await {
-                                return None;
-                            }
-                            delete(stream, sequence).await.then_some(sequence)
+                            (dropped || self.publish(message).await) && delete(stream, entry.0).await
                         }
-                    }
+                    };
+                    (entry, done)
                 }
             })
             .buffer_unordered(MOVES_IN_FLIGHT)
-            .filter_map(std::future::ready)
             .collect()
             .await;
+        let done: Vec<u64> = outcomes.iter().filter(|(_, done)| *done).map(|((sequence, _), _)| *sequence).collect();
+        let failed: Vec<(u64, u64)> = outcomes.iter().filter(|(_, done)| !*done).map(|(entry, _)| *entry).collect();
         if let Err(err) = self.index.remove(&done).await {
             // Each is claimed again after its lease, found gone, and removed.
             tracing::debug!(%err, "delayed tasks: cannot remove moved entries from the index");
+        }
+        self.give_back(&failed).await;
+        failed.is_empty()
+    }
+
+    /// Gives entries whose move failed back at their due times.
+    async fn give_back(&self, entries: &[(u64, u64)]) {
+        if let Err(err) = self.index.release(entries).await {
+            tracing::debug!(%err, "delayed tasks: cannot give claimed entries back; their lease ends them");
         }
     }
 
@@ -337,7 +364,10 @@ impl DelayedMover {
                 try_insert(&mut headers, name, value.as_str());
             }
         }
-        match self.publisher.send(target, &id, headers, message.payload).await {
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, self.publisher.send(target, &id, headers, message.payload));
+        match sent.await.unwrap_or_else(|_| {
+            Err(PublishError::Rejected { subject: "the lane".into(), reason: "no answer in time".into() })
+        }) {
             Ok(_) => true,
             Err(err) => {
                 tracing::warn!(%err, task_id = %id, "delayed tasks: cannot move a due task; it is tried again after its lease");
@@ -366,7 +396,10 @@ enum Fetched {
 }
 
 async fn fetch(stream: &stream::Stream, sequence: u64) -> Fetched {
-    match stream.get_raw_message(sequence).await {
+    let Ok(fetched) = tokio::time::timeout(REQUEST_TIMEOUT, stream.get_raw_message(sequence)).await else {
+        return Fetched::Failed;
+    };
+    match fetched {
         Ok(message) => Fetched::Found(message),
         Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => Fetched::Gone,
         Err(err) if matches!(err.kind(), stream::RawMessageErrorKind::JetStream(_)) => {
@@ -383,7 +416,10 @@ async fn fetch(stream: &stream::Stream, sequence: u64) -> Fetched {
 /// Deletes a moved message; true once it is gone (a second delete of a
 /// message already deleted is an error from the server, and also "gone").
 async fn delete(stream: &stream::Stream, sequence: u64) -> bool {
-    match stream.delete_message(sequence).await {
+    let Ok(deleted) = tokio::time::timeout(REQUEST_TIMEOUT, stream.delete_message(sequence)).await else {
+        return false;
+    };
+    match deleted {
         Ok(_) => true,
         Err(err) if matches!(err.kind(), stream::DeleteMessageErrorKind::JetStream(_)) => true,
         Err(err) => {

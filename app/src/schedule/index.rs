@@ -9,17 +9,17 @@ use bb8_redis::redis::{self, aio::MultiplexedConnection};
 
 /// Claims what is due. KEYS: index, marker. ARGV: most entries, lease (ms).
 /// Answers `{-2, {}}` when the marker is gone (the index must be rebuilt);
-/// otherwise `{wait, due}`: the due members (their scores moved a lease
-/// ahead, so a mover that dies leaves them to another) and the milliseconds
-/// until the next entry is due (-1: the index is empty). Time is Redis'
-/// own, so workers' clocks do not matter.
+/// otherwise `{wait, due}`: the due members with their due times, flat
+/// (their scores moved a lease ahead, so a mover that dies leaves them to
+/// another), and the milliseconds until the next entry is due (-1: the
+/// index is empty). Time is Redis' own, so workers' clocks do not matter.
 const CLAIM: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 0 then return {-2, {}} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local leased = now + tonumber(ARGV[2])
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], leased, member) end
+for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], leased, due[i]) end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = -1
 if #first > 0 then
@@ -33,9 +33,9 @@ return {wait, due}
 pub(crate) enum Claim {
     /// The index is not known to be whole: rebuild it first.
     Rebuild,
-    /// These sequences are due (now leased to the caller); the next entry
-    /// is due in `next` (none: the index is empty).
-    Due { sequences: Vec<u64>, next: Option<Duration> },
+    /// These entries (sequence, due ms) are due, now leased to the caller;
+    /// the next entry is due in `next` (none: the index is empty).
+    Due { entries: Vec<(u64, u64)>, next: Option<Duration> },
 }
 
 /// The index of one delayed stream.
@@ -100,7 +100,11 @@ impl DueIndex {
         }
         let next = u64::try_from(wait).ok().map(Duration::from_millis);
         // A member that is not a sequence was not written by an indexer.
-        Ok(Claim::Due { sequences: members.iter().filter_map(|m| m.parse().ok()).collect(), next })
+        let entries = members
+            .chunks(2)
+            .filter_map(|pair| Some((pair.first()?.parse().ok()?, pair.get(1)?.parse::<f64>().ok()? as u64)))
+            .collect();
+        Ok(Claim::Due { entries, next })
     }
 
     /// Adds entries (sequence, due ms) that are not there yet; an entry
@@ -117,6 +121,22 @@ impl DueIndex {
         }
         let added: redis::RedisResult<i64> = cmd.query_async(&mut conn).await;
         self.check(added).map(drop)
+    }
+
+    /// Gives claimed entries back at their due times (a move that failed
+    /// is tried again at the next claim, not after the lease).
+    pub(crate) async fn release(&self, entries: &[(u64, u64)]) -> redis::RedisResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(&self.index).arg("XX");
+        for (sequence, due) in entries {
+            cmd.arg(*due).arg(*sequence);
+        }
+        let released: redis::RedisResult<i64> = cmd.query_async(&mut conn).await;
+        self.check(released).map(drop)
     }
 
     /// Removes entries (moved, or gone from the stream).
