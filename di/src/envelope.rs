@@ -155,10 +155,11 @@ impl Envelope {
     pub fn decode_args<A: DeserializeOwned>(&self) -> Result<A, CodecError> {
         let value = match (self.args.is_empty(), self.kwargs.is_empty()) {
             (true, true) => {
-                // No arguments: a struct without fields, or `()`.
-                return decode_strict(rmpv::Value::Map(Vec::new()))
-                    .or_else(|_| decode_strict(rmpv::Value::Nil))
-                    .map_err(|e| CodecError::capped("arguments missing", e.0));
+                // No arguments: a struct without fields (or whose fields all
+                // have defaults), or `()`. The struct's error names the field.
+                return decode_strict(rmpv::Value::Map(Vec::new())).or_else(|missing| {
+                    decode_strict(rmpv::Value::Nil).map_err(|_| CodecError::capped("arguments missing", missing.0))
+                });
             }
             (true, false) => {
                 rmpv::Value::Map(self.kwargs.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), v.clone())).collect())

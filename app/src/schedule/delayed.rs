@@ -180,7 +180,7 @@ impl DelayedMover {
             }
         };
         for message in messages {
-            if let Err(err) = message.ack_with(kind.clone()).await {
+            if let Err(err) = message.ack_with(kind).await {
                 tracing::debug!(%err, "delayed tasks: ack of an indexed message failed; it will be indexed again");
             }
         }
