@@ -25,5 +25,5 @@ pub mod telemetry;
 pub mod testing;
 pub mod worker;
 
-pub use producer::{Producer, ProducerError, TaskHandle};
+pub use producer::{CancelFilter, Producer, ProducerError, TaskHandle};
 pub use worker::{WorkerError, run_worker};

@@ -247,6 +247,31 @@ impl Producer {
         Ok(self.store.get(task_id).await?.map(|r| r.status).filter(|s| s.is_final()))
     }
 
+    /// Cancels every unfinished task (queued, scheduled, running, retrying)
+    /// whose record matches `filter` (as [`Producer::cancel`] each). Walks
+    /// the records page by page; returns how many were cancelled. A task
+    /// whose record expired, or one sent by a producer that writes no
+    /// record, is not found this way.
+    pub async fn cancel_matching(&self, filter: &CancelFilter) -> Result<u64, ProducerError> {
+        let mut cursor = 0;
+        let mut cancelled = 0;
+        loop {
+            let (next, page) = self.store.unfinished_page(cursor).await?;
+            for (task_id, record) in page {
+                if filter.matches(&record)
+                    && di::validate_task_id(&task_id).is_ok()
+                    && self.cancel(&task_id).await?.is_none()
+                {
+                    cancelled += 1;
+                }
+            }
+            if next == 0 {
+                return Ok(cancelled);
+            }
+            cursor = next;
+        }
+    }
+
     /// What `task_id` last said of its progress while running, if anything.
     pub async fn progress(&self, task_id: &str) -> Result<Option<di::TaskProgress>, ProducerError> {
         Ok(self.store.progress(task_id).await?)
@@ -300,6 +325,32 @@ impl Producer {
     /// The publisher (for replays and raw payloads).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+}
+
+/// Which unfinished tasks [`Producer::cancel_matching`] cancels: every
+/// condition given must hold (an empty filter matches nothing).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFilter {
+    /// The registered task name.
+    pub task_name: Option<String>,
+    /// Labels the task was sent with (`key`, value as text).
+    pub labels: Vec<(String, String)>,
+}
+
+impl CancelFilter {
+    fn matches(&self, record: &ResultRecord) -> bool {
+        if self.task_name.is_none() && self.labels.is_empty() {
+            return false;
+        }
+        let name_ok = self.task_name.as_ref().is_none_or(|name| *name == record.task_name);
+        let labels_ok = self.labels.iter().all(|(key, wanted)| {
+            record.labels.get(key).is_some_and(|value| match value.as_str() {
+                Some(text) => text == wanted,
+                None => value.to_string() == *wanted,
+            })
+        });
+        name_ok && labels_ok && !record.status.is_final()
     }
 }
 

@@ -51,6 +51,45 @@ async fn a_queued_task_that_is_cancelled_never_runs() {
     worker.stop().await.unwrap();
 }
 
+/// Cancel by filter (`producer cancel --label`, `--task`): queued and
+/// scheduled tasks whose records match never run; the others do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_by_label_and_task_name_spares_the_rest() {
+    let scope = Scope::new();
+    let producer = scope.producer().await;
+    let mut labelled = |batch: &str| {
+        let mut envelope = tasks::noop::TASK.envelope(&tasks::noop::Args {}).unwrap();
+        envelope.labels.insert("batch".into(), batch.into());
+        envelope
+    };
+    let (doomed, spared) = (labelled("a"), labelled("b"));
+    producer.enqueue_envelope(&doomed, None).await.unwrap();
+    producer.enqueue_envelope(&spared, None).await.unwrap();
+    let later = producer
+        .enqueue_in(tasks::sleep::TASK, &tasks::sleep::Args { ms: 1 }, Duration::from_millis(1_500))
+        .await
+        .unwrap();
+    let env = scope.env();
+    let cli = |args: &[&str]| {
+        let out =
+            command("producer").args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(cli(&["cancel", "--label", "batch=a"]), "1");
+    assert_eq!(cli(&["cancel", "--task", "sleep"]), "1", "the scheduled sleep task");
+    assert_eq!(cli(&["cancel", "--task", "sleep"]), "0", "nothing unfinished is left to cancel");
+
+    let worker = scope.start_worker().await;
+    assert_eq!(producer.wait(&spared.task_id, WAIT).await.unwrap().status, TaskStatus::Success);
+    let doomed = producer.wait(&doomed.task_id, WAIT).await.unwrap();
+    assert_eq!((doomed.status, doomed.started_at), (TaskStatus::Cancelled, None));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let later = producer.result(&later.task_id).await.unwrap().unwrap();
+    assert_eq!((later.status, later.started_at), (TaskStatus::Cancelled, None), "the scheduled task never ran");
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_task_stops_within_a_second_and_its_transaction_leaves_no_rows() {
     let schema = PgSchema::create().await;

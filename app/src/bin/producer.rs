@@ -81,17 +81,30 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Cancels a task: if queued it never runs; if running it is told to stop.
+    /// Cancels a task (or every one matching a filter): if queued or
+    /// scheduled it never runs; if running it is told to stop.
     ///
     /// Writes a final `cancelled` record unless the task already has a final
     /// one. A running task sees `ctx.cancelled()` within about a second; if
     /// it stops it ends `cancelled`, if it ignores the signal and finishes it
     /// ends `success`. Says which on stderr; exit 4 when the task had already
-    /// ended (its status is said).
+    /// ended (its status is said). With --task or --label instead of an id,
+    /// cancels every unfinished task whose record matches (all filters
+    /// given) and prints the count; --campaign cancels a broadcast campaign.
     #[command(after_help = EXIT_CODES)]
     Cancel {
         /// The task id.
-        task_id: String,
+        #[arg(required_unless_present_any = ["task_name", "labels", "campaign"], conflicts_with_all = ["task_name", "labels", "campaign"])]
+        task_id: Option<String>,
+        /// Every unfinished task of this name.
+        #[arg(long = "task")]
+        task_name: Option<String>,
+        /// Every unfinished task sent with this label, `key=value` (repeatable: all must match).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A broadcast campaign (as `producer broadcast cancel`).
+        #[arg(long, conflicts_with_all = ["task_name", "labels"])]
+        campaign: Option<String>,
     },
     /// Lists dead letters.
     ///
@@ -218,7 +231,11 @@ async fn main() -> ExitCode {
         }
         Command::Result { task_id, watch: false } => result(&task_id).await,
         Command::Result { task_id, watch: true } => watch(&task_id).await,
-        Command::Cancel { task_id } => cancel(&task_id).await,
+        Command::Cancel { task_id: Some(task_id), .. } => cancel(&task_id).await,
+        Command::Cancel { campaign: Some(id), .. } => {
+            broadcast(courier::campaign::cli::BroadcastCommand::Cancel { id }).await
+        }
+        Command::Cancel { task_name, labels, .. } => cancel_matching(task_name, labels).await,
         Command::DeadLetters { limit, filter } => list_dead_letters(limit.get(), filter.into_filter(None)).await,
         Command::Replay { task_id: Some(task_id), filter, json, .. } => {
             replay_one(&task_id, filter.into_filter(Some(task_id.clone())), json).await
@@ -405,6 +422,18 @@ async fn cancel(task_id: &str) -> Outcome {
             Ok(Exit::Ok)
         }
         Ok(Some(status)) => Err(fail(Exit::NotFound, format!("task {task_id} already ended: {}", status.name()))),
+        Err(err) => Err(fail(&err, &err)),
+    }
+}
+
+async fn cancel_matching(task_name: Option<String>, labels: Vec<(String, String)>) -> Outcome {
+    let (_, producer) = connect().await?;
+    match producer.cancel_matching(&courier::CancelFilter { task_name, labels }).await {
+        Ok(n) => {
+            println!("{n}");
+            eprintln!("cancelled {n} unfinished task(s) (running ones are told to stop)");
+            Ok(Exit::Ok)
+        }
         Err(err) => Err(fail(&err, &err)),
     }
 }

@@ -102,11 +102,33 @@ pub trait ResultStore: Interface {
         Ok(None)
     }
 
+    /// One page of the records of unfinished tasks (queued, scheduled,
+    /// running, retrying), for cancelling by filter: start with cursor 0;
+    /// the next cursor is returned, 0 when the walk is done. A page holds a
+    /// few hundred records at most, so memory stays bounded however many
+    /// tasks there are. Stores that cannot list return nothing.
+    async fn unfinished_page(&self, cursor: u64) -> Result<(u64, Vec<(String, ResultRecord)>), StoreError> {
+        let _ = cursor;
+        Ok((0, Vec::new()))
+    }
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// How long a record lives after its last write.
     fn ttl(&self) -> Duration;
+}
+
+/// `text` with Redis glob characters escaped, for a `MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// A Redis client for `settings` (TLS with `redis.tls_ca_file` when set),
@@ -350,6 +372,34 @@ impl ResultStore for RedisResultStore {
             })
             .map(|(id, _)| id.clone())
             .collect())
+    }
+
+    async fn unfinished_page(&self, cursor: u64) -> Result<(u64, Vec<(String, ResultRecord)>), StoreError> {
+        let mut conn = self.conn().await?;
+        let pattern = format!("{}*:status", glob_escape(&self.key_prefix));
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if keys.is_empty() {
+            return Ok((next, Vec::new()));
+        }
+        let records: Vec<Option<Vec<u8>>> = conn.mget(&keys).await.map_err(|e| self.failed(e))?;
+        let page = keys
+            .iter()
+            .zip(records)
+            .filter_map(|(key, bytes)| {
+                let id = key.strip_prefix(&self.key_prefix)?.strip_suffix(":status")?;
+                let record = ResultRecord::from_msgpack(&bytes?).ok()?;
+                Some((id.to_owned(), record))
+            })
+            .collect();
+        Ok((next, page))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
