@@ -57,7 +57,7 @@ async fn a_queued_task_that_is_cancelled_never_runs() {
 async fn cancelling_by_label_and_task_name_spares_the_rest() {
     let scope = Scope::new();
     let producer = scope.producer().await;
-    let mut labelled = |batch: &str| {
+    let labelled = |batch: &str| {
         let mut envelope = tasks::noop::TASK.envelope(&tasks::noop::Args {}).unwrap();
         envelope.labels.insert("batch".into(), batch.into());
         envelope
