@@ -111,6 +111,39 @@ impl Publisher {
         self.send(crate::schedule::delayed_subject(&self.settings), &envelope.task_id, headers, bytes).await
     }
 
+    /// Puts a message already in the task stream back into the delayed
+    /// stream, due at `due_ms`, to be moved to `subject` again (a retry
+    /// whose wait is too long for a nak: a nak with delay holds one of the
+    /// consumer's ack-pending slots all that time). Both copies go out with
+    /// the message id `<task_id>:r<due_ms>`, so neither the delayed stream
+    /// nor, at the move, the task stream mistakes it for the first publish.
+    pub async fn postpone(
+        &self,
+        subject: &str,
+        task_id: &str,
+        original: Option<&HeaderMap>,
+        payload: Bytes,
+        due_ms: u64,
+    ) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        if let Some(original) = original {
+            for (name, values) in original.iter() {
+                let name: &str = name.as_ref();
+                if let Some(value) = values.first()
+                    && !name.eq_ignore_ascii_case("Nats-Msg-Id")
+                {
+                    try_insert(&mut headers, name, value.as_str());
+                }
+            }
+        }
+        let move_id = format!("{task_id}:r{due_ms}");
+        try_insert(&mut headers, crate::schedule::DUE_HEADER, &due_ms.to_string());
+        try_insert(&mut headers, crate::schedule::TARGET_HEADER, subject);
+        try_insert(&mut headers, TASK_ID_HEADER, task_id);
+        try_insert(&mut headers, crate::schedule::MOVE_ID_HEADER, &move_id);
+        self.send(crate::schedule::delayed_subject(&self.settings), &move_id, headers, payload).await
+    }
+
     /// The subject, headers and bytes of an envelope: labelled with `lane`
     /// if it has no lane label, its short labels as headers.
     fn prepare(&self, envelope: &Envelope, lane: Option<Lane>) -> Result<(String, HeaderMap, Bytes), PublishError> {

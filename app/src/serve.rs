@@ -448,7 +448,9 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
             }
         }
         Disposition::Retry { delay } => {
-            let _ = message.ack_with(AckKind::Nak(Some(*delay))).await;
+            if !postponed(runtime, message, execution, *delay).await {
+                let _ = message.ack_with(AckKind::Nak(Some(*delay))).await;
+            }
             tracing::info!(elapsed_ms, retry_in = %crate::telemetry::human(*delay), error = %describe(&execution.outcome), "task failed; will retry");
         }
         Disposition::HandBack => {
@@ -468,6 +470,38 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
                     tracing::warn!(%err, "dead letter not stored; the message comes back for the copy alone");
                 }
             }
+        }
+    }
+}
+
+/// A retry that waits longer than [`crate::schedule::POSTPONE_AFTER`]
+/// goes back through the delayed stream, and the message is acked, so it
+/// holds no ack-pending slot while it waits (a group's 429 backlog would
+/// otherwise stall its lane). True if it was postponed; on any failure the
+/// caller naks with the delay as before.
+async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, delay: Duration) -> bool {
+    let Some(task_id) = execution.task_id.as_deref() else { return false };
+    if delay <= crate::schedule::POSTPONE_AFTER || runtime.topology.is_none() {
+        return false;
+    }
+    let due = crate::schedule::unix_ms(std::time::SystemTime::now() + delay);
+    let copy = runtime
+        .publisher
+        .postpone(message.subject.as_str(), task_id, message.headers.as_ref(), message.payload.clone(), due)
+        .await;
+    match copy {
+        Ok(_) => match message.double_ack().await {
+            Ok(()) => true,
+            // Not acked: the message also comes back after ack_wait; the
+            // record's attempt count and the task id keep that honest.
+            Err(err) => {
+                tracing::warn!(%err, "postponed retry stored, but the ack failed; the message may come back early");
+                true
+            }
+        },
+        Err(err) => {
+            tracing::debug!(%err, "cannot postpone the retry; nak with delay instead");
+            false
         }
     }
 }

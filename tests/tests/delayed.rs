@@ -259,6 +259,51 @@ async fn waiting_tasks_cost_the_worker_no_memory() {
     assert!(grown < 16 * 1024, "the worker grew {grown} KiB holding {N} waiting tasks ({before} -> {after})");
 }
 
+/// Fails its first attempt asking for a retry in 11 s, then succeeds.
+mod slow_retry {
+    use di::prelude::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Args {}
+
+    pub async fn run(ctx: TaskContext, _args: Args) -> TaskResult<u32> {
+        if ctx.attempt() == 1 {
+            return Err(Failure::retry_after("not yet", Duration::from_secs(11)));
+        }
+        Ok(ctx.attempt())
+    }
+
+    register_task!(run: Args => u32);
+}
+
+/// A retry that waits longer than a nak should (10 s) is postponed through
+/// the delayed stream: while it waits the consumer holds no ack-pending
+/// slot for it, and it still runs again on time.
+#[tokio::test]
+async fn long_retries_wait_in_the_delayed_stream_not_in_ack_pending() {
+    let scope = Scope::new();
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(slow_retry::TASK, &slow_retry::Args {}).await.unwrap();
+    let failed_at = unix_ms(SystemTime::now());
+    let js = scope.jetstream().await;
+    let delayed = courier::schedule::delayed_stream(&scope.settings.nats);
+    scope
+        .eventually(WAIT, "the retry waiting in the delayed stream", || async {
+            let mut stream = js.get_stream(&delayed).await.ok()?;
+            (stream.info().await.ok()?.state.messages == 1).then_some(())
+        })
+        .await;
+    let (messages, _, ack_pending) = scope.backlog().await;
+    assert_eq!((messages, ack_pending), (0, 0), "nothing waits in the task stream or holds a slot");
+    let record = handle.wait(WAIT).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Success);
+    assert_eq!(record.attempt, 2);
+    let waited = (record.started_at.unwrap() * 1000.0) as i64 - failed_at;
+    assert!((10_900..13_000).contains(&waited), "the retry ran {waited} ms after the failure");
+    worker.stop().await.unwrap();
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();

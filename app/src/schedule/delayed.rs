@@ -19,7 +19,7 @@ use settings::NatsSettings;
 use tokio_util::sync::CancellationToken;
 
 use super::index::{Claim, DueIndex};
-use super::{DUE_HEADER, TARGET_HEADER, delayed_stream, delayed_subject, index_durable};
+use super::{DUE_HEADER, MOVE_ID_HEADER, TARGET_HEADER, delayed_stream, delayed_subject, index_durable};
 use crate::broker::{self, BrokerError};
 use crate::publish::{PublishError, Publisher, TASK_ID_HEADER, try_insert};
 
@@ -353,11 +353,19 @@ impl DelayedMover {
         let target = wanted.filter(|t| self.targets.contains(t)).unwrap_or_else(|| self.targets_default());
         // A message without a task id keeps its stream sequence as its
         // message id (the worker dead-letters what it cannot read).
-        let id = task_id(&message.headers).unwrap_or_else(|| format!("delayed:{}", message.sequence));
+        let id = message
+            .headers
+            .get(MOVE_ID_HEADER)
+            .map(|v| v.as_str().to_owned())
+            .or_else(|| task_id(&message.headers))
+            .unwrap_or_else(|| format!("delayed:{}", message.sequence));
         let mut headers = HeaderMap::new();
         for (name, values) in message.headers.iter() {
             let name = name.as_ref();
-            if [DUE_HEADER, TARGET_HEADER, "Nats-Msg-Id"].iter().any(|skip| skip.eq_ignore_ascii_case(name)) {
+            if [DUE_HEADER, TARGET_HEADER, MOVE_ID_HEADER, "Nats-Msg-Id"]
+                .iter()
+                .any(|skip| skip.eq_ignore_ascii_case(name))
+            {
                 continue;
             }
             if let Some(value) = values.first() {

@@ -39,6 +39,13 @@ use settings::NatsSettings;
 pub const DUE_HEADER: &str = "Courier-Due";
 /// Header of a delayed message: the lane subject it is moved to.
 pub const TARGET_HEADER: &str = "Courier-Target";
+/// Header of a delayed message: the message id of its move (when it is not
+/// the task id: a postponed retry of a task the stream has seen).
+pub const MOVE_ID_HEADER: &str = "Courier-Move-Id";
+/// Retries that wait longer than this are postponed through the delayed
+/// stream instead of a nak with delay, which would hold an ack-pending slot
+/// of the consumer the whole time.
+pub const POSTPONE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The stream delayed tasks wait in.
 pub fn delayed_stream(settings: &NatsSettings) -> String {
