@@ -179,6 +179,13 @@ impl Producer {
         let Ok(delay) = due.duration_since(SystemTime::now()) else {
             return self.enqueue_envelope(envelope, lane).await;
         };
+        if self.publisher.settings().mode != NatsMode::Jetstream {
+            // Refused before a `scheduled` record is written for a task never sent.
+            return Err(ProducerError::Publish(PublishError::Rejected {
+                subject: self.publisher.settings().subject.clone(),
+                reason: "delayed tasks need nats.mode = \"jetstream\" (core NATS keeps nothing)".to_owned(),
+            }));
+        }
         let envelope = digested(envelope)?;
         let mut scheduled = ResultRecord::new(envelope.task_name.clone(), TaskStatus::Scheduled, 0);
         scheduled.labels = envelope.labels.clone();

@@ -125,16 +125,13 @@ impl Publisher {
         payload: Bytes,
         due_ms: u64,
     ) -> Result<Published, PublishError> {
-        let mut headers = HeaderMap::new();
-        if let Some(original) = original {
-            for (name, values) in original.iter() {
-                let name: &str = name.as_ref();
-                if let Some(value) = values.first()
-                    && !name.eq_ignore_ascii_case("Nats-Msg-Id")
-                {
-                    try_insert(&mut headers, name, value.as_str());
-                }
-            }
+        let mut headers = original.map(crate::schedule::delayed::carried_headers).unwrap_or_default();
+        // What the gates that read the original message id (campaigns) see
+        // after the move, where the message id is the move's.
+        // (A message postponed twice keeps the first one.)
+        let first = original.and_then(|h| h.get(crate::schedule::ORIGIN_ID_HEADER).or_else(|| h.get("Nats-Msg-Id")));
+        if let Some(first) = first.map(|v| v.as_str().to_owned()) {
+            try_insert(&mut headers, crate::schedule::ORIGIN_ID_HEADER, &first);
         }
         let move_id = format!("{task_id}:r{due_ms}");
         try_insert(&mut headers, crate::schedule::DUE_HEADER, &due_ms.to_string());
@@ -164,7 +161,9 @@ impl Publisher {
         // Labels travel as headers too, as taskiq-nats sends them; only short
         // ones (NATS refuses headers over 64 KiB, and the envelope has them all).
         for (key, value) in &envelope.labels {
-            if let Some(text) = value.as_str().filter(|t| t.len() <= MAX_LABEL_HEADER) {
+            if let Some(text) = value.as_str().filter(|t| t.len() <= MAX_LABEL_HEADER)
+                && !reserved_header(key)
+            {
                 try_insert(&mut headers, key, text);
             }
         }
@@ -281,6 +280,15 @@ fn done_subject(settings: &NatsSettings, task_id: &str) -> Option<String> {
     safe.then(|| format!("{}.{task_id}", settings.done_subject))
 }
 
+/// Header names a label may not set: the server's (`Nats-*`: an
+/// expected-stream header would make the stream refuse the message, a
+/// message id would change its deduplication) and Courier's own controls
+/// (`Courier-*`). Such labels stay in the envelope, just not as headers.
+fn reserved_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("nats-") || lower.starts_with("courier-")
+}
+
 /// Header values cannot hold line breaks; reasons are shortened too.
 fn one_line(text: &str) -> String {
     let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
@@ -330,6 +338,14 @@ impl Enqueuer for NatsEnqueuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_cannot_set_server_or_control_headers() {
+        for name in ["Nats-Expected-Stream", "nats-msg-id", "Courier-Move-Id", "COURIER-DUE"] {
+            assert!(reserved_header(name), "{name}");
+        }
+        assert!(!reserved_header("chat_id") && !reserved_header("natsy"));
+    }
 
     #[test]
     fn headers_that_async_nats_would_panic_on_are_skipped() {

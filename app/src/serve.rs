@@ -484,7 +484,18 @@ async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, 
     if delay <= crate::schedule::POSTPONE_AFTER || runtime.topology.is_none() {
         return false;
     }
-    let due = crate::schedule::unix_ms(std::time::SystemTime::now() + delay);
+    let due_at = std::time::SystemTime::now() + delay;
+    let due = crate::schedule::unix_ms(due_at);
+    // The `retrying` record must outlive the wait: it carries the attempt
+    // count, and a cancel reads its due time to outlive it too.
+    if let Some(record) = &execution.record {
+        let mut waiting = record.clone();
+        waiting.due_at = Some(due as f64 / 1000.0);
+        if let Err(err) = runtime.store.put_for(task_id, &waiting, runtime.store.ttl() + delay).await {
+            tracing::debug!(%err, "cannot extend the retrying record; nak with delay instead");
+            return false;
+        }
+    }
     let copy = runtime
         .publisher
         .postpone(message.subject.as_str(), task_id, message.headers.as_ref(), message.payload.clone(), due)

@@ -255,11 +255,12 @@ impl TaskOptions {
         self
     }
 
-    /// The time zone of the cron schedule (an IANA name); without a
-    /// schedule it does nothing.
+    /// The time zone of the cron schedule (an IANA name). Call it after
+    /// [`TaskOptions::cron`]; before it, the registration does not compile.
     pub const fn tz(mut self, tz: &'static str) -> Self {
-        if let Some(spec) = self.cron {
-            self.cron = Some(CronSpec { expression: spec.expression, tz });
+        match self.cron {
+            Some(spec) => self.cron = Some(CronSpec { expression: spec.expression, tz }),
+            None => panic!("TaskOptions::tz needs a schedule: call .cron(...) first"),
         }
         self
     }

@@ -296,11 +296,83 @@ async fn long_retries_wait_in_the_delayed_stream_not_in_ack_pending() {
         .await;
     let (messages, _, ack_pending) = scope.backlog().await;
     assert_eq!((messages, ack_pending), (0, 0), "nothing waits in the task stream or holds a slot");
+    let waiting = producer.result(&handle.task_id).await.unwrap().unwrap();
+    assert_eq!(waiting.status, TaskStatus::Retrying);
+    assert!(waiting.due_at.is_some(), "the retrying record says when it is due (a cancel outlives it)");
     let record = handle.wait(WAIT).await.unwrap();
     assert_eq!(record.status, TaskStatus::Success);
     assert_eq!(record.attempt, 2);
     let waited = (record.started_at.unwrap() * 1000.0) as i64 - failed_at;
     assert!((10_900..13_000).contains(&waited), "the retry ran {waited} ms after the failure");
+    worker.stop().await.unwrap();
+}
+
+/// The index is rebuilt whenever it is not known to be whole on the Redis
+/// server answering: a rebuilder that died halfway (marker `building`), or
+/// a Redis that came back from a snapshot holding an old marker and an
+/// index without the newest entries. Hostile headers in the delayed stream
+/// (`Nats-Expected-Stream`, a label trying to set Courier's controls) do
+/// not stop a move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_or_half_built_index_is_rebuilt_and_hostile_headers_do_not_block_moves() {
+    let scope = Scope::new();
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let base = format!(
+        "{}delayed:{{{}}}",
+        scope.settings.redis.key_prefix,
+        courier::schedule::delayed_stream(&scope.settings.nats)
+    );
+    for marker in ["building", "whole:0000000000000000000000000000000000000000"] {
+        let handle =
+            producer.enqueue_in(tasks::noop::TASK, &tasks::noop::Args {}, Duration::from_millis(2_000)).await.unwrap();
+        scope
+            .eventually(WAIT, "the task indexed", || {
+                let mut conn = conn.clone();
+                let index = format!("{base}:due");
+                async move {
+                    let n: u64 = redis::cmd("ZCARD").arg(&index).query_async(&mut conn).await.unwrap_or(0);
+                    (n == 1).then_some(())
+                }
+            })
+            .await;
+        // The index loses its entry; the marker says what a dead rebuilder
+        // or a restored snapshot would leave.
+        let _: () = redis::cmd("DEL").arg(format!("{base}:due")).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("SET").arg(format!("{base}:whole")).arg(marker).query_async(&mut conn).await.unwrap();
+        let record = handle.wait(WAIT).await.unwrap_or_else(|e| panic!("marker {marker}: the task was stranded: {e}"));
+        assert_eq!(record.status, TaskStatus::Success, "marker {marker}");
+    }
+
+    // A label named like a server header, and one like Courier's move id.
+    let mut envelope = tasks::noop::TASK.envelope(&tasks::noop::Args {}).unwrap();
+    let delayed = courier::schedule::delayed_stream(&scope.settings.nats);
+    envelope.labels.insert("Nats-Expected-Stream".into(), delayed.as_str().into());
+    envelope.labels.insert("Courier-Move-Id".into(), "x".into());
+    let due = SystemTime::now() + Duration::from_millis(500);
+    producer.enqueue_envelope_at(&envelope, None, due).await.unwrap();
+    // And a message written straight into the delayed stream with one.
+    let mut headers = async_nats::HeaderMap::new();
+    let raw = tasks::noop::TASK.envelope(&tasks::noop::Args {}).unwrap();
+    headers.insert("Nats-Expected-Stream", delayed.as_str());
+    headers.insert("Courier-Due", "0");
+    headers.insert("Courier-Task-Id", raw.task_id.as_str());
+    let js = scope.jetstream().await;
+    js.publish_with_headers(
+        courier::schedule::delayed_subject(&scope.settings.nats),
+        headers,
+        raw.to_msgpack().unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    for id in [&envelope.task_id, &raw.task_id] {
+        let record = producer.wait(id, WAIT).await.unwrap_or_else(|e| panic!("{id} was not moved: {e}"));
+        assert_eq!(record.status, TaskStatus::Success);
+    }
     worker.stop().await.unwrap();
 }
 

@@ -50,7 +50,10 @@ impl CampaignGate {
         let headers = headers?;
         let campaign = headers.get(CAMPAIGN_HEADER)?.as_str().to_owned();
         let seq = headers.get(RECIPIENT_HEADER)?.as_str().parse().ok()?;
-        let message_id = headers.get("Nats-Msg-Id")?.as_str().to_owned();
+        // A retry postponed through the delayed stream was moved under a
+        // message id of its own; the one the campaign gave it travels along.
+        let message_id =
+            headers.get(crate::schedule::ORIGIN_ID_HEADER).or_else(|| headers.get("Nats-Msg-Id"))?.as_str().to_owned();
         Some((campaign, seq, message_id))
     }
 

@@ -42,7 +42,8 @@ pub const EXIT_CODES: &str = "Exit codes (the same for worker, producer and bot)
      that do not fit the task, an invalid task id or label, duplicate task names
   3  a component is unavailable: NATS, Redis, the database or Telegram is
      unreachable, refused us, or answered unexpectedly
-  4  not found: no record (result) or no dead letter (replay) for that task id
+  4  not found: no record (result) or no dead letter (replay) for that task id,
+     a task that already ended (cancel), no schedule of that name (schedules)
   5  timed out: send --wait saw no final result in time
   6  conflict: send --id reused an id that was sent with other arguments";
 

@@ -237,6 +237,14 @@ fn parse(
         origin,
         cron,
     };
+    if let Err(err) = di::validate_task_id(&schedule.tick_id(Utc::now())) {
+        return Err(ScheduleError::Arguments {
+            name: schedule.name.clone(),
+            origin: schedule.origin.clone(),
+            task: schedule.task.clone(),
+            reason: format!("its tick ids would be refused: {err}"),
+        });
+    }
     let probe = schedule.envelope(Utc::now()).map_err(|e| e.to_string());
     if let Err(reason) = probe.and_then(|envelope| def.check_args(&envelope).map_err(|e| e.to_string())) {
         return Err(ScheduleError::Arguments {
@@ -280,7 +288,9 @@ async fn clock(schedule: Arc<Schedule>, producer: Producer, db: AnyPool, stop: C
         if let Ok(early) = SystemTime::from(tick).duration_since(SystemTime::now()) {
             tokio::time::sleep(early).await;
         }
-        fire(&schedule, tick, &producer, &db).await;
+        let next = schedule.next_after(tick);
+        let retry_until = next.map_or(Duration::from_secs(60), |n| (n - tick).to_std().unwrap_or_default());
+        fire_until_stored(&schedule, tick, &producer, &db, retry_until, &stop).await;
         after = tick;
     }
 }
@@ -297,17 +307,45 @@ async fn catch_up(schedule: &Schedule, producer: &Producer, db: &AnyPool) {
     let Some(since) = last.and_then(|t| Utc.timestamp_opt(t, 0).single()) else { return };
     if let Some(tick) = schedule.last_between(since, Utc::now()) {
         tracing::info!(schedule = %schedule.name, tick = %tick.to_rfc3339(), "running the latest missed tick once");
-        fire(schedule, tick, producer, db).await;
+        if !fire(schedule, tick, producer, db).await {
+            tracing::warn!(schedule = %schedule.name, "the missed tick could not be published");
+        }
+    }
+}
+
+/// [`fire`], again with backoff (250 ms doubling to 5 s) while NATS or
+/// Redis refuse it, until `within` has passed (the next tick) or `stop`.
+async fn fire_until_stored(
+    schedule: &Schedule,
+    tick: DateTime<Utc>,
+    producer: &Producer,
+    db: &AnyPool,
+    within: Duration,
+    stop: &CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(250);
+    while !fire(schedule, tick, producer, db).await {
+        if tokio::time::Instant::now() + pause >= deadline {
+            tracing::warn!(schedule = %schedule.name, tick = %tick.to_rfc3339(), "tick not published before the next one: skipped");
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
 /// Publishes one tick unless the schedule is paused. Every worker does
-/// this; the stream keeps the first copy and drops the others.
-async fn fire(schedule: &Schedule, tick: DateTime<Utc>, producer: &Producer, db: &AnyPool) {
+/// this; the stream keeps the first copy and drops the others. False if
+/// the tick could not be published (worth trying again).
+async fn fire(schedule: &Schedule, tick: DateTime<Utc>, producer: &Producer, db: &AnyPool) -> bool {
     match super::state::get(db, &schedule.name).await {
         Ok(state) if state.paused => {
             tracing::debug!(schedule = %schedule.name, "paused: tick skipped");
-            return;
+            return true;
         }
         Ok(_) => {}
         // The database is down: publish anyway (a pause is the rarer wish
@@ -320,7 +358,7 @@ async fn fire(schedule: &Schedule, tick: DateTime<Utc>, producer: &Producer, db:
         Ok(envelope) => envelope,
         Err(err) => {
             tracing::error!(schedule = %schedule.name, %err, "cannot encode the tick's task");
-            return;
+            return true;
         }
     };
     match producer.enqueue_envelope(&envelope, schedule.lane).await {
@@ -329,9 +367,11 @@ async fn fire(schedule: &Schedule, tick: DateTime<Utc>, producer: &Producer, db:
             if let Err(err) = super::state::record_tick(db, &schedule.name, tick.timestamp()).await {
                 tracing::debug!(schedule = %schedule.name, %err, "cannot record the last tick");
             }
+            true
         }
         Err(err) => {
-            tracing::warn!(schedule = %schedule.name, task_id = %envelope.task_id, %err, "cannot publish the tick")
+            tracing::warn!(schedule = %schedule.name, task_id = %envelope.task_id, %err, "cannot publish the tick; trying again");
+            false
         }
     }
 }

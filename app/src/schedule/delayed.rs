@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::{self, AckKind, ErrorCode, consumer, stream};
 use bb8_redis::redis;
 use di::ResultStore;
 use futures_util::StreamExt;
@@ -27,9 +28,12 @@ use crate::publish::{PublishError, Publisher, TASK_ID_HEADER, try_insert};
 const BATCH: usize = 256;
 /// Moves in flight at once.
 const MOVES_IN_FLIGHT: usize = 32;
-/// How long a claim keeps other movers off an entry (well inside the
-/// stream's duplicate window, so a second move after a crash is dropped).
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a claim keeps other movers off an entry, at most; never more
+/// than half the stream's duplicate window, so a second move after a crash
+/// is still dropped as a duplicate.
+const MAX_LEASE: Duration = Duration::from_secs(30);
+/// How soon an entry whose move failed is claimed again.
+const RETRY_MOVE: Duration = Duration::from_secs(1);
 /// The longest the mover sleeps (an entry indexed meanwhile waits no longer).
 pub const MAX_NAP: Duration = Duration::from_millis(200);
 /// How long the rebuild lock is held at most (a rebuilder that dies frees it).
@@ -163,12 +167,7 @@ impl DelayedMover {
                 let sequence = message.info().ok()?.stream_sequence;
                 // No readable due time: due now (a hostile or foreign message
                 // is moved at once and judged by the worker, not kept forever).
-                let due = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(DUE_HEADER))
-                    .and_then(|v| v.as_str().parse::<u64>().ok())
-                    .unwrap_or(0);
+                let due = message.headers.as_ref().and_then(due_ms).unwrap_or(0);
                 Some((sequence, due))
             })
             .collect();
@@ -190,15 +189,16 @@ impl DelayedMover {
     async fn move_loop(&self, stop: &CancellationToken) {
         let mut failing = false;
         while !stop.is_cancelled() {
-            let pause = match self.index.claim(BATCH, LEASE).await {
+            let lease = MAX_LEASE.min(self.settings.duplicate_window / 2).max(Duration::from_secs(1));
+            let pause = match self.index.claim(BATCH, lease).await {
                 Ok(Claim::Rebuild) => {
                     failing = false;
                     self.rebuild().await
                 }
-                Ok(Claim::Due { entries, next }) => {
+                Ok(Claim::Due { entries, next, now }) => {
                     failing = false;
                     let full = entries.len() == BATCH;
-                    if self.move_all(entries).await {
+                    if self.move_all(entries, now).await {
                         if full {
                             Duration::ZERO
                         } else {
@@ -249,24 +249,31 @@ impl DelayedMover {
         }
     }
 
-    /// Marks the index whole, then deletes and re-creates the indexer
-    /// consumer. Returns how many messages wait in the delayed stream.
+    /// Marks the index as being rebuilt, deletes and re-creates the indexer
+    /// consumer (which then delivers every waiting message again), and
+    /// marks the index whole. A failure at any step leaves the marker
+    /// saying `building`, so the next claim rebuilds again. Returns how many
+    /// messages wait in the delayed stream.
     async fn recreate_index(&self) -> Result<u64, String> {
-        self.index.mark_whole().await.map_err(|e| e.to_string())?;
+        self.index.mark_building().await.map_err(|e| e.to_string())?;
         let name = delayed_stream(&self.settings);
         let mut stream = match self.js.get_stream(&name).await {
             Ok(stream) => stream,
             Err(_) => ensure_stream(&self.js, &self.settings).await.map_err(|e| e.to_string())?,
         };
-        // Absent on a first start: nothing to delete.
-        let _ = stream.delete_consumer(&index_durable(&self.settings)).await;
+        let durable = index_durable(&self.settings);
+        match stream.delete_consumer(&durable).await {
+            Ok(_) => {}
+            // Absent on a first start: nothing to delete.
+            Err(err) if matches!(err.kind(), ConsumerErrorKind::JetStream(ref e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+                {}
+            Err(err) => return Err(format!("cannot delete the indexer consumer: {err}")),
+        }
         stream
-            .get_or_create_consumer::<consumer::pull::Config>(
-                &index_durable(&self.settings),
-                index_config(&self.settings),
-            )
+            .get_or_create_consumer::<consumer::pull::Config>(&durable, index_config(&self.settings))
             .await
             .map_err(|e| e.to_string())?;
+        self.index.mark_whole().await.map_err(|e| e.to_string())?;
         Ok(stream.info().await.map_err(|e| e.to_string())?.state.messages)
     }
 
@@ -275,7 +282,7 @@ impl DelayedMover {
     /// what is done from the stream and the index. An entry whose move
     /// failed is given back at its due time (claimed again at the next
     /// claim); if even that fails, its lease ends it. False if any failed.
-    async fn move_all(&self, entries: Vec<(u64, u64)>) -> bool {
+    async fn move_all(&self, entries: Vec<(u64, u64)>, now: u64) -> bool {
         if entries.is_empty() {
             return true;
         }
@@ -284,12 +291,12 @@ impl DelayedMover {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
                 tracing::warn!(%err, "delayed tasks: cannot open the delayed stream; the claimed tasks move later");
-                self.give_back(&entries).await;
+                self.give_back(&entries, RETRY_MOVE).await;
                 return false;
             }
             Err(_) => {
                 tracing::warn!("delayed tasks: NATS did not answer; the claimed tasks move later");
-                self.give_back(&entries).await;
+                self.give_back(&entries, RETRY_MOVE).await;
                 return false;
             }
         };
@@ -309,38 +316,59 @@ impl DelayedMover {
             })
             .collect();
         let cancelled = self.store.cancelled_among(&ids).await.unwrap_or_default();
-        let outcomes: Vec<((u64, u64), bool)> = futures_util::stream::iter(fetched)
+        let outcomes: Vec<(u64, Moved)> = futures_util::stream::iter(fetched)
             .map(|(entry, fetched)| {
                 let (stream, cancelled) = (&stream, &cancelled);
                 async move {
-                    let done = match fetched {
-                        Fetched::Gone => true,
-                        Fetched::Failed => false,
-                        Fetched::Found(message) => {
-                            let id = task_id(&message.headers);
-                            let dropped = id.as_ref().is_some_and(|id| cancelled.contains(id));
-                            (dropped || self.publish(message).await) && delete(stream, entry.0).await
-                        }
+                    let moved = match fetched {
+                        Fetched::Gone => Moved::Done,
+                        Fetched::Failed => Moved::Failed,
+                        Fetched::Found(message) => match due_ms(&message.headers) {
+                            // The index was wrong (a stream created again
+                            // reuses sequences): back to its own due time.
+                            Some(due) if due > now => Moved::Early(Duration::from_millis(due - now)),
+                            _ => {
+                                let id = task_id(&message.headers);
+                                let dropped = id.as_ref().is_some_and(|id| cancelled.contains(id));
+                                if (dropped || self.publish(message).await) && delete(stream, entry.0).await {
+                                    Moved::Done
+                                } else {
+                                    Moved::Failed
+                                }
+                            }
+                        },
                     };
-                    (entry, done)
+                    (entry.0, moved)
                 }
             })
             .buffer_unordered(MOVES_IN_FLIGHT)
             .collect()
             .await;
-        let done: Vec<u64> = outcomes.iter().filter(|(_, done)| *done).map(|((sequence, _), _)| *sequence).collect();
-        let failed: Vec<(u64, u64)> = outcomes.iter().filter(|(_, done)| !*done).map(|(entry, _)| *entry).collect();
+        let done: Vec<u64> =
+            outcomes.iter().filter(|(_, m)| *m == Moved::Done).map(|(sequence, _)| *sequence).collect();
+        let back: Vec<(u64, Duration)> = outcomes
+            .iter()
+            .filter_map(|(sequence, moved)| match moved {
+                Moved::Done => None,
+                Moved::Failed => Some((*sequence, RETRY_MOVE)),
+                Moved::Early(wait) => Some((*sequence, *wait)),
+            })
+            .collect();
         if let Err(err) = self.index.remove(&done).await {
             // Each is claimed again after its lease, found gone, and removed.
             tracing::debug!(%err, "delayed tasks: cannot remove moved entries from the index");
         }
-        self.give_back(&failed).await;
-        failed.is_empty()
+        let failed = outcomes.iter().any(|(_, m)| *m == Moved::Failed);
+        if let Err(err) = self.index.release(&back).await {
+            tracing::debug!(%err, "delayed tasks: cannot give claimed entries back; their lease ends them");
+        }
+        !failed
     }
 
-    /// Gives entries whose move failed back at their due times.
-    async fn give_back(&self, entries: &[(u64, u64)]) {
-        if let Err(err) = self.index.release(entries).await {
+    /// Gives claimed entries back, due again after `delay`.
+    async fn give_back(&self, entries: &[(u64, u64)], delay: Duration) {
+        let back: Vec<(u64, Duration)> = entries.iter().map(|(sequence, _)| (*sequence, delay)).collect();
+        if let Err(err) = self.index.release(&back).await {
             tracing::debug!(%err, "delayed tasks: cannot give claimed entries back; their lease ends them");
         }
     }
@@ -353,25 +381,17 @@ impl DelayedMover {
         let target = wanted.filter(|t| self.targets.contains(t)).unwrap_or_else(|| self.targets_default());
         // A message without a task id keeps its stream sequence as its
         // message id (the worker dead-letters what it cannot read).
-        let id = message
-            .headers
-            .get(MOVE_ID_HEADER)
-            .map(|v| v.as_str().to_owned())
-            .or_else(|| task_id(&message.headers))
-            .unwrap_or_else(|| format!("delayed:{}", message.sequence));
-        let mut headers = HeaderMap::new();
-        for (name, values) in message.headers.iter() {
-            let name = name.as_ref();
-            if [DUE_HEADER, TARGET_HEADER, MOVE_ID_HEADER, "Nats-Msg-Id"]
-                .iter()
-                .any(|skip| skip.eq_ignore_ascii_case(name))
-            {
-                continue;
-            }
-            if let Some(value) = values.first() {
-                try_insert(&mut headers, name, value.as_str());
-            }
-        }
+        let task = task_id(&message.headers);
+        // A move id is trusted only in the form `postpone` writes.
+        let move_id = message.headers.get(MOVE_ID_HEADER).map(|v| v.as_str().to_owned()).filter(|id| {
+            task.as_ref().is_some_and(|task| {
+                id.strip_prefix(task.as_str())
+                    .and_then(|rest| rest.strip_prefix(":r"))
+                    .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            })
+        });
+        let id = move_id.or(task).unwrap_or_else(|| format!("delayed:{}", message.sequence));
+        let headers = carried_headers(&message.headers);
         let sent = tokio::time::timeout(REQUEST_TIMEOUT, self.publisher.send(target, &id, headers, message.payload));
         match sent.await.unwrap_or_else(|_| {
             Err(PublishError::Rejected { subject: "the lane".into(), reason: "no answer in time".into() })
@@ -394,6 +414,35 @@ impl DelayedMover {
     }
 }
 
+/// What became of one claimed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// Moved (or dropped: cancelled, or gone from the stream).
+    Done,
+    /// Not moved: tried again soon.
+    Failed,
+    /// Not due yet by its own header: back until then.
+    Early(Duration),
+}
+
+/// The headers a moved message keeps: not the server's (`Nats-*`: an
+/// expected-stream header, say, would make the task stream refuse every
+/// move) nor the delayed stream's own controls.
+pub(crate) fn carried_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, values) in stored.iter() {
+        let name: &str = name.as_ref();
+        let control = [DUE_HEADER, TARGET_HEADER, MOVE_ID_HEADER].iter().any(|c| c.eq_ignore_ascii_case(name));
+        if control || name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+            continue;
+        }
+        if let Some(value) = values.first() {
+            try_insert(&mut headers, name, value.as_str());
+        }
+    }
+    headers
+}
+
 /// A delayed message read by sequence.
 enum Fetched {
     Found(async_nats::jetstream::message::StreamMessage),
@@ -410,9 +459,8 @@ async fn fetch(stream: &stream::Stream, sequence: u64) -> Fetched {
     match fetched {
         Ok(message) => Fetched::Found(message),
         Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => Fetched::Gone,
-        Err(err) if matches!(err.kind(), stream::RawMessageErrorKind::JetStream(_)) => {
-            // "no message found" arrives as a JetStream error on some servers.
-            if err.to_string().contains("no message found") { Fetched::Gone } else { Fetched::Failed }
+        Err(err) if matches!(err.kind(), stream::RawMessageErrorKind::JetStream(ref e) if e.error_code() == ErrorCode::NO_MESSAGE_FOUND) => {
+            Fetched::Gone
         }
         Err(err) => {
             tracing::debug!(%err, sequence, "delayed tasks: cannot read a due task");
@@ -429,12 +477,18 @@ async fn delete(stream: &stream::Stream, sequence: u64) -> bool {
     };
     match deleted {
         Ok(_) => true,
-        Err(err) if matches!(err.kind(), stream::DeleteMessageErrorKind::JetStream(_)) => true,
+        Err(err) if matches!(err.kind(), stream::DeleteMessageErrorKind::JetStream(ref e) if e.error_code() == ErrorCode::NO_MESSAGE_FOUND) => {
+            true
+        }
         Err(err) => {
             tracing::debug!(%err, sequence, "delayed tasks: cannot delete a moved task; the stream drops the next move as a duplicate");
             false
         }
     }
+}
+
+fn due_ms(headers: &HeaderMap) -> Option<u64> {
+    headers.get(DUE_HEADER).and_then(|v| v.as_str().parse::<u64>().ok())
 }
 
 fn task_id(headers: &HeaderMap) -> Option<String> {

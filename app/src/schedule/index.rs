@@ -7,16 +7,20 @@ use std::time::Duration;
 
 use bb8_redis::redis::{self, aio::MultiplexedConnection};
 
-/// Claims what is due. KEYS: index, marker. ARGV: most entries, lease (ms).
-/// Answers `{-2, {}}` when the marker is gone (the index must be rebuilt);
-/// otherwise `{wait, due}`: the due members with their due times, flat
-/// (their scores moved a lease ahead, so a mover that dies leaves them to
-/// another), and the milliseconds until the next entry is due (-1: the
-/// index is empty). Time is Redis' own, so workers' clocks do not matter.
+/// Claims what is due. KEYS: index, marker. ARGV: most entries, lease
+/// (ms), the Redis server's run id. Answers `{-2, now, {}}` unless the
+/// marker says the index is whole *on this very server* (a Redis that
+/// restarted, even one that reloaded a snapshot with the marker in it, or a
+/// replica promoted in a failover, has another run id: its index may lack
+/// entries, so it is rebuilt); otherwise `{wait, now, due}`: the due members
+/// with their due times, flat (their scores moved a lease ahead, so a mover
+/// that dies leaves them to another), the milliseconds until the next entry
+/// is due (-1: the index is empty), and Redis' time (ms). Time is Redis'
+/// own, so workers' clocks do not matter.
 const CLAIM: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 0 then return {-2, {}} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('GET', KEYS[2]) ~= 'whole:' .. ARGV[3] then return {-2, now, {}} end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local leased = now + tonumber(ARGV[2])
 for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], leased, due[i]) end
@@ -25,7 +29,19 @@ local wait = -1
 if #first > 0 then
   wait = math.max(0, tonumber(first[2]) - now)
 end
-return {wait, due}
+return {wait, now, due}
+";
+
+/// Gives entries back. KEYS: index. ARGV: pairs of (member, delay ms or
+/// an absolute due time when `abs` is the first argument). Only entries
+/// still in the index are touched (`XX`).
+const RELEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[i + 1]), ARGV[i])
+end
+return #ARGV / 2
 ";
 
 /// What a claim found.
@@ -34,15 +50,18 @@ pub(crate) enum Claim {
     /// The index is not known to be whole: rebuild it first.
     Rebuild,
     /// These entries (sequence, due ms) are due, now leased to the caller;
-    /// the next entry is due in `next` (none: the index is empty).
-    Due { entries: Vec<(u64, u64)>, next: Option<Duration> },
+    /// the next entry is due in `next` (none: the index is empty); `now` is
+    /// Redis' time (ms) of the claim.
+    Due { entries: Vec<(u64, u64)>, next: Option<Duration>, now: u64 },
 }
 
 /// The index of one delayed stream.
 pub(crate) struct DueIndex {
     client: redis::Client,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The connection, and the run id of the server it reached.
+    conn: Mutex<Option<(MultiplexedConnection, String)>>,
     claim: redis::Script,
+    release: redis::Script,
     index: String,
     marker: String,
     lock: String,
@@ -63,26 +82,41 @@ impl DueIndex {
             client,
             conn: Mutex::new(None),
             claim: redis::Script::new(CLAIM),
+            release: redis::Script::new(RELEASE),
             index: format!("{base}:due"),
             marker: format!("{base}:whole"),
             lock: format!("{base}:rebuilding"),
         }
     }
 
-    async fn conn(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(conn) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Ok(conn);
+    /// The connection and its server's run id (read with `INFO server` on
+    /// each new connection: a restart or a failover breaks the connection).
+    async fn connection(&self) -> redis::RedisResult<(MultiplexedConnection, String)> {
+        if let Some(found) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(found);
         }
-        let conn = self.client.get_multiplexed_async_connection().await?;
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default();
+        let found = (conn, run_id);
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(found.clone());
+        Ok(found)
+    }
+
+    async fn conn(&self) -> redis::RedisResult<MultiplexedConnection> {
+        Ok(self.connection().await?.0)
     }
 
     /// Drops a broken connection, so the next call opens a new one.
     fn check<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
-        if let Err(err) = &result
-            && (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout())
-        {
+        // Any error drops the connection: the next call reconnects and reads
+        // the run id again (cheap, and a failover answers some commands
+        // with errors before it breaks the connection).
+        if result.is_err() {
             *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
         result
@@ -90,11 +124,18 @@ impl DueIndex {
 
     /// Claims up to `most` due entries for `lease`.
     pub(crate) async fn claim(&self, most: usize, lease: Duration) -> redis::RedisResult<Claim> {
-        let mut conn = self.conn().await?;
+        let (mut conn, run_id) = self.connection().await?;
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let answer: redis::RedisResult<(i64, Vec<String>)> =
-            self.claim.key(&self.index).key(&self.marker).arg(most).arg(lease_ms).invoke_async(&mut conn).await;
-        let (wait, members) = self.check(answer)?;
+        let answer: redis::RedisResult<(i64, u64, Vec<String>)> = self
+            .claim
+            .key(&self.index)
+            .key(&self.marker)
+            .arg(most)
+            .arg(lease_ms)
+            .arg(&run_id)
+            .invoke_async(&mut conn)
+            .await;
+        let (wait, now, members) = self.check(answer)?;
         if wait == -2 {
             return Ok(Claim::Rebuild);
         }
@@ -104,7 +145,7 @@ impl DueIndex {
             .chunks(2)
             .filter_map(|pair| Some((pair.first()?.parse().ok()?, pair.get(1)?.parse::<f64>().ok()? as u64)))
             .collect();
-        Ok(Claim::Due { entries, next })
+        Ok(Claim::Due { entries, next, now })
     }
 
     /// Adds entries (sequence, due ms) that are not there yet; an entry
@@ -123,19 +164,20 @@ impl DueIndex {
         self.check(added).map(drop)
     }
 
-    /// Gives claimed entries back at their due times (a move that failed
-    /// is tried again at the next claim, not after the lease).
-    pub(crate) async fn release(&self, entries: &[(u64, u64)]) -> redis::RedisResult<()> {
+    /// Gives claimed entries back: each `(sequence, delay)` is due again
+    /// `delay` from now (Redis' clock). A failed move is tried again soon,
+    /// not after the whole lease; an entry fetched before its time goes back
+    /// to it.
+    pub(crate) async fn release(&self, entries: &[(u64, Duration)]) -> redis::RedisResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn().await?;
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(&self.index).arg("XX");
-        for (sequence, due) in entries {
-            cmd.arg(*due).arg(*sequence);
+        let mut invocation = self.release.key(&self.index);
+        for (sequence, delay) in entries {
+            invocation.arg(*sequence).arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         }
-        let released: redis::RedisResult<i64> = cmd.query_async(&mut conn).await;
+        let released: redis::RedisResult<i64> = invocation.invoke_async(&mut conn).await;
         self.check(released).map(drop)
     }
 
@@ -159,12 +201,24 @@ impl DueIndex {
         Ok(self.check(taken)?.is_some())
     }
 
-    /// Says the index is whole from now on (set before the indexer consumer
-    /// is re-created: a Redis lost after this is seen as a missing marker).
-    pub(crate) async fn mark_whole(&self) -> redis::RedisResult<()> {
+    /// Starts a rebuild: the marker says `building` (anything but
+    /// `whole:<run id>` makes every claim answer "rebuild" once the lock is
+    /// free, so a rebuilder that dies or fails leaves the work to the next).
+    pub(crate) async fn mark_building(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn().await?;
-        let set: redis::RedisResult<()> = redis::cmd("SET").arg(&self.marker).arg(1).query_async(&mut conn).await;
+        let set: redis::RedisResult<()> =
+            redis::cmd("SET").arg(&self.marker).arg("building").query_async(&mut conn).await;
         self.check(set)
+    }
+
+    /// Ends a rebuild: the index is whole on this server. `XX`: if Redis
+    /// lost the marker meanwhile (restarted mid-rebuild), it stays missing
+    /// and the rebuild runs again.
+    pub(crate) async fn mark_whole(&self) -> redis::RedisResult<()> {
+        let (mut conn, run_id) = self.connection().await?;
+        let set: redis::RedisResult<Option<String>> =
+            redis::cmd("SET").arg(&self.marker).arg(format!("whole:{run_id}")).arg("XX").query_async(&mut conn).await;
+        self.check(set).map(drop)
     }
 
     /// Gives the rebuild lock back.

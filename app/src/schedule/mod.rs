@@ -42,6 +42,9 @@ pub const TARGET_HEADER: &str = "Courier-Target";
 /// Header of a delayed message: the message id of its move (when it is not
 /// the task id: a postponed retry of a task the stream has seen).
 pub const MOVE_ID_HEADER: &str = "Courier-Move-Id";
+/// Header of a moved message: the message id it had before it was
+/// postponed (a campaign's gate reads it).
+pub const ORIGIN_ID_HEADER: &str = "Courier-Origin-Msg-Id";
 /// Retries that wait longer than this are postponed through the delayed
 /// stream instead of a nak with delay, which would hold an ack-pending slot
 /// of the consumer the whole time.

@@ -40,7 +40,10 @@ pub async fn all(pool: &AnyPool) -> Result<BTreeMap<String, ScheduleState>, sqlx
         .collect()
 }
 
-/// Pauses or resumes `name`.
+/// Pauses or resumes `name`. A resume also records now as the last tick,
+/// so the ticks skipped while paused are not run as "missed" by a worker
+/// that starts later (`missed = "once"`): a resumed schedule goes on from
+/// its next tick.
 pub async fn set_paused(pool: &AnyPool, name: &str, paused: bool) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO courier_schedules (name, paused, updated_at) VALUES ($1, $2, $3) \
@@ -51,6 +54,9 @@ pub async fn set_paused(pool: &AnyPool, name: &str, paused: bool) -> Result<(), 
     .bind(now())
     .execute(pool)
     .await?;
+    if !paused {
+        record_tick(pool, name, now()).await?;
+    }
     Ok(())
 }
 

@@ -37,6 +37,14 @@ pub trait ResultStore: Interface {
     /// Writes (replaces) the record of `task_id`, restarting its TTL.
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError>;
 
+    /// [`ResultStore::put`] with a longer life than the store's TTL (never
+    /// shorter): a retry postponed past the TTL keeps its record (its
+    /// attempt count, and a cancel's `due_at`) until it runs.
+    async fn put_for(&self, task_id: &str, record: &ResultRecord, ttl: Duration) -> Result<(), StoreError> {
+        let _ = ttl;
+        self.put(task_id, record).await
+    }
+
     /// Writes the record only if `task_id` has none yet; true if written.
     /// Producers record `queued` this way, so a re-published task id never
     /// overwrites the result of the run that already happened.
@@ -243,8 +251,12 @@ impl RedisResultStore {
 #[async_trait]
 impl ResultStore for RedisResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
+        self.put_for(task_id, record, self.ttl).await
+    }
+
+    async fn put_for(&self, task_id: &str, record: &ResultRecord, ttl: Duration) -> Result<(), StoreError> {
         let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
-        let ttl = self.ttl.as_secs().max(1);
+        let ttl = ttl.max(self.ttl).as_secs().max(1);
         let mut conn = self.conn().await?;
         if record.status.is_final() {
             // One round trip: the final record, then the status record goes.
