@@ -42,13 +42,13 @@ async fn delayed_tasks_are_never_early_and_run_within_a_second() {
     thousand_delayed_tasks(false).await;
 }
 
-/// The acceptance test through restarts: the same, with a NATS restart
-/// and a Redis restart while they wait. None runs before its due time;
+/// The acceptance test through restarts: the same, with a NATS restart,
+/// a Redis restart and a worker killed (SIGKILL) while they wait. None runs before its due time;
 /// none is lost; each runs within 1 s of its due time, except those due
 /// around an outage (from 2 s before the kill until the clients are back,
 /// `RECOVERY` after the server listens again), which run within 1 s of that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_tasks_survive_nats_and_redis_restarts() {
+async fn delayed_tasks_survive_nats_and_redis_restarts_and_a_killed_worker() {
     thousand_delayed_tasks(true).await;
 }
 
@@ -68,7 +68,7 @@ async fn thousand_delayed_tasks(restarts: bool) {
     env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
     env.push(("COURIER_WORKER__CONCURRENCY".into(), "16".into()));
     env.push(("COURIER_DATABASE__MAX_CONNECTIONS".into(), "16".into()));
-    let workers = it::flood::workers(2, &env).await;
+    let mut workers = it::flood::workers(2, &env).await;
     let producer = scope.producer().await;
 
     let start = SystemTime::now() + Duration::from_secs(1);
@@ -102,6 +102,12 @@ async fn thousand_delayed_tasks(restarts: bool) {
         let down = unix_ms(SystemTime::now());
         tokio::task::block_in_place(|| redis.restart());
         outages.push(Outage { down, up: unix_ms(SystemTime::now()) });
+        // A worker killed: what it had claimed waits out its lease (10 s),
+        // what it had pulled its ack_wait; the other worker takes both.
+        tokio::time::sleep_until(tokio::time::Instant::now() + until(start + Duration::from_secs(6))).await;
+        let down = unix_ms(SystemTime::now());
+        workers[0].signal("KILL");
+        outages.push(Outage { down, up: down + 10_000 });
     }
 
     let pg = sqlx::PgPool::connect(&schema.url).await.unwrap();

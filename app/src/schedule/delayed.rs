@@ -28,10 +28,12 @@ use crate::publish::{PublishError, Publisher, TASK_ID_HEADER, try_insert};
 const BATCH: usize = 256;
 /// Moves in flight at once.
 const MOVES_IN_FLIGHT: usize = 32;
-/// How long a claim keeps other movers off an entry, at most; never more
-/// than half the stream's duplicate window, so a second move after a crash
-/// is still dropped as a duplicate.
-const MAX_LEASE: Duration = Duration::from_secs(30);
+/// How long a claim keeps other movers off an entry, at most (what a
+/// mover killed mid-move makes its entries wait; a move's three requests
+/// time out after a second each); never more than half the stream's
+/// duplicate window, so a second move after a crash is still dropped as a
+/// duplicate.
+const MAX_LEASE: Duration = Duration::from_secs(10);
 /// How soon an entry whose move failed is claimed again.
 const RETRY_MOVE: Duration = Duration::from_secs(1);
 /// The longest the mover sleeps (an entry indexed meanwhile waits no longer).
