@@ -24,6 +24,13 @@ cargo fmt --all --check
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== unused dependencies (cargo machete)"
+if command -v cargo-machete >/dev/null 2>&1; then
+  cargo machete
+else
+  echo "NOT CHECKED: cargo-machete is not installed (cargo install cargo-machete; .ci/run does)"
+fi
+
 echo "== compose files"
 for file in docker/compose.yml docker/compose.cluster.yml; do
   if command -v docker-compose >/dev/null 2>&1; then
