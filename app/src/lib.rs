@@ -22,6 +22,7 @@ pub mod serve;
 pub mod serve_core;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod worker;
 

@@ -23,6 +23,7 @@ pub mod registry;
 pub mod schema;
 pub mod shape;
 pub mod task;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use components::bot::{BotApi, BotError, ChatGone, Content, Outgoing, SentMessage, TelegramBot};

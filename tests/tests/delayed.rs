@@ -68,7 +68,7 @@ async fn thousand_delayed_tasks(restarts: bool) {
     env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
     env.push(("COURIER_WORKER__CONCURRENCY".into(), "16".into()));
     env.push(("COURIER_DATABASE__MAX_CONNECTIONS".into(), "16".into()));
-    let mut workers = it::flood::workers(2, &env).await;
+    let workers = it::flood::workers(2, &env).await;
     let producer = scope.producer().await;
 
     let start = SystemTime::now() + Duration::from_secs(1);

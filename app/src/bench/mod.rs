@@ -12,6 +12,7 @@
 
 mod ceiling;
 pub mod fan_out;
+#[cfg(feature = "testing")]
 pub mod flood;
 pub mod readback;
 pub mod report;
