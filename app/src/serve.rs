@@ -9,21 +9,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use di::{Delivery, Disposition, Execution, Lane, Outcome, ProcessError};
-use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::pull::Puller;
+use crate::pull::{Pulled, Puller};
 pub use crate::runtime::Runtime;
 use crate::runtime::STORE_RETRY;
 
 /// How long one pull request waits for messages before it is renewed.
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// At shutdown, how long to wait for more messages of the last pull request
-/// (to hand them straight back) before giving up on it.
-const SHUTDOWN_DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// The most messages one pull asks for (also bounded by the free slots).
 const MAX_BATCH: usize = 256;
 /// After the shutdown timeout: how long interrupted tasks get to hand their
@@ -142,94 +138,63 @@ async fn pull_loop(
 ) -> JoinSet<()> {
     let lane = puller.lane();
     let mut running = JoinSet::new();
+    // The slots of the messages the request in flight may still bring.
+    let mut reserved: Vec<Slot> = Vec::new();
     // After a pull that found nothing the lane is idle: its next pull waits
     // with one slot only, not with every free one (an idle lane's long poll
     // would keep the slots from the busy lanes for its whole wait).
     let mut idle = false;
     'pull: loop {
-        let first = tokio::select! {
-            slot = slots.acquire(lane) => slot,
-            () = shutdown.cancelled() => break 'pull,
-        };
-        if !runtime.store_ok.load(Ordering::Acquire) && !wait_for_store(&runtime, &shutdown).await {
-            break 'pull;
-        }
-        puller.recheck_after_reconnect().await;
-        // The slots for the whole batch are taken before asking: several
-        // lanes share them, and a message must never wait for one (it would
-        // wait without progress acks while its ack_wait runs out).
-        let mut batch_slots = vec![first];
-        if !idle {
-            batch_slots.extend(slots.take_free(lane, MAX_BATCH - 1));
-        }
-        if matches!(lane, Lane::Bulk | Lane::Paid)
-            && let Some(governor) = &runtime.governor
-        {
-            let (budget, wait) = governor.budget(lane, batch_slots.len()).await;
-            if budget == 0 {
-                drop(batch_slots);
-                if sleep_or_shutdown(wait.max(Duration::from_millis(5)), &shutdown).await {
-                    break 'pull;
-                }
-                continue;
+        if reserved.is_empty() {
+            match request(&mut puller, &runtime, &slots, idle, &shutdown).await {
+                Requested::Slots(taken) => reserved = taken,
+                Requested::Again => continue,
+                Requested::Shutdown => break 'pull,
             }
-            batch_slots.truncate(budget);
         }
-        let wanted = batch_slots.len();
-        let mut batch = match puller.consumer().batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
-            Ok(batch) => batch,
-            Err(err) => {
-                drop(batch_slots);
-                if !puller.failed(format!("pull request failed: {err}"), &shutdown).await {
-                    break 'pull;
-                }
-                continue;
+        let pulled = tokio::select! {
+            biased;
+            pulled = puller.next() => pulled,
+            () = shutdown.cancelled() => {
+                puller.give_back().await;
+                break 'pull;
             }
         };
-        let (mut received, mut failure) = (0_usize, None);
-        loop {
-            let next = tokio::select! {
-                biased;
-                next = batch.next() => next,
-                () = shutdown.cancelled() => {
-                    // Messages of this pull that are still on their way: give them back.
-                    while let Ok(Some(Ok(message))) = tokio::time::timeout(SHUTDOWN_DRAIN_IDLE, batch.next()).await {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
+        let healthy = match pulled {
+            Pulled::Message(message) => {
+                // The server sends at most what was asked for; a slot is there for each.
+                let Some(slot) = reserved.pop() else {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                };
+                running.spawn(handle(runtime.clone(), message, lane, slot, hard_stop.clone(), abandon.clone()));
+                while let Some(done) = running.try_join_next() {
+                    if let Err(err) = done {
+                        tracing::error!(%err, "a message handler died");
                     }
-                    break 'pull;
                 }
-            };
-            let message = match next {
-                None => break,
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
-                    failure = Some(format!("pull failed: {err}"));
-                    break;
+                idle = false;
+                if reserved.is_empty() {
+                    puller.succeeded();
                 }
-            };
-            received += 1;
-            // The server sends at most `wanted` messages; a slot is there for each.
-            let Some(slot) = batch_slots.pop() else {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                continue;
-            };
-            running.spawn(handle(runtime.clone(), message, lane, slot, hard_stop.clone(), abandon.clone()));
-            while let Some(done) = running.try_join_next() {
-                if let Err(err) = done {
-                    tracing::error!(%err, "a message handler died");
+                true
+            }
+            // A pull on a deleted consumer is never answered: it ends like
+            // an idle one. So an empty pull checks the consumer (one API
+            // call per `PULL_EXPIRES` while idle).
+            Pulled::Ended { delivered } => {
+                reserved.clear();
+                idle = delivered == 0;
+                if idle {
+                    puller.verify(&shutdown).await
+                } else {
+                    puller.succeeded();
+                    true
                 }
             }
-        }
-        idle = received == 0;
-        let healthy = match failure {
-            Some(why) => puller.failed(why, &shutdown).await,
-            // A pull on a deleted consumer is never answered: it expires
-            // like an idle one. So an empty pull checks the consumer (one
-            // API call per `PULL_EXPIRES` while idle).
-            None if received == 0 => puller.verify(&shutdown).await,
-            None => {
-                puller.succeeded();
-                true
+            Pulled::Failed(why) => {
+                reserved.clear();
+                puller.failed(why, &shutdown).await
             }
         };
         if !healthy {
@@ -242,6 +207,67 @@ async fn pull_loop(
         tracing::info!(lane = lane.name(), in_flight, "waiting for running tasks");
     }
     running
+}
+
+/// What asking for messages came to.
+enum Requested {
+    /// A request is in flight, with a slot for each message it asked for.
+    Slots(Vec<Slot>),
+    /// Nothing asked (no budget, or the request failed): try again.
+    Again,
+    /// Shutdown came.
+    Shutdown,
+}
+
+/// Takes free slots (one when the lane is idle, at least one in any case,
+/// waiting for it) and asks the lane's consumer for as many messages. The
+/// slots are taken before asking: several lanes share them, and a message
+/// must never wait for one (it would wait without progress acks while its
+/// ack_wait runs out). Bulk and paid ask for no more than flood control's
+/// budget.
+async fn request(
+    puller: &mut Puller,
+    runtime: &Runtime,
+    slots: &Slots,
+    idle: bool,
+    shutdown: &CancellationToken,
+) -> Requested {
+    let lane = puller.lane();
+    let first = tokio::select! {
+        slot = slots.acquire(lane) => slot,
+        () = shutdown.cancelled() => return Requested::Shutdown,
+    };
+    if !runtime.store_ok.load(Ordering::Acquire) && !wait_for_store(runtime, shutdown).await {
+        return Requested::Shutdown;
+    }
+    puller.recheck_after_reconnect().await;
+    let mut taken = vec![first];
+    if !idle {
+        taken.extend(slots.take_free(lane, MAX_BATCH - 1));
+    }
+    if matches!(lane, Lane::Bulk | Lane::Paid)
+        && let Some(governor) = &runtime.governor
+    {
+        let (budget, wait) = governor.budget(lane, taken.len()).await;
+        if budget == 0 {
+            drop(taken);
+            if sleep_or_shutdown(wait.max(Duration::from_millis(5)), shutdown).await {
+                return Requested::Shutdown;
+            }
+            return Requested::Again;
+        }
+        taken.truncate(budget);
+    }
+    match puller.request(taken.len()).await {
+        Ok(()) => Requested::Slots(taken),
+        Err(why) => {
+            drop(taken);
+            match puller.failed(why, shutdown).await {
+                true => Requested::Again,
+                false => Requested::Shutdown,
+            }
+        }
+    }
 }
 
 /// Probes the store until it answers (true) or shutdown comes (false).
