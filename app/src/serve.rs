@@ -22,6 +22,8 @@ use crate::runtime::STORE_RETRY;
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// The most messages one pull asks for (also bounded by the free slots).
 const MAX_BATCH: usize = 256;
+/// How long the server has to confirm an ack (async-nats' JetStream default).
+const DOUBLE_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the shutdown timeout: how long interrupted tasks get to hand their
 /// messages back before they are aborted.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -385,7 +387,7 @@ async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u6
     let id = format!("lane:{sequence}:{:016x}", di::envelope::fnv1a64(&message.payload));
     match runtime.publisher.send(subject, &id, headers, message.payload.clone()).await {
         Ok(_) => {
-            let _ = message.double_ack().await;
+            let _ = double_ack(message).await;
             tracing::debug!(lane = wanted.name(), "moved to its lane's subject");
             true
         }
@@ -406,7 +408,7 @@ async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
     match gate.check(&campaign, seq, &id).await {
         Ok(Verdict::Run) => true,
         Ok(verdict) => {
-            let _ = message.double_ack().await;
+            let _ = double_ack(message).await;
             tracing::info!(campaign, seq, ?verdict, "campaign message not run");
             false
         }
@@ -452,7 +454,7 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
     match &execution.disposition {
         Disposition::Ack => {
             for attempt in 1..=3 {
-                match message.double_ack().await {
+                match double_ack(message).await {
                     Ok(()) => break,
                     Err(err) if attempt == 3 => tracing::warn!(%err, "ack not confirmed; the task may run again"),
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -487,6 +489,18 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
             }
         }
     }
+}
+
+/// Acknowledges `message` and waits for the server to confirm it (a double
+/// ack), as a request on the client's shared reply inbox: async-nats'
+/// `Message::double_ack` subscribes and unsubscribes an inbox of its own
+/// for every ack.
+async fn double_ack(message: &Message) -> Result<(), String> {
+    let Some(reply) = message.reply.clone() else {
+        return Err("no reply subject: not a JetStream message".to_owned());
+    };
+    let ack = async_nats::Request::new().payload(bytes::Bytes::from_static(b"+ACK")).timeout(Some(DOUBLE_ACK_TIMEOUT));
+    message.context.client().send_request(reply, ack).await.map(drop).map_err(|err| err.to_string())
 }
 
 fn describe(outcome: &Outcome) -> String {
