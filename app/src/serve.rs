@@ -296,14 +296,16 @@ pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &Cancellatio
 }
 
 /// Runs one message and settles it with the server, sending progress acks
-/// the whole time (execution, saving, dead-lettering). `_slot` is the
-/// message's execution slot; `hard_stop` interrupts a running body,
-/// `abandon` (later) ends the retries of a finished body's save.
+/// the whole time (execution, saving, dead-lettering). `slot` is the
+/// message's execution slot, given back once the record is saved and only
+/// an ack or a nak is left (a dead letter keeps it while its copy is made);
+/// `hard_stop` interrupts a running body, `abandon` (later) ends the
+/// retries of a finished body's save.
 async fn handle(
     runtime: Arc<Runtime>,
     message: Message,
     lane: Lane,
-    _slot: Slot,
+    slot: Slot,
     hard_stop: CancellationToken,
     abandon: CancellationToken,
 ) {
@@ -346,6 +348,11 @@ async fn handle(
         };
         tracing::Span::current().record("task.attempt", execution.attempt);
         let Some(execution) = campaign_recorded(&runtime, &message, execution).await else { return };
+        // The task is over and its record saved: the next message may run
+        // while the server confirms this one's ack.
+        if !matches!(execution.disposition, Disposition::DeadLetter { .. }) {
+            drop(slot);
+        }
         settle(&runtime, &message, &execution, sequence).await;
         runtime.finished(&execution).await;
     });
