@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::campaign::worker::CampaignGate;
 use crate::pull::{Pulled, Puller};
 pub use crate::runtime::Runtime;
 use crate::runtime::STORE_RETRY;
@@ -338,7 +339,7 @@ async fn handle(
             Err(ProcessError::NotSaved { execution, error }) => {
                 runtime.store_failed();
                 tracing::warn!(%error, "the task ran but its record was not saved; retrying the save only");
-                if !runtime.save_until_saved(&execution, &abandon).await {
+                if !Box::pin(runtime.save_until_saved(&execution, &abandon)).await {
                     tracing::warn!("record still not saved at the shutdown timeout; the task may run again");
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     return;
@@ -388,6 +389,14 @@ async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u6
     }
     let wanted = message.headers.as_ref().and_then(|h| h.get("lane")).and_then(|v| Lane::parse(v.as_str()));
     let Some(wanted) = wanted.filter(|l| *l != Lane::Transactional) else { return false };
+    // Boxed, as every rare path here: the state of a publish would make every
+    // message's future larger, and that future is moved into place per message.
+    Box::pin(reroute(runtime, message, wanted, sequence)).await
+}
+
+/// Republishes `message` to `wanted`'s subject and acknowledges it; false
+/// if the republish failed.
+async fn reroute(runtime: &Runtime, message: &Message, wanted: Lane, sequence: u64) -> bool {
     let subject = crate::broker::lane_subject(runtime.publisher.settings(), wanted);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("lane", wanted.name());
@@ -409,10 +418,10 @@ async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u6
 /// cancelled one's dropped (both acknowledged here). A database error lets
 /// it run: a pause is not worth stopping every broadcast for.
 async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
-    use crate::campaign::worker::{CampaignGate, Verdict};
+    use crate::campaign::worker::Verdict;
     let Some(gate) = &runtime.campaigns else { return true };
     let Some((campaign, seq, id)) = CampaignGate::recipient_of(message.headers.as_ref()) else { return true };
-    match gate.check(&campaign, seq, &id).await {
+    match Box::pin(gate.check(&campaign, seq, &id)).await {
         Ok(Verdict::Run) => true,
         Ok(verdict) => {
             let _ = double_ack(message).await;
@@ -431,8 +440,10 @@ async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
 /// letter. If the row cannot be written the message comes back (its record
 /// is final: the redelivery only writes the row).
 async fn campaign_recorded(runtime: &Runtime, message: &Message, mut execution: Execution) -> Option<Execution> {
-    let Some(gate) = &runtime.campaigns else { return Some(execution) };
-    match gate.record(&execution).await {
+    let Some(gate) = runtime.campaigns.as_ref().filter(|_| CampaignGate::concerns(&execution)) else {
+        return Some(execution);
+    };
+    match Box::pin(gate.record(&execution)).await {
         Ok(true) => {
             if matches!(execution.disposition, Disposition::DeadLetter { .. }) {
                 execution.disposition = Disposition::Ack;
@@ -483,7 +494,9 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
         }
         Disposition::DeadLetter { reason } => {
             let dedup = if sequence > 0 { sequence.to_string() } else { di::new_task_id() };
-            match runtime.dead_letter(&message.payload, message.subject.as_str(), execution, reason, &dedup).await {
+            match Box::pin(runtime.dead_letter(&message.payload, message.subject.as_str(), execution, reason, &dedup))
+                .await
+            {
                 Ok(()) => {
                     let _ = message.ack_with(AckKind::Term).await;
                     tracing::warn!(elapsed_ms, %reason, "task failed for good; dead-lettered");
