@@ -6,6 +6,7 @@
 # is done with no task, and the difference divided by N is the cost of one
 # task. The profiles are kept for callgrind_annotate.
 #   N=10000 OUT=/tmp/courier-profile ./scripts/profile.sh
+#   WORKER=/path/to/another/worker ./scripts/profile.sh   # to compare builds
 # Needs valgrind and the development profile's NATS, Redis and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ PORT=${PORT:-9477}
 mkdir -p "$OUT"
 cargo build --release --quiet --bin worker --bin bench
 bin="${CARGO_TARGET_DIR:-target}/release"
+worker=${WORKER:-$bin/worker}
 
 # Names of its own, so a running development worker is not disturbed.
 export COURIER_ENV=${COURIER_ENV:-development}
@@ -37,7 +39,7 @@ succeeded() {
 # it; prints the instructions it executed.
 profile() {
   local n=$1 file="$OUT/callgrind.$1.out" log="$OUT/worker.$1.log"
-  valgrind --tool=callgrind --callgrind-out-file="$file" "$bin/worker" >"$log" 2>&1 &
+  valgrind --tool=callgrind --callgrind-out-file="$file" "$worker" >"$log" 2>&1 &
   pid=$!
   until grep -q "worker ready" "$log"; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
