@@ -199,6 +199,16 @@ impl RedisResultStore {
         key
     }
 
+    /// The record lifetime as a Redis argument: whole seconds, at least one.
+    fn ttl_arg(&self) -> String {
+        self.ttl.as_secs().max(1).to_string()
+    }
+
+    /// `SETEX key ttl bytes`.
+    fn set_ex(&self, key: &str, bytes: &[u8]) -> redis::Cmd {
+        command("SETEX", &[key.as_bytes(), self.ttl_arg().as_bytes(), bytes])
+    }
+
     /// The shared connection, opened through the pool when there is none.
     async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
         if let Some(conn) = self.shared.lock().unwrap_or_else(PoisonError::into_inner).clone() {
@@ -220,26 +230,43 @@ impl RedisResultStore {
     }
 }
 
+/// `name args..`, its buffers sized once: redis' builder grows them
+/// argument by argument (a record's bytes copied into a buffer doubling
+/// from empty), a few thousand instructions per task.
+fn command(name: &str, args: &[&[u8]]) -> redis::Cmd {
+    let data = name.len() + args.iter().map(|arg| arg.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(args.len() + 1, data);
+    cmd.arg(name);
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd
+}
+
 #[async_trait]
 impl ResultStore for RedisResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
         let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
-        let ttl = self.ttl.as_secs().max(1);
         let mut conn = self.conn().await?;
         if record.status.is_final() {
             // One round trip: the final record, then the status record goes.
             // Not atomic, and need not be: a reader that sees both prefers
             // the final one.
-            let () = redis::pipe()
-                .set_ex(self.key(task_id), bytes, ttl)
+            let status_key = self.status_key(task_id);
+            let () = redis::Pipeline::with_capacity(2)
+                .add_command(self.set_ex(&self.key(task_id), &bytes))
                 .ignore()
-                .del(self.status_key(task_id))
+                .add_command(command("DEL", &[status_key.as_bytes()]))
                 .ignore()
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
         } else {
-            let () = conn.set_ex(self.status_key(task_id), bytes, ttl).await.map_err(|e| self.failed(e))?;
+            let () = self
+                .set_ex(&self.status_key(task_id), &bytes)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
         }
         Ok(())
     }
@@ -249,14 +276,12 @@ impl ResultStore for RedisResultStore {
         let mut conn = self.conn().await?;
         // One round trip: the final record, and the in-flight one that the
         // `running` record replaces (SET .. GET, Redis 6.2+).
-        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
-            .get(self.key(task_id))
-            .cmd("SET")
-            .arg(self.status_key(task_id))
-            .arg(bytes)
-            .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
-            .arg("GET")
+        let (key, status_key) = (self.key(task_id), self.status_key(task_id));
+        let ttl = self.ttl_arg();
+        let set = command("SET", &[status_key.as_bytes(), &bytes, b"EX", ttl.as_bytes(), b"GET"]);
+        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::Pipeline::with_capacity(2)
+            .add_command(command("GET", &[key.as_bytes()]))
+            .add_command(set)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
