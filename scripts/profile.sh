@@ -8,6 +8,8 @@
 #   N=10000 OUT=/tmp/courier-profile ./scripts/profile.sh
 #   WORKER=/path/to/another/worker ./scripts/profile.sh   # to compare builds
 # Needs valgrind and the development profile's NATS, Redis and PostgreSQL.
+# Leaves the empty stream COURIER_PROFILE for the next run (as bench.sh
+# leaves COURIER_BENCH); the records expire after 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
