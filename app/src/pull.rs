@@ -2,22 +2,73 @@
 //! durable was deleted, the server lost its streams) repairs the topology
 //! from settings with backoff, a reconnect re-checks the consumer's
 //! configuration, and `/readyz` says why while pulling is impossible.
+//!
+//! Pull requests are answered on one inbox per lane, subscribed once: a
+//! pull costs one publish, where a fresh inbox per pull (async-nats'
+//! `batch()`) also cost a subscribe, an unsubscribe and a timer, and the
+//! worker pulls about as often as tasks finish.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_nats::StatusCode;
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::BatchConfig;
+use async_nats::jetstream::{self, AckKind};
 use di::Lane;
+use futures_util::StreamExt;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Topology;
-use crate::serve::sleep_or_shutdown;
+use crate::serve::{PULL_EXPIRES, sleep_or_shutdown};
 
 /// The first pause after a failed pull; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest pause between repairs.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a pull request's expiry its end may still come (the
+/// server says so); after that it is taken as lost (a server restarted
+/// under it) and a new one is sent. async-nats waits 5 s; a second is
+/// plenty on a working server and keeps a restart from stalling the lane.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+/// At shutdown, how long to wait for more messages of the pull request in
+/// flight (to hand them straight back) before giving up on it.
+const SHUTDOWN_DRAIN_IDLE: Duration = Duration::from_millis(200);
+
+/// What the lane's inbox brought.
+// A message is moved straight into its handler: boxing it would add an
+// allocation per message to save stack space in one loop.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Pulled {
+    /// A message of the pull request in flight.
+    Message(jetstream::Message),
+    /// The request ended before it brought every message it asked for (it
+    /// expired, or was never answered); it brought `delivered`.
+    Ended {
+        /// How many messages it brought.
+        delivered: usize,
+    },
+    /// Pulling failed, and the request is over: why.
+    Failed(String),
+}
+
+/// The pull request in flight: how many messages it asked for, and how
+/// many it may still bring.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    wanted: usize,
+    remaining: usize,
+}
+
+impl Request {
+    fn delivered(self) -> usize {
+        self.wanted - self.remaining
+    }
+}
 
 /// Whether the worker can pull from each lane's consumer, for `/readyz`.
 #[derive(Debug, Default)]
@@ -52,6 +103,15 @@ pub struct Puller {
     /// Failed pulls in a row, for the backoff.
     failures: u32,
     health: Arc<PullHealth>,
+    /// For the messages' acks.
+    js: jetstream::Context,
+    /// The inbox pull requests are answered on, and its subscription
+    /// (subscribed at the first request, dropped when pulling fails).
+    inbox: Option<(String, async_nats::Subscriber)>,
+    /// The request in flight, at most one.
+    request: Option<Request>,
+    /// When the request in flight is taken as lost.
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl Puller {
@@ -64,12 +124,116 @@ impl Puller {
         health: Arc<PullHealth>,
     ) -> Self {
         let connects = client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
-        Self { topology, lane, consumer, client, connects, failures: 0, health }
+        let js = topology.jetstream().clone();
+        let deadline = Box::pin(tokio::time::sleep(Duration::ZERO));
+        Self {
+            topology,
+            lane,
+            consumer,
+            client,
+            connects,
+            failures: 0,
+            health,
+            js,
+            inbox: None,
+            request: None,
+            deadline,
+        }
     }
 
-    /// The consumer to pull from.
-    pub fn consumer(&self) -> &PullConsumer {
-        &self.consumer
+    /// Asks the consumer for `wanted` messages, answered on this lane's
+    /// inbox. Only one request is in flight at a time: call it again once
+    /// [`Puller::next`] has brought every message asked for, or said the
+    /// request ended.
+    pub async fn request(&mut self, wanted: usize) -> Result<(), String> {
+        debug_assert!(self.request.is_none(), "one pull request at a time");
+        let inbox = match &self.inbox {
+            Some((inbox, _)) => inbox.clone(),
+            None => {
+                let inbox = self.client.new_inbox();
+                let subscriber = self
+                    .client
+                    .subscribe(inbox.clone())
+                    .await
+                    .map_err(|err| format!("cannot subscribe to the pull inbox: {err}"))?;
+                self.inbox = Some((inbox.clone(), subscriber));
+                inbox
+            }
+        };
+        let config = BatchConfig { batch: wanted, expires: Some(PULL_EXPIRES), ..Default::default() };
+        self.consumer.request_batch(config, inbox.into()).await.map_err(|err| format!("pull request failed: {err}"))?;
+        self.request = Some(Request { wanted, remaining: wanted });
+        self.deadline.as_mut().reset(Instant::now() + PULL_EXPIRES + ANSWER_MARGIN);
+        Ok(())
+    }
+
+    /// The next message of the request in flight, or how it ended. A
+    /// request that brought everything it asked for ends with its last
+    /// message (no `Ended` follows).
+    pub async fn next(&mut self) -> Pulled {
+        loop {
+            let (Some(request), Some((_, subscriber))) = (self.request.as_mut(), self.inbox.as_mut()) else {
+                return Pulled::Failed("no pull request in flight".to_owned());
+            };
+            let arrived = tokio::select! {
+                biased;
+                message = subscriber.next() => Some(message),
+                () = &mut self.deadline => None,
+            };
+            let Some(message) = arrived else {
+                // Never answered (a request to a deleted consumer is not):
+                // late messages must not count against the next request, so
+                // the inbox goes too.
+                let delivered = request.delivered();
+                self.reset();
+                return Pulled::Ended { delivered };
+            };
+            let Some(message) = message else {
+                self.reset();
+                return Pulled::Failed("the pull inbox was closed".to_owned());
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    request.remaining = request.remaining.saturating_sub(1);
+                    if request.remaining == 0 {
+                        self.request = None;
+                    }
+                    return Pulled::Message(jetstream::Message { message, context: self.js.clone() });
+                }
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => {
+                    let delivered = request.delivered();
+                    self.request = None;
+                    return Pulled::Ended { delivered };
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(status) => {
+                    let why = message.description.unwrap_or_default();
+                    self.reset();
+                    return Pulled::Failed(format!("pull failed: {status} {why}"));
+                }
+            }
+        }
+    }
+
+    /// At shutdown: the messages of the request in flight that are still on
+    /// their way are handed back; then the inbox goes.
+    pub async fn give_back(&mut self) {
+        if let (Some(_), Some((_, subscriber))) = (self.request, self.inbox.as_mut()) {
+            while let Ok(Some(message)) = tokio::time::timeout(SHUTDOWN_DRAIN_IDLE, subscriber.next()).await {
+                if message.status.is_none() || message.status == Some(StatusCode::OK) {
+                    let message = jetstream::Message { message, context: self.js.clone() };
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        }
+        self.reset();
+    }
+
+    /// Forgets the request in flight and drops the inbox: anything still
+    /// sent to it is redelivered after `ack_wait`.
+    fn reset(&mut self) {
+        self.request = None;
+        self.inbox = None;
     }
 
     /// The lane it pulls.
@@ -119,6 +283,7 @@ impl Puller {
     /// re-creates the streams and the consumer from settings. False if
     /// shutdown came during the wait.
     pub async fn failed(&mut self, why: String, shutdown: &CancellationToken) -> bool {
+        self.reset();
         self.failures = self.failures.saturating_add(1);
         let pause = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(8).saturating_sub(1)).min(MAX_BACKOFF);
         let lane = self.lane;

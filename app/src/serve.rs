@@ -9,27 +9,22 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use di::{Delivery, Disposition, Execution, Lane, Outcome, ProcessError};
-use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::pull::Puller;
+use crate::campaign::worker::CampaignGate;
+use crate::pull::{Pulled, Puller};
 pub use crate::runtime::Runtime;
 use crate::runtime::STORE_RETRY;
 
 /// How long one pull request waits for messages before it is renewed.
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// A pull still open this long after it expired was lost (the server
-/// restarted under it): it is abandoned and a new one is sent, rather than
-/// waiting for the client's own timeout.
-const PULL_LOST_AFTER: Duration = Duration::from_secs(1);
-/// At shutdown, how long to wait for more messages of the last pull request
-/// (to hand them straight back) before giving up on it.
-const SHUTDOWN_DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// The most messages one pull asks for (also bounded by the free slots).
 const MAX_BATCH: usize = 256;
+/// How long the server has to confirm an ack (async-nats' JetStream default).
+const DOUBLE_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the shutdown timeout: how long interrupted tasks get to hand their
 /// messages back before they are aborted.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -146,99 +141,63 @@ async fn pull_loop(
 ) -> JoinSet<()> {
     let lane = puller.lane();
     let mut running = JoinSet::new();
+    // The slots of the messages the request in flight may still bring.
+    let mut reserved: Vec<Slot> = Vec::new();
     // After a pull that found nothing the lane is idle: its next pull waits
     // with one slot only, not with every free one (an idle lane's long poll
     // would keep the slots from the busy lanes for its whole wait).
     let mut idle = false;
     'pull: loop {
-        let first = tokio::select! {
-            slot = slots.acquire(lane) => slot,
-            () = shutdown.cancelled() => break 'pull,
-        };
-        if !runtime.store_ok.load(Ordering::Acquire) && !wait_for_store(&runtime, &shutdown).await {
-            break 'pull;
-        }
-        puller.recheck_after_reconnect().await;
-        // The slots for the whole batch are taken before asking: several
-        // lanes share them, and a message must never wait for one (it would
-        // wait without progress acks while its ack_wait runs out).
-        let mut batch_slots = vec![first];
-        if !idle {
-            batch_slots.extend(slots.take_free(lane, MAX_BATCH - 1));
-        }
-        if matches!(lane, Lane::Bulk | Lane::Paid)
-            && let Some(governor) = &runtime.governor
-        {
-            let (budget, wait) = governor.budget(lane, batch_slots.len()).await;
-            if budget == 0 {
-                drop(batch_slots);
-                if sleep_or_shutdown(wait.max(Duration::from_millis(5)), &shutdown).await {
-                    break 'pull;
-                }
-                continue;
+        if reserved.is_empty() {
+            match request(&mut puller, &runtime, &slots, idle, &shutdown).await {
+                Requested::Slots(taken) => reserved = taken,
+                Requested::Again => continue,
+                Requested::Shutdown => break 'pull,
             }
-            batch_slots.truncate(budget);
         }
-        let wanted = batch_slots.len();
-        let mut batch = match puller.consumer().batch().max_messages(wanted).expires(PULL_EXPIRES).messages().await {
-            Ok(batch) => batch,
-            Err(err) => {
-                drop(batch_slots);
-                if !puller.failed(format!("pull request failed: {err}"), &shutdown).await {
-                    break 'pull;
-                }
-                continue;
+        let pulled = tokio::select! {
+            biased;
+            pulled = puller.next() => pulled,
+            () = shutdown.cancelled() => {
+                puller.give_back().await;
+                break 'pull;
             }
         };
-        let (mut received, mut failure) = (0_usize, None);
-        let lost = tokio::time::Instant::now() + PULL_EXPIRES + PULL_LOST_AFTER;
-        loop {
-            let next = tokio::select! {
-                biased;
-                next = batch.next() => next,
-                () = tokio::time::sleep_until(lost) => {
-                    failure = Some("the pull request was never answered (the server restarted?)".to_owned());
-                    break;
-                }
-                () = shutdown.cancelled() => {
-                    // Messages of this pull that are still on their way: give them back.
-                    while let Ok(Some(Ok(message))) = tokio::time::timeout(SHUTDOWN_DRAIN_IDLE, batch.next()).await {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
+        let healthy = match pulled {
+            Pulled::Message(message) => {
+                // The server sends at most what was asked for; a slot is there for each.
+                let Some(slot) = reserved.pop() else {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                };
+                running.spawn(handle(runtime.clone(), message, lane, slot, hard_stop.clone(), abandon.clone()));
+                while let Some(done) = running.try_join_next() {
+                    if let Err(err) = done {
+                        tracing::error!(%err, "a message handler died");
                     }
-                    break 'pull;
                 }
-            };
-            let message = match next {
-                None => break,
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
-                    failure = Some(format!("pull failed: {err}"));
-                    break;
+                idle = false;
+                if reserved.is_empty() {
+                    puller.succeeded();
                 }
-            };
-            received += 1;
-            // The server sends at most `wanted` messages; a slot is there for each.
-            let Some(slot) = batch_slots.pop() else {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                continue;
-            };
-            running.spawn(handle(runtime.clone(), message, lane, slot, hard_stop.clone(), abandon.clone()));
-            while let Some(done) = running.try_join_next() {
-                if let Err(err) = done {
-                    tracing::error!(%err, "a message handler died");
+                true
+            }
+            // A pull on a deleted consumer is never answered: it ends like
+            // an idle one. So an empty pull checks the consumer (one API
+            // call per `PULL_EXPIRES` while idle).
+            Pulled::Ended { delivered } => {
+                reserved.clear();
+                idle = delivered == 0;
+                if idle {
+                    puller.verify(&shutdown).await
+                } else {
+                    puller.succeeded();
+                    true
                 }
             }
-        }
-        idle = received == 0;
-        let healthy = match failure {
-            Some(why) => puller.failed(why, &shutdown).await,
-            // A pull on a deleted consumer is never answered: it expires
-            // like an idle one. So an empty pull checks the consumer (one
-            // API call per `PULL_EXPIRES` while idle).
-            None if received == 0 => puller.verify(&shutdown).await,
-            None => {
-                puller.succeeded();
-                true
+            Pulled::Failed(why) => {
+                reserved.clear();
+                puller.failed(why, &shutdown).await
             }
         };
         if !healthy {
@@ -251,6 +210,67 @@ async fn pull_loop(
         tracing::info!(lane = lane.name(), in_flight, "waiting for running tasks");
     }
     running
+}
+
+/// What asking for messages came to.
+enum Requested {
+    /// A request is in flight, with a slot for each message it asked for.
+    Slots(Vec<Slot>),
+    /// Nothing asked (no budget, or the request failed): try again.
+    Again,
+    /// Shutdown came.
+    Shutdown,
+}
+
+/// Takes free slots (one when the lane is idle, at least one in any case,
+/// waiting for it) and asks the lane's consumer for as many messages. The
+/// slots are taken before asking: several lanes share them, and a message
+/// must never wait for one (it would wait without progress acks while its
+/// ack_wait runs out). Bulk and paid ask for no more than flood control's
+/// budget.
+async fn request(
+    puller: &mut Puller,
+    runtime: &Runtime,
+    slots: &Slots,
+    idle: bool,
+    shutdown: &CancellationToken,
+) -> Requested {
+    let lane = puller.lane();
+    let first = tokio::select! {
+        slot = slots.acquire(lane) => slot,
+        () = shutdown.cancelled() => return Requested::Shutdown,
+    };
+    if !runtime.store_ok.load(Ordering::Acquire) && !wait_for_store(runtime, shutdown).await {
+        return Requested::Shutdown;
+    }
+    puller.recheck_after_reconnect().await;
+    let mut taken = vec![first];
+    if !idle {
+        taken.extend(slots.take_free(lane, MAX_BATCH - 1));
+    }
+    if matches!(lane, Lane::Bulk | Lane::Paid)
+        && let Some(governor) = &runtime.governor
+    {
+        let (budget, wait) = governor.budget(lane, taken.len()).await;
+        if budget == 0 {
+            drop(taken);
+            if sleep_or_shutdown(wait.max(Duration::from_millis(5)), shutdown).await {
+                return Requested::Shutdown;
+            }
+            return Requested::Again;
+        }
+        taken.truncate(budget);
+    }
+    match puller.request(taken.len()).await {
+        Ok(()) => Requested::Slots(taken),
+        Err(why) => {
+            drop(taken);
+            match puller.failed(why, shutdown).await {
+                true => Requested::Again,
+                false => Requested::Shutdown,
+            }
+        }
+    }
 }
 
 /// Probes the store until it answers (true) or shutdown comes (false).
@@ -277,14 +297,16 @@ pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &Cancellatio
 }
 
 /// Runs one message and settles it with the server, sending progress acks
-/// the whole time (execution, saving, dead-lettering). `_slot` is the
-/// message's execution slot; `hard_stop` interrupts a running body,
-/// `abandon` (later) ends the retries of a finished body's save.
+/// the whole time (execution, saving, dead-lettering). `slot` is the
+/// message's execution slot, given back once the record is saved and only
+/// an ack or a nak is left (a dead letter keeps it while its copy is made);
+/// `hard_stop` interrupts a running body, `abandon` (later) ends the
+/// retries of a finished body's save.
 async fn handle(
     runtime: Arc<Runtime>,
     message: Message,
     lane: Lane,
-    _slot: Slot,
+    slot: Slot,
     hard_stop: CancellationToken,
     abandon: CancellationToken,
 ) {
@@ -317,7 +339,7 @@ async fn handle(
             Err(ProcessError::NotSaved { execution, error }) => {
                 runtime.store_failed();
                 tracing::warn!(%error, "the task ran but its record was not saved; retrying the save only");
-                if !runtime.save_until_saved(&execution, &abandon).await {
+                if !Box::pin(runtime.save_until_saved(&execution, &abandon)).await {
                     tracing::warn!("record still not saved at the shutdown timeout; the task may run again");
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     return;
@@ -327,6 +349,11 @@ async fn handle(
         };
         tracing::Span::current().record("task.attempt", execution.attempt);
         let Some(execution) = campaign_recorded(&runtime, &message, execution).await else { return };
+        // The task is over and its record saved: the next message may run
+        // while the server confirms this one's ack.
+        if !matches!(execution.disposition, Disposition::DeadLetter { .. }) {
+            drop(slot);
+        }
         settle(&runtime, &message, &execution, sequence).await;
         runtime.finished(&execution).await;
     });
@@ -362,13 +389,21 @@ async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u6
     }
     let wanted = message.headers.as_ref().and_then(|h| h.get("lane")).and_then(|v| Lane::parse(v.as_str()));
     let Some(wanted) = wanted.filter(|l| *l != Lane::Transactional) else { return false };
+    // Boxed, as every rare path here: the state of a publish would make every
+    // message's future larger, and that future is moved into place per message.
+    Box::pin(reroute(runtime, message, wanted, sequence)).await
+}
+
+/// Republishes `message` to `wanted`'s subject and acknowledges it; false
+/// if the republish failed.
+async fn reroute(runtime: &Runtime, message: &Message, wanted: Lane, sequence: u64) -> bool {
     let subject = crate::broker::lane_subject(runtime.publisher.settings(), wanted);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("lane", wanted.name());
     let id = format!("lane:{sequence}:{:016x}", di::envelope::fnv1a64(&message.payload));
     match runtime.publisher.send(subject, &id, headers, message.payload.clone()).await {
         Ok(_) => {
-            let _ = message.double_ack().await;
+            let _ = double_ack(message).await;
             tracing::debug!(lane = wanted.name(), "moved to its lane's subject");
             true
         }
@@ -383,13 +418,13 @@ async fn rerouted(runtime: &Runtime, message: &Message, lane: Lane, sequence: u6
 /// cancelled one's dropped (both acknowledged here). A database error lets
 /// it run: a pause is not worth stopping every broadcast for.
 async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
-    use crate::campaign::worker::{CampaignGate, Verdict};
+    use crate::campaign::worker::Verdict;
     let Some(gate) = &runtime.campaigns else { return true };
     let Some((campaign, seq, id)) = CampaignGate::recipient_of(message.headers.as_ref()) else { return true };
-    match gate.check(&campaign, seq, &id).await {
+    match Box::pin(gate.check(&campaign, seq, &id)).await {
         Ok(Verdict::Run) => true,
         Ok(verdict) => {
-            let _ = message.double_ack().await;
+            let _ = double_ack(message).await;
             tracing::info!(campaign, seq, ?verdict, "campaign message not run");
             false
         }
@@ -405,8 +440,10 @@ async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
 /// letter. If the row cannot be written the message comes back (its record
 /// is final: the redelivery only writes the row).
 async fn campaign_recorded(runtime: &Runtime, message: &Message, mut execution: Execution) -> Option<Execution> {
-    let Some(gate) = &runtime.campaigns else { return Some(execution) };
-    match gate.record(&execution).await {
+    let Some(gate) = runtime.campaigns.as_ref().filter(|_| CampaignGate::concerns(&execution)) else {
+        return Some(execution);
+    };
+    match Box::pin(gate.record(&execution)).await {
         Ok(true) => {
             if matches!(execution.disposition, Disposition::DeadLetter { .. }) {
                 execution.disposition = Disposition::Ack;
@@ -435,7 +472,7 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
     match &execution.disposition {
         Disposition::Ack => {
             for attempt in 1..=3 {
-                match message.double_ack().await {
+                match double_ack(message).await {
                     Ok(()) => break,
                     Err(err) if attempt == 3 => tracing::warn!(%err, "ack not confirmed; the task may run again"),
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -459,7 +496,9 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
         }
         Disposition::DeadLetter { reason } => {
             let dedup = if sequence > 0 { sequence.to_string() } else { di::new_task_id() };
-            match runtime.dead_letter(&message.payload, message.subject.as_str(), execution, reason, &dedup).await {
+            match Box::pin(runtime.dead_letter(&message.payload, message.subject.as_str(), execution, reason, &dedup))
+                .await
+            {
                 Ok(()) => {
                     let _ = message.ack_with(AckKind::Term).await;
                     tracing::warn!(elapsed_ms, %reason, "task failed for good; dead-lettered");
@@ -501,7 +540,7 @@ async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, 
         .postpone(message.subject.as_str(), task_id, message.headers.as_ref(), message.payload.clone(), due)
         .await;
     match copy {
-        Ok(_) => match message.double_ack().await {
+        Ok(_) => match double_ack(message).await {
             Ok(()) => true,
             // Not acked: the message also comes back after ack_wait; the
             // record's attempt count and the task id keep that honest.
@@ -515,6 +554,18 @@ async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, 
             false
         }
     }
+}
+
+/// Acknowledges `message` and waits for the server to confirm it (a double
+/// ack), as a request on the client's shared reply inbox: async-nats'
+/// `Message::double_ack` subscribes and unsubscribes an inbox of its own
+/// for every ack.
+async fn double_ack(message: &Message) -> Result<(), String> {
+    let Some(reply) = message.reply.clone() else {
+        return Err("no reply subject: not a JetStream message".to_owned());
+    };
+    let ack = async_nats::Request::new().payload(bytes::Bytes::from_static(b"+ACK")).timeout(Some(DOUBLE_ACK_TIMEOUT));
+    message.context.client().send_request(reply, ack).await.map(drop).map_err(|err| err.to_string())
 }
 
 fn describe(outcome: &Outcome) -> String {

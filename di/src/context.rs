@@ -211,8 +211,10 @@ impl TaskContext {
     pub(crate) async fn finish_session(&self, success: bool) -> Result<(), sqlx::Error> {
         let tx = self.inner.session.lock().await.take();
         match tx {
-            Some(tx) if success => tx.commit().await,
-            Some(tx) => tx.rollback().await,
+            // Boxed: sqlx's futures are large, and every task's future
+            // would carry them, session or not.
+            Some(tx) if success => Box::pin(tx.commit()).await,
+            Some(tx) => Box::pin(tx.rollback()).await,
             None => Ok(()),
         }
     }

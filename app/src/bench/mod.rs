@@ -149,6 +149,28 @@ pub async fn run(settings: &Settings, options: &BenchOptions) -> Result<Report, 
     Ok(report)
 }
 
+/// Enqueues `n` `noop` tasks, `in_flight` at once, and returns how long
+/// it took, without waiting for any result: a pre-filled queue for a worker
+/// started afterwards to drain (`scripts/profile.sh` counts a worker's
+/// instructions per task this way). Needs no worker.
+pub async fn prefill(settings: &Settings, n: usize, in_flight: usize) -> Result<Duration, BenchError> {
+    let producer = Producer::connect(settings).await?;
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let (mut issued, mut done) = (0, 0);
+    while done < n {
+        while issued < n && pending.len() < in_flight {
+            pending.push(producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}));
+            issued += 1;
+        }
+        if let Some(handle) = pending.next().await {
+            handle?;
+            done += 1;
+        }
+    }
+    Ok(started.elapsed())
+}
+
 impl Bench<'_> {
     async fn measure(&self, samples: &mut Samples, mut ceiling: Option<&mut Ceiling>) -> Result<(), BenchError> {
         let (n, warmup) = (self.options.n, self.options.warmup);

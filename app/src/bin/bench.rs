@@ -58,6 +58,11 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only enqueue N noop tasks and exit, without waiting for results (no
+    /// worker needed): a pre-filled queue for a worker started afterwards,
+    /// as scripts/profile.sh does.
+    #[arg(long)]
+    prefill: bool,
 }
 
 #[tokio::main]
@@ -71,6 +76,18 @@ async fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
+    if cli.prefill {
+        return match bench::prefill(&settings, cli.n.get(), cli.in_flight.get()).await {
+            Ok(took) => {
+                eprintln!("bench: enqueued {} noop tasks in {}", cli.n, courier::telemetry::human(took));
+                Exit::Ok.into()
+            }
+            Err(err) => {
+                eprintln!("bench: {err}");
+                exit_of(&err).into()
+            }
+        };
+    }
     let options = BenchOptions {
         n: cli.n.get(),
         round_trips: cli.round_trips.get(),

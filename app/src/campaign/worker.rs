@@ -57,6 +57,12 @@ impl CampaignGate {
         Some((campaign, seq, message_id))
     }
 
+    /// Whether `execution` is a campaign recipient's task whose outcome
+    /// [`CampaignGate::record`] writes (a final record with campaign labels).
+    pub fn concerns(execution: &Execution) -> bool {
+        execution.record.as_ref().is_some_and(|r| r.status.is_final() && r.labels.contains_key(CAMPAIGN_LABEL))
+    }
+
     /// Decides about one campaign message. Reads the database every time
     /// (one indexed lookup): a pause holds from the next message on.
     pub async fn check(&self, campaign: &str, seq: i64, message_id: &str) -> Result<Verdict, sqlx::Error> {

@@ -218,13 +218,33 @@ impl RedisResultStore {
     /// key taskiq-redis reads, which exists only once the task is done
     /// (taskiq's `wait_result` takes "the key exists" for "finished").
     pub fn key(&self, task_id: &str) -> String {
-        format!("{}{task_id}", self.key_prefix)
+        self.key_with(task_id, "")
     }
 
     /// The Redis key of `task_id`'s record while it is queued, running or
     /// retrying.
     pub fn status_key(&self, task_id: &str) -> String {
-        format!("{}{task_id}:status", self.key_prefix)
+        self.key_with(task_id, ":status")
+    }
+
+    /// `<prefix><task_id><suffix>`, built without the formatting machinery
+    /// (four keys per task, each a thousand instructions through `format!`).
+    fn key_with(&self, task_id: &str, suffix: &str) -> String {
+        let mut key = String::with_capacity(self.key_prefix.len() + task_id.len() + suffix.len());
+        key.push_str(&self.key_prefix);
+        key.push_str(task_id);
+        key.push_str(suffix);
+        key
+    }
+
+    /// The record lifetime as a Redis argument: whole seconds, at least one.
+    fn ttl_arg(&self) -> String {
+        self.ttl.as_secs().max(1).to_string()
+    }
+
+    /// `SETEX key ttl bytes`, `ttl` a [`RedisResultStore::ttl_arg`].
+    fn set_ex(&self, key: &str, bytes: &[u8], ttl: &str) -> redis::Cmd {
+        command("SETEX", &[key.as_bytes(), ttl.as_bytes(), bytes])
     }
 
     /// The shared connection, opened through the pool when there is none.
@@ -248,6 +268,19 @@ impl RedisResultStore {
     }
 }
 
+/// `name args..`, its buffers sized once: redis' builder grows them
+/// argument by argument (a record's bytes copied into a buffer doubling
+/// from empty), a few thousand instructions per task.
+fn command(name: &str, args: &[&[u8]]) -> redis::Cmd {
+    let data = name.len() + args.iter().map(|arg| arg.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(args.len() + 1, data);
+    cmd.arg(name);
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd
+}
+
 #[async_trait]
 impl ResultStore for RedisResultStore {
     async fn put(&self, task_id: &str, record: &ResultRecord) -> Result<(), StoreError> {
@@ -256,22 +289,29 @@ impl ResultStore for RedisResultStore {
 
     async fn put_for(&self, task_id: &str, record: &ResultRecord, ttl: Duration) -> Result<(), StoreError> {
         let bytes = record.to_msgpack().map_err(|err| StoreError::Unavailable(format!("encode: {err}")))?;
-        let ttl = ttl.max(self.ttl).as_secs().max(1);
+        // The store's TTL unless a longer one is asked for (the common case
+        // formats nothing new).
+        let ttl = if ttl > self.ttl { ttl.as_secs().max(1).to_string() } else { self.ttl_arg() };
         let mut conn = self.conn().await?;
         if record.status.is_final() {
             // One round trip: the final record, then the status record goes.
             // Not atomic, and need not be: a reader that sees both prefers
             // the final one.
-            let () = redis::pipe()
-                .set_ex(self.key(task_id), bytes, ttl)
+            let status_key = self.status_key(task_id);
+            let () = redis::Pipeline::with_capacity(2)
+                .add_command(self.set_ex(&self.key(task_id), &bytes, &ttl))
                 .ignore()
-                .del(self.status_key(task_id))
+                .add_command(command("DEL", &[status_key.as_bytes()]))
                 .ignore()
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
         } else {
-            let () = conn.set_ex(self.status_key(task_id), bytes, ttl).await.map_err(|e| self.failed(e))?;
+            let () = self
+                .set_ex(&self.status_key(task_id), &bytes, &ttl)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
         }
         Ok(())
     }
@@ -281,14 +321,12 @@ impl ResultStore for RedisResultStore {
         let mut conn = self.conn().await?;
         // One round trip: the final record, and the in-flight one that the
         // `running` record replaces (SET .. GET, Redis 6.2+).
-        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
-            .get(self.key(task_id))
-            .cmd("SET")
-            .arg(self.status_key(task_id))
-            .arg(bytes)
-            .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
-            .arg("GET")
+        let (key, status_key) = (self.key(task_id), self.status_key(task_id));
+        let ttl = self.ttl_arg();
+        let set = command("SET", &[status_key.as_bytes(), &bytes, b"EX", ttl.as_bytes(), b"GET"]);
+        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::Pipeline::with_capacity(2)
+            .add_command(command("GET", &[key.as_bytes()]))
+            .add_command(set)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
