@@ -513,14 +513,14 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
     }
 }
 
-/// A retry that waits longer than [`crate::schedule::POSTPONE_AFTER`]
+/// A retry that waits longer than `nats.postpone_after`
 /// goes back through the delayed stream, and the message is acked, so it
 /// holds no ack-pending slot while it waits (a group's 429 backlog would
 /// otherwise stall its lane). True if it was postponed; on any failure the
 /// caller naks with the delay as before.
 async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, delay: Duration) -> bool {
     let Some(task_id) = execution.task_id.as_deref() else { return false };
-    if delay <= crate::schedule::POSTPONE_AFTER || runtime.topology.is_none() {
+    if delay <= runtime.publisher.settings().postpone_after || runtime.topology.is_none() {
         return false;
     }
     let due_at = std::time::SystemTime::now() + delay;

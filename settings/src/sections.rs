@@ -62,6 +62,10 @@ pub struct NatsSettings {
     /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
     #[serde(with = "duration")]
     pub duplicate_window: Duration,
+    /// A retry that waits longer than this goes through the delayed stream
+    /// (acked, holding no ack-pending slot) instead of a nak with delay.
+    #[serde(with = "duration")]
+    pub postpone_after: Duration,
     /// Copies of the task and dead-letter streams in a NATS cluster.
     pub stream_replicas: usize,
     /// The largest task envelope (bytes) a worker accepts.

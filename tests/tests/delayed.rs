@@ -282,12 +282,13 @@ mod slow_retry {
     register_task!(run: Args => u32);
 }
 
-/// A retry that waits longer than a nak should (10 s) is postponed through
-/// the delayed stream: while it waits the consumer holds no ack-pending
-/// slot for it, and it still runs again on time.
+/// A retry that waits longer than `nats.postpone_after` (5 s here) is
+/// postponed through the delayed stream: while it waits the consumer holds
+/// no ack-pending slot for it, and it still runs again on time.
 #[tokio::test]
 async fn long_retries_wait_in_the_delayed_stream_not_in_ack_pending() {
-    let scope = Scope::new();
+    let mut scope = Scope::new();
+    scope.settings.nats.postpone_after = Duration::from_secs(5);
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     let handle = producer.enqueue(slow_retry::TASK, &slow_retry::Args {}).await.unwrap();

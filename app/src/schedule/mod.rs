@@ -45,10 +45,6 @@ pub const MOVE_ID_HEADER: &str = "Courier-Move-Id";
 /// Header of a moved message: the message id it had before it was
 /// postponed (a campaign's gate reads it).
 pub const ORIGIN_ID_HEADER: &str = "Courier-Origin-Msg-Id";
-/// Retries that wait longer than this are postponed through the delayed
-/// stream instead of a nak with delay, which would hold an ack-pending slot
-/// of the consumer the whole time.
-pub const POSTPONE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The stream delayed tasks wait in.
 pub fn delayed_stream(settings: &NatsSettings) -> String {
