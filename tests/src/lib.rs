@@ -69,6 +69,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{nanos}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A process' resident memory (`VmRSS`), KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process' status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in KiB")
+}
+
 /// The `test` profile from the compiled-in defaults only (no settings
 /// folder), with the process' `COURIER_*` variables on top.
 pub fn test_settings() -> Settings {

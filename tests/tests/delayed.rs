@@ -231,7 +231,7 @@ async fn waiting_tasks_cost_the_worker_no_memory() {
     // Warm the worker up (its pools, its first pulls) before the baseline.
     let warm = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
     warm.wait(WAIT).await.unwrap();
-    let before = rss_kib(worker.id());
+    let before = it::rss_kib(worker.id());
     let due = SystemTime::now() + Duration::from_secs(3_600);
     futures_util::stream::iter(0..N)
         .map(|_| {
@@ -259,7 +259,7 @@ async fn waiting_tasks_cost_the_worker_no_memory() {
         })
         .await;
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-    let after = rss_kib(worker.id());
+    let after = it::rss_kib(worker.id());
     let grown = after.saturating_sub(before);
     eprintln!("worker RSS {before} KiB before, {after} KiB with {N} tasks waiting");
     assert!(grown < 16 * 1024, "the worker grew {grown} KiB holding {N} waiting tasks ({before} -> {after})");
@@ -381,10 +381,4 @@ async fn a_stale_or_half_built_index_is_rebuilt_and_hostile_headers_do_not_block
         assert_eq!(record.status, TaskStatus::Success);
     }
     worker.stop().await.unwrap();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

@@ -59,12 +59,6 @@ fn with_chat_id(task_id: &str, task_name: &str, chat_id: rmpv::Value) -> Vec<u8>
     envelope.to_msgpack().unwrap()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn hostile_payloads_are_dead_lettered_and_the_worker_survives() {
     let scope = Scope::new();
@@ -124,7 +118,7 @@ async fn hostile_payloads_are_dead_lettered_and_the_worker_survives() {
             assert_eq!(record.error.unwrap().exc_type, *kind, "{what}");
         }
     }
-    let rss = rss_kib(worker.id());
+    let rss = it::rss_kib(worker.id());
     assert!(rss < 200 * 1024, "worker RSS grew to {} MiB", rss / 1024);
     assert_eq!(scope.backlog().await, (0, 0, 0), "nothing left to redeliver");
     let mut worker = worker;
