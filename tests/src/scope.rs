@@ -112,10 +112,16 @@ impl Scope {
         let js = self.jetstream().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(stream) = js.get_stream(&self.settings.nats.stream).await
-                && stream.consumer_info(&self.settings.nats.durable).await.is_ok()
-            {
-                break;
+            // Every lane's consumer (the worker creates them one after another).
+            if let Ok(stream) = js.get_stream(&self.settings.nats.stream).await {
+                let mut all = true;
+                for lane in di::Lane::ALL {
+                    all &=
+                        stream.consumer_info(&courier::broker::lane_durable(&self.settings.nats, lane)).await.is_ok();
+                }
+                if all {
+                    break;
+                }
             }
             assert!(!task.is_finished(), "the worker stopped during start-up: {:?}", task.await);
             assert!(tokio::time::Instant::now() < deadline, "the worker did not become ready");
