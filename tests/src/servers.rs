@@ -49,10 +49,27 @@ impl ServerProcess {
             .unwrap_or_else(|e| panic!("{} must be installed: {e}", self.program));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start listening on {}", self.program, self.port);
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "{} did not start answering on {}", self.program, self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether it accepts a connection and, for a Redis without TLS, answers
+    /// `PING` (a connection accepted during start-up can still be reset).
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let plain_redis = self.program == "redis-server" && !self.args.iter().any(|a| a == "--tls-port");
+        if !plain_redis {
+            return true;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        // `+PONG`, or `-NOAUTH` from one that wants a password: either way it answers.
+        let mut answer = [0_u8; 1];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && matches!(answer[0], b'+' | b'-')
     }
 }
 
