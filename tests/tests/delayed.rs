@@ -221,12 +221,7 @@ async fn scheduled_records_cancel_and_the_cli() {
 async fn waiting_tasks_cost_the_worker_no_memory() {
     const N: usize = 20_000;
     let scope = Scope::new();
-    let worker = tokio::task::spawn_blocking({
-        let env = scope.env();
-        move || ChildProcess::start(&env)
-    })
-    .await
-    .unwrap();
+    let worker = it::flood::workers(1, &scope.env()).await.remove(0);
     let producer = scope.producer().await;
     // Warm the worker up (its pools, its first pulls) before the baseline.
     let warm = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use di::{Envelope, TaskStatus};
-use it::process::ChildProcess;
 use it::scope::Scope;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -62,12 +61,7 @@ fn with_chat_id(task_id: &str, task_name: &str, chat_id: rmpv::Value) -> Vec<u8>
 #[tokio::test]
 async fn hostile_payloads_are_dead_lettered_and_the_worker_survives() {
     let scope = Scope::new();
-    let worker = tokio::task::spawn_blocking({
-        let env = scope.env();
-        move || ChildProcess::start(&env)
-    })
-    .await
-    .unwrap();
+    let worker = it::flood::workers(1, &scope.env()).await.remove(0);
     let producer = scope.producer().await;
     let subject = scope.settings.nats.subject.clone();
 
