@@ -237,3 +237,38 @@ async fn put_back(
     stream.delete_message(letter.sequence).await.map_err(topology)?;
     Ok(())
 }
+
+/// Deletes one dead letter for good (the board's "discard"); false if it
+/// was not there.
+pub async fn discard(js: &jetstream::Context, settings: &NatsSettings, sequence: u64) -> Result<bool, DeadLetterError> {
+    let Ok(stream) = js.get_stream(broker::dead_letter_stream(settings)).await else { return Ok(false) };
+    match stream.delete_message(sequence).await {
+        Ok(deleted) => Ok(deleted),
+        Err(err) if matches!(err.kind(), async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(ref e) if e.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND) => {
+            Ok(false)
+        }
+        Err(err) => Err(topology(err)),
+    }
+}
+
+/// How many dead letters are stored.
+pub async fn count(js: &jetstream::Context, settings: &NatsSettings) -> Result<u64, DeadLetterError> {
+    let Ok(mut stream) = js.get_stream(broker::dead_letter_stream(settings)).await else { return Ok(0) };
+    Ok(stream.info().await.map_err(topology)?.state.messages)
+}
+
+/// Puts the dead letter stored at `sequence` back in the queue (the
+/// board's "replay" on one row).
+pub async fn replay_sequence(
+    producer: &Producer,
+    settings: &NatsSettings,
+    sequence: u64,
+) -> Result<DeadLetter, DeadLetterError> {
+    let js = producer.publisher().jetstream().clone();
+    let missing = || DeadLetterError::NotFound(format!("#{sequence}"));
+    let Some((stream, _, _)) = open(&js, settings).await? else { return Err(missing()) };
+    let raw = stream.get_raw_message(sequence).await.map_err(|_| missing())?;
+    let (letter, _, _) = describe(&raw);
+    put_back(producer, settings, &stream, &letter, raw).await?;
+    Ok(letter)
+}

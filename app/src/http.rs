@@ -92,7 +92,7 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, limits: HttpLimits, shutdown: CancellationToken) {
+pub(crate) async fn accept_loop(listener: TcpListener, app: Router, limits: HttpLimits, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);

@@ -3,6 +3,7 @@
 
 pub mod advisories;
 pub mod bench;
+pub mod board;
 pub mod bot;
 pub mod broker;
 pub mod campaign;
@@ -11,8 +12,10 @@ pub mod cli;
 pub mod dead_letters;
 pub mod flood_status;
 pub mod http;
+pub mod index;
 pub mod lifecycle;
 pub mod metrics;
+pub mod presence;
 pub mod producer;
 pub mod publish;
 pub mod pull;

@@ -37,6 +37,8 @@ pub struct Runtime {
     pub governor: Option<Arc<di::Governor>>,
     /// Campaign bookkeeping (JetStream workers with a database).
     pub campaigns: Option<crate::campaign::worker::CampaignGate>,
+    /// The task index finished tasks are written to (`index.enabled`).
+    pub index: Option<Arc<crate::index::Indexer>>,
     /// False while the store is unreachable: pulling pauses.
     pub(crate) store_ok: AtomicBool,
 }
@@ -83,6 +85,7 @@ impl Runtime {
             topology,
             governor: None,
             campaigns: None,
+            index: None,
             store_ok: AtomicBool::new(true),
         }
     }
@@ -99,6 +102,12 @@ impl Runtime {
         self
     }
 
+    /// Writes finished tasks to the task index.
+    pub fn with_index(mut self, index: Option<Arc<crate::index::Indexer>>) -> Self {
+        self.index = index;
+        self
+    }
+
     /// Runs one message through the executor, counted as in flight.
     pub async fn execute(&self, bytes: &[u8], delivery: &Delivery) -> Result<Execution, ProcessError> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
@@ -107,11 +116,16 @@ impl Runtime {
 
     /// After a message is settled: counts it, and when its record is final
     /// wakes the producers waiting for it.
-    pub async fn finished(&self, execution: &Execution) {
+    pub async fn finished(&self, payload: &bytes::Bytes, execution: &Execution) {
         self.metrics.observe(execution);
         if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
             && record.status.is_final()
         {
+            if let Some(index) = &self.index
+                && !matches!(execution.outcome, di::Outcome::AlreadyFinished(_))
+            {
+                index.add(id, payload, record);
+            }
             self.publisher.notify_done(id).await;
         }
     }

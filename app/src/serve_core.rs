@@ -98,7 +98,7 @@ async fn run_in_process(
                 *execution
             }
         };
-        runtime.finished(&execution).await;
+        runtime.finished(&message.payload, &execution).await;
         match &execution.disposition {
             Disposition::Ack => return,
             Disposition::HandBack => {

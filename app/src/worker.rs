@@ -148,8 +148,6 @@ async fn serve_container(
 
     let names = registry.names();
     let enqueuer = Arc::new(NatsEnqueuer::new(publisher.clone()));
-    let executor =
-        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(settings));
     let store: Arc<dyn ResultStore> = module.resolve();
     let metrics = Arc::new(Metrics::new(&names));
     let progress = broker::progress_interval(&settings.nats);
@@ -158,11 +156,20 @@ async fn serve_container(
         governor.observe(Arc::new(metrics.flood.clone()));
         tokio::spawn(metrics.flood.clone().watch(governor.clone()));
     }
+    let worker_name = crate::presence::worker_name();
+    let index_stop = CancellationToken::new();
+    let index = settings.index.enabled.then(|| {
+        crate::index::Indexer::start(pool.clone(), &registry, &settings.index, worker_name.clone(), index_stop.clone())
+    });
+    let executor =
+        Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(settings));
     let runtime = Arc::new(
         Runtime::new(executor, publisher.clone(), store.clone(), progress, metrics.clone(), topology.clone())
             .with_governor(bot.governor())
-            .with_campaigns(campaigns),
+            .with_campaigns(campaigns)
+            .with_index(index.as_ref().map(|(index, _)| index.clone())),
     );
+    spawn_presence(settings, worker_name, &metrics, token)?;
     // Tells running tasks when a producer cancels them (half a second apart:
     // `ctx.cancelled()` resolves within a second). Ends with the serving.
     let _cancellations = {
@@ -245,6 +252,38 @@ async fn serve_container(
         () = serving => {}
         () = watch => {}
     }
+    // What the index has queued is written before the process ends.
+    index_stop.cancel();
+    if let Some((_, writer)) = index {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    }
+    Ok(())
+}
+
+/// Announces this worker in Redis (the board's list of workers alive) until `token`.
+fn spawn_presence(
+    settings: &Settings,
+    name: String,
+    metrics: &Metrics,
+    token: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let redis = di::components::result_store::redis_client(&settings.redis)
+        .map_err(|err| WorkerError::Redis(err.to_string()))?;
+    let info = crate::presence::WorkerInfo {
+        name,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        in_flight: 0,
+        concurrency: settings.worker.concurrency,
+        started_at: di::unix_now() as i64,
+    };
+    let announce = crate::presence::announce(
+        redis,
+        settings.redis.key_prefix.clone(),
+        info,
+        metrics.in_flight.clone(),
+        token.clone(),
+    );
+    tokio::spawn(announce);
     Ok(())
 }
 

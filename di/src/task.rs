@@ -184,6 +184,9 @@ pub struct TaskOptions {
     /// A cron schedule: the fleet enqueues the task, with its default
     /// arguments, once at each tick (see [`TaskOptions::cron`]).
     pub cron: Option<CronSpec>,
+    /// Argument fields (top-level names) that hold secrets: the task index
+    /// and the board never store or show their values.
+    pub secret_fields: &'static [&'static str],
 }
 
 /// A cron schedule declared in a task's registration.
@@ -205,7 +208,21 @@ impl TaskOptions {
             timeout: Duration::from_secs(300),
             lane: crate::Lane::Transactional,
             cron: None,
+            secret_fields: &[],
         }
+    }
+
+    /// Names argument fields that hold secrets (tokens, phone numbers):
+    /// the task index stores them masked, so the board never shows them.
+    ///
+    /// ```
+    /// use di::TaskOptions;
+    /// const OPTIONS: TaskOptions = TaskOptions::new().secret(&["token"]);
+    /// assert_eq!(OPTIONS.secret_fields, &["token"]);
+    /// ```
+    pub const fn secret(mut self, fields: &'static [&'static str]) -> Self {
+        self.secret_fields = fields;
+        self
     }
 
     /// Registers the task under `name` instead of the file name.

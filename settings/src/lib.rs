@@ -25,8 +25,8 @@ use serde::Deserialize;
 pub use layers::Sources;
 pub use secret::{Secret, SecretUrl, SecretUrls, percent_decode, redact_url};
 pub use sections::{
-    DatabaseSettings, LogFormat, LogSettings, MissedTicks, NatsMode, NatsSettings, PaidWhenSpent, RedisSettings,
-    ScheduleSettings, TelegramLimits, TelegramSettings, WorkerSettings,
+    BoardSettings, DatabaseSettings, IndexSettings, LogFormat, LogSettings, MissedTicks, NatsMode, NatsSettings,
+    PaidWhenSpent, RedisSettings, ScheduleSettings, TelegramLimits, TelegramSettings, WorkerSettings,
 };
 pub use validate::Invalid;
 
@@ -89,6 +89,10 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The board (`board` binary).
+    pub board: BoardSettings,
+    /// The task index the board searches.
+    pub index: IndexSettings,
     /// Cron schedules declared in settings, by name (tasks may also declare
     /// their own in their registration).
     #[serde(default)]

@@ -299,3 +299,41 @@ pub struct ScheduleSettings {
 fn utc() -> String {
     "UTC".to_owned()
 }
+
+/// The board (`board` binary): the web page that shows and steers the queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardSettings {
+    /// Where it listens (`127.0.0.1:9465`).
+    pub addr: String,
+    /// The password of its login page. Without one the board starts only on
+    /// a loopback address, and then asks for no login.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// How long a login lasts.
+    #[serde(with = "duration")]
+    pub session_ttl: Duration,
+    /// Connections held at once (more are closed on accept).
+    pub max_connections: usize,
+    /// Time to send a request's headers, and to stay idle between requests.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+}
+
+/// The task index: finished tasks written to the database in batches, off
+/// the hot path, so history outlives the result TTL and can be searched by
+/// argument (the board's task search).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSettings {
+    /// Workers index what they finish.
+    pub enabled: bool,
+    /// Rows older than this are deleted.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Rows per insert.
+    pub batch: usize,
+    /// Finished tasks waiting to be written; past it new ones are not
+    /// indexed (counted in `/metrics`), so a slow database never slows tasks.
+    pub queue: usize,
+}

@@ -15,7 +15,8 @@ const SECRET_KEYS: [&str; 3] = ["token", "password", "secret"];
 /// hold is cut out of any other value it hides in.
 pub(crate) fn masked(selected: &Figment, settings: &Settings) -> Result<Dict, SettingsError> {
     let mut merged: Dict = selected.extract().map_err(Box::new)?;
-    let mut secrets: Vec<String> = settings.telegram.token.iter().map(|t| t.expose().to_owned()).collect();
+    let mut secrets: Vec<String> =
+        settings.telegram.token.iter().chain(&settings.board.password).map(|t| t.expose().to_owned()).collect();
     let urls = [&settings.redis.url, &settings.database.url].into_iter().chain(settings.nats.url.servers());
     secrets.extend(urls.filter_map(|url| credential(url.expose())));
     secrets.retain(|s| s.len() >= 3);

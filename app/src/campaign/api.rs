@@ -288,6 +288,15 @@ impl Campaigns {
         Err(CampaignError::Status { id: id.to_owned(), status: status.name(), action })
     }
 
+    /// The newest `limit` campaigns' ids, newest first.
+    pub async fn recent(&self, limit: i64) -> Result<Vec<String>, CampaignError> {
+        let rows = sqlx::query("SELECT id FROM courier_campaigns ORDER BY created_at DESC, id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().filter_map(|row| sqlx::Row::try_get::<String, _>(row, 0).ok()).collect())
+    }
+
     /// The campaign and its counters (marking it done when it is).
     pub async fn status(&self, id: &str) -> Result<(Campaign, Counters), CampaignError> {
         let _ = store::finish_if_complete(&self.pool, id).await?;

@@ -177,7 +177,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut broken = None;
             if csv {
-                let _ = writeln!(out, "seq,chat_id,status,message_id,reason");
+                let _ = writeln!(out, "{}", super::store::ReportRow::CSV_HEADER);
             } else {
                 let (campaign, counters) = campaigns.status(&id).await.map_err(failed(Exit::Failed))?;
                 let _ = writeln!(out, "{}", bar(&counters, campaign.status.name(), None));
@@ -187,15 +187,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
             campaigns
                 .report(&id, only_dead, |row| {
                     let written = if csv {
-                        writeln!(
-                            out,
-                            "{},{},{},{},{}",
-                            row.seq,
-                            row.chat_id,
-                            row.status,
-                            row.message_id.map(|m| m.to_string()).unwrap_or_default(),
-                            csv_field(row.reason.as_deref().unwrap_or_default())
-                        )
+                        writeln!(out, "{}", row.csv())
                     } else {
                         writeln!(out, "{} {}", row.chat_id, row.status)
                     };
@@ -216,7 +208,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
 /// Seconds until the outstanding recipients are sent at the rate the
 /// governor gives the campaign's lane (the global rate less the interactive
 /// reserve, or the paid rate).
-fn eta_seconds(settings: &Settings, counters: &Counters, lane: di::Lane) -> Option<f64> {
+pub(crate) fn eta_seconds(settings: &Settings, counters: &Counters, lane: di::Lane) -> Option<f64> {
     let outstanding = counters.outstanding() as f64;
     let limits = &settings.telegram.limits;
     let rate = match lane {
@@ -257,8 +249,4 @@ fn end_progress(terminal: bool) {
     if terminal {
         eprintln!();
     }
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_owned() }
 }

@@ -296,6 +296,23 @@ pub struct ReportRow {
     pub reason: Option<String>,
 }
 
+impl ReportRow {
+    /// The report's CSV header.
+    pub const CSV_HEADER: &'static str = "seq,chat_id,status,message_id,reason";
+
+    /// The row as a CSV line (no line end).
+    pub fn csv(&self) -> String {
+        let reason = self.reason.as_deref().unwrap_or_default();
+        let reason = if reason.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", reason.replace('"', "\"\""))
+        } else {
+            reason.to_owned()
+        };
+        let message = self.message_id.map(|m| m.to_string()).unwrap_or_default();
+        format!("{},{},{},{message},{reason}", self.seq, self.chat_id, self.status)
+    }
+}
+
 /// Up to `limit` recipients after `after` (by seq); only dead chats with `dead_only`.
 pub(super) async fn report_page(
     pool: &AnyPool,

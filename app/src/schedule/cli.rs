@@ -96,7 +96,7 @@ pub async fn run(settings: &Settings, command: SchedulesCommand) -> Result<(), (
     }
 }
 
-fn describe(schedule: &Schedule, state: ScheduleState) -> Listed {
+pub(crate) fn describe(schedule: &Schedule, state: ScheduleState) -> Listed {
     let rfc3339 = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Listed {
         name: schedule.name.clone(),

@@ -1,0 +1,252 @@
+//! The board's actions (POST; the guard checked the session and the CSRF
+//! token before any of these runs). Each writes an audit line and sends
+//! the browser back to a page with a fixed note.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::Board;
+use super::auth::{Session, audit, form_field};
+use super::pages::encode;
+use super::view;
+
+fn back(path: &str, note: &str) -> Response {
+    Redirect::to(&format!("{path}?note={note}")).into_response()
+}
+
+fn back_n(path: &str, note: &str, n: u64) -> Response {
+    Redirect::to(&format!("{path}?note={note}&n={n}")).into_response()
+}
+
+/// `POST /tasks/{id}/cancel`.
+pub async fn cancel_task(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    let path = format!("/tasks/{}", encode(&id));
+    match board.producer.cancel(&id).await {
+        Ok(Some(status)) if status.is_final() && status != di::TaskStatus::Cancelled => {
+            audit(&session.who(), "cancel task", &id, "already finished");
+            back(&path, "not-cancelled")
+        }
+        Ok(_) => {
+            audit(&session.who(), "cancel task", &id, "ok");
+            back(&path, "cancelled")
+        }
+        Err(err) => {
+            audit(&session.who(), "cancel task", &id, &format!("failed: {err}"));
+            back(&path, "failed")
+        }
+    }
+}
+
+/// `POST /tasks/{id}/retry`: enqueues the indexed arguments again as a new
+/// task (`<id>.retry.<ms>`), refused for tasks with secret arguments.
+pub async fn retry_task(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    let who = session.who();
+    let Ok(Some(row)) = crate::index::get(&board.pool, &id).await else {
+        audit(&who, "retry task", &id, "not in the index");
+        return view::not_found("That task is not in the task index: its arguments are unknown.");
+    };
+    let secret = board.registry.get(&row.task_name).is_some_and(|d| !d.options.secret_fields.is_empty());
+    if secret || row.arguments.ends_with('…') {
+        audit(&who, "retry task", &id, "refused: secret or cut arguments");
+        return (StatusCode::CONFLICT, "The index holds this task's arguments masked or cut: retry it from code.")
+            .into_response();
+    }
+    let parsed: Result<serde_json::Value, _> = serde_json::from_str(&row.arguments);
+    let envelope = parsed.ok().and_then(|all| {
+        let kwargs = all.get("kwargs").cloned().unwrap_or_else(|| serde_json::json!({}));
+        let new_id = format!("{}.retry.{}", id.chars().take(150).collect::<String>(), (di::unix_now() * 1000.0) as i64);
+        let mut envelope = crate::cli::envelope_from_json(new_id, &row.task_name, &kwargs.to_string(), &[]).ok()?;
+        if let Some(args) = all.get("args").and_then(|a| a.as_array()) {
+            envelope.args = args.iter().filter_map(|a| rmpv::ext::to_value(a).ok()).collect();
+        }
+        Some(envelope)
+    });
+    let Some(envelope) = envelope else {
+        audit(&who, "retry task", &id, "failed: arguments unreadable");
+        return back(&format!("/tasks/{}", encode(&id)), "failed");
+    };
+    let new_id = envelope.task_id.clone();
+    match board.producer.enqueue_envelope(&envelope, None).await {
+        Ok(_) => {
+            audit(&who, "retry task", &id, &format!("ok: enqueued as {new_id}"));
+            back(&format!("/tasks/{}", encode(&new_id)), "retried")
+        }
+        Err(err) => {
+            audit(&who, "retry task", &id, &format!("failed: {err}"));
+            back(&format!("/tasks/{}", encode(&id)), "failed")
+        }
+    }
+}
+
+/// `POST /dead-letters/{sequence}/replay`.
+pub async fn replay_one(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(sequence): Path<u64>,
+) -> Response {
+    let target = format!("dead letter #{sequence}");
+    match crate::dead_letters::replay_sequence(&board.producer, &board.settings.nats, sequence).await {
+        Ok(letter) => {
+            let id = letter.task_id.unwrap_or_default();
+            audit(&session.who(), "replay dead letter", &format!("{target} (task {id})"), "ok");
+            back("/dead-letters", "replayed")
+        }
+        Err(err) => {
+            audit(&session.who(), "replay dead letter", &target, &format!("failed: {err}"));
+            back("/dead-letters", "failed")
+        }
+    }
+}
+
+/// `POST /dead-letters/replay`: every dead letter that matches the form's
+/// filter (`name`, `id`, `reason`).
+pub async fn replay_matching(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    body: Bytes,
+) -> Response {
+    let field = |name: &str| form_field(&body, name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let filter = crate::dead_letters::Filter {
+        task_name: field("name"),
+        task_id: field("id"),
+        reason_contains: field("reason"),
+        ..Default::default()
+    };
+    let target = format!("dead letters matching {filter:?}");
+    match crate::dead_letters::replay_matching(&board.producer, &board.settings.nats, &filter).await {
+        Ok(counts) => {
+            audit(&session.who(), "replay dead letters", &target, &format!("{counts:?}"));
+            back_n("/dead-letters", "replayed-all", counts.replayed)
+        }
+        Err(err) => {
+            audit(&session.who(), "replay dead letters", &target, &format!("failed: {err}"));
+            back("/dead-letters", "failed")
+        }
+    }
+}
+
+/// `POST /dead-letters/{sequence}/discard`.
+pub async fn discard(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(sequence): Path<u64>,
+) -> Response {
+    let js = board.producer.publisher().jetstream().clone();
+    let target = format!("dead letter #{sequence}");
+    match crate::dead_letters::discard(&js, &board.settings.nats, sequence).await {
+        Ok(found) => {
+            audit(&session.who(), "discard dead letter", &target, if found { "ok" } else { "not there" });
+            back("/dead-letters", "discarded")
+        }
+        Err(err) => {
+            audit(&session.who(), "discard dead letter", &target, &format!("failed: {err}"));
+            back("/dead-letters", "failed")
+        }
+    }
+}
+
+/// `POST /campaigns/{id}/{pause|resume|cancel}`.
+pub async fn campaign_action(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    let who = session.who();
+    let target = format!("campaign {id}");
+    let done = match action.as_str() {
+        "pause" => board.campaigns.pause(&id).await.map(|()| ("paused", 0)),
+        "cancel" => board.campaigns.cancel(&id).await.map(|n| ("campaign-cancelled", n)),
+        "resume" => {
+            // The republish of what is left may take a while: it runs on,
+            // and the page shows its progress.
+            let board = board.clone();
+            let (id, who, target) = (id.clone(), who.clone(), target.clone());
+            tokio::spawn(async move {
+                match board.campaigns.resume(&id, |_| {}).await {
+                    Ok(fan_out) => audit(&who, "resume campaign", &target, &format!("ok: {fan_out:?}")),
+                    Err(err) => audit(&who, "resume campaign", &target, &format!("failed: {err}")),
+                }
+            });
+            Ok(("resumed", 0))
+        }
+        _ => return view::not_found("campaign actions are pause, resume and cancel"),
+    };
+    match done {
+        Ok((note, n)) => {
+            if action != "resume" {
+                audit(&who, &format!("{action} campaign"), &target, "ok");
+            }
+            back_n("/campaigns", note, n)
+        }
+        Err(err) => {
+            audit(&who, &format!("{action} campaign"), &target, &format!("failed: {err}"));
+            back("/campaigns", "failed")
+        }
+    }
+}
+
+/// `GET /campaigns/{id}/report.csv`: one line per recipient.
+pub async fn campaign_report(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    let mut csv = String::from(crate::campaign::ReportRow::CSV_HEADER);
+    csv.push('\n');
+    let read = board
+        .campaigns
+        .report(&id, false, |row| {
+            csv.push_str(&row.csv());
+            csv.push('\n');
+        })
+        .await;
+    if let Err(err) = read {
+        return view::not_found(&format!("campaign {id}: {err}"));
+    }
+    audit(&session.who(), "download campaign report", &format!("campaign {id}"), "ok");
+    let filename = format!("attachment; filename=\"campaign-{}.csv\"", id.replace(['"', '\\'], ""));
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, filename)], csv)
+        .into_response()
+}
+
+/// `POST /schedules/{name}/{pause|resume}`.
+pub async fn schedule_action(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return view::not_found("schedule actions are pause and resume"),
+    };
+    let known = crate::schedule::cron::load(&board.registry, &board.settings)
+        .is_ok_and(|all| all.iter().any(|s| s.name == name));
+    if !known {
+        return view::not_found(&format!("no schedule {name:?}"));
+    }
+    let target = format!("schedule {name}");
+    match crate::schedule::state::set_paused(&board.pool, &name, paused).await {
+        Ok(()) => {
+            audit(&session.who(), &format!("{action} schedule"), &target, "ok");
+            back("/schedules", if paused { "paused" } else { "resumed" })
+        }
+        Err(err) => {
+            audit(&session.who(), &format!("{action} schedule"), &target, &format!("failed: {err}"));
+            back("/schedules", "failed")
+        }
+    }
+}

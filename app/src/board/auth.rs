@@ -1,0 +1,274 @@
+//! Logins, sessions and the CSRF check.
+//!
+//! A session is a random 128-bit id in an HttpOnly, SameSite=Strict cookie,
+//! held in this process' memory (a restarted board asks for the password
+//! again) and bounded in number. Every POST behind [`guard`] must carry the
+//! session's CSRF token as the form field `csrf`; the check runs before any
+//! handler, so no action can forget it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+
+use super::Board;
+use super::view;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "courier_board";
+/// The most sessions held; past it the one nearest its end goes.
+const MAX_SESSIONS: usize = 10_000;
+/// The largest form a POST may carry.
+const MAX_FORM: usize = 64 * 1024;
+
+/// Who is acting, for pages and the audit log.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `admin` after a password login, `local` on a loopback board without one.
+    pub user: &'static str,
+    /// The token every form carries.
+    pub csrf: String,
+    /// A short, non-secret name of the session for the audit log.
+    pub label: String,
+    expires: Instant,
+}
+
+impl Session {
+    /// `user (session label)`, for the audit log.
+    pub fn who(&self) -> String {
+        format!("{} (session {})", self.user, self.label)
+    }
+}
+
+/// The sessions of this process.
+pub struct Sessions {
+    ttl: Duration,
+    by_id: Mutex<HashMap<String, Session>>,
+    /// Failed logins wait here one at a time, a second each.
+    login_gate: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.by_id.lock().unwrap_or_else(PoisonError::into_inner).len();
+        f.debug_struct("Sessions").field("held", &held).finish_non_exhaustive()
+    }
+}
+
+fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Sessions {
+    /// No sessions; each lasts `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, by_id: Mutex::new(HashMap::new()), login_gate: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Opens a session; returns its id (the cookie's value) and itself.
+    fn open(&self, user: &'static str) -> (String, Session) {
+        let id = random_hex();
+        let session = Session {
+            user,
+            csrf: random_hex(),
+            label: random_hex()[..8].to_owned(),
+            expires: Instant::now() + self.ttl,
+        };
+        let mut all = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
+        if all.len() >= MAX_SESSIONS {
+            let now = Instant::now();
+            all.retain(|_, s| s.expires > now);
+            if all.len() >= MAX_SESSIONS
+                && let Some(oldest) = all.iter().min_by_key(|(_, s)| s.expires).map(|(id, _)| id.clone())
+            {
+                all.remove(&oldest);
+            }
+        }
+        all.insert(id.clone(), session.clone());
+        (id, session)
+    }
+
+    fn get(&self, id: &str) -> Option<Session> {
+        let mut all = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
+        match all.get(id) {
+            Some(session) if session.expires > Instant::now() => Some(session.clone()),
+            Some(_) => {
+                all.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn close(&self, id: &str) {
+        self.by_id.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+}
+
+/// The session cookie's value in a request, if any.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == SESSION_COOKIE && !value.is_empty() && value.len() <= 64).then(|| value.to_owned())
+    })
+}
+
+fn set_cookie(headers: &HeaderMap, id: &str, ttl: Duration) -> HeaderValue {
+    // Secure when a TLS proxy in front says the page came over HTTPS.
+    let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let value = format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        ttl.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+/// Equal in time whatever the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The form field `name` of a urlencoded body.
+pub(crate) fn form_field(body: &[u8], name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, view::page_bare("Refused", html! { p.error { (why) } })).into_response()
+}
+
+/// In front of every page and action: finds the session (or sends GETs to
+/// the login page and refuses POSTs), and checks every POST's CSRF token.
+pub async fn guard(State(board): State<Arc<Board>>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let found = cookie(&parts.headers).and_then(|id| board.sessions.get(&id));
+    let mut new_cookie = None;
+    let session = match found {
+        Some(session) => session,
+        None if parts.method == Method::POST => {
+            audit("-", "refused", parts.uri.path(), "no session");
+            return refuse(StatusCode::FORBIDDEN, "No session: log in first.");
+        }
+        None if board.needs_login() => return Redirect::to("/login").into_response(),
+        None => {
+            // No password (a loopback board): a session for the CSRF token.
+            let (id, session) = board.sessions.open("local");
+            new_cookie = Some(set_cookie(&parts.headers, &id, board.settings.board.session_ttl));
+            session
+        }
+    };
+    let body = if parts.method == Method::POST {
+        let Ok(bytes) = to_bytes(body, MAX_FORM).await else {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.");
+        };
+        let token = form_field(&bytes, "csrf").unwrap_or_default();
+        if !same(token.as_bytes(), session.csrf.as_bytes()) {
+            audit(&session.who(), "refused", parts.uri.path(), "missing or wrong CSRF token");
+            return refuse(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page and try again.");
+        }
+        Body::from(bytes)
+    } else if parts.method == Method::GET || parts.method == Method::HEAD {
+        body
+    } else {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "Only GET and POST.");
+    };
+    parts.extensions.insert(session);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(cookie) = new_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// `GET /login`.
+pub async fn login_page(State(board): State<Arc<Board>>) -> Response {
+    if !board.needs_login() {
+        return Redirect::to("/").into_response();
+    }
+    view::login(None).into_response()
+}
+
+/// `POST /login`: the password in the form field `password`.
+pub async fn login(State(board): State<Arc<Board>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(expected) = board.settings.board.password.as_ref().filter(|p| !p.expose().is_empty()) else {
+        return Redirect::to("/").into_response();
+    };
+    let given = form_field(&body, "password").unwrap_or_default();
+    if !same(given.as_bytes(), expected.expose().as_bytes()) {
+        // One failed attempt at a time, a second each: no fast guessing.
+        let _gate = board.sessions.login_gate.lock().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        audit("-", "login", "-", "wrong password");
+        return (StatusCode::UNAUTHORIZED, view::login(Some("Wrong password."))).into_response();
+    }
+    let (id, session) = board.sessions.open("admin");
+    audit(&session.who(), "login", "-", "ok");
+    let mut response = Redirect::to("/").into_response();
+    response.headers_mut().append(header::SET_COOKIE, set_cookie(&headers, &id, board.settings.board.session_ttl));
+    response
+}
+
+/// `POST /logout`.
+pub async fn logout(
+    State(board): State<Arc<Board>>,
+    axum::Extension(session): axum::Extension<Session>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(id) = cookie(&headers) {
+        board.sessions.close(&id);
+    }
+    audit(&session.who(), "logout", "-", "ok");
+    let mut response = Redirect::to("/login").into_response();
+    let gone = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&gone) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// One audit line: who did what to which target, and how it ended.
+pub fn audit(who: &str, action: &str, target: &str, outcome: &str) {
+    tracing::info!(target: "courier::board::audit", who, action, target, outcome, "board action");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others_and_odd_ones_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; courier_board=abc; b=2"));
+        assert_eq!(cookie(&headers).as_deref(), Some("abc"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("courier_board="));
+        assert_eq!(cookie(&headers), None);
+    }
+
+    #[test]
+    fn sessions_expire_and_stay_bounded() {
+        let sessions = Sessions::new(Duration::from_millis(1));
+        let (id, _) = sessions.open("admin");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(sessions.get(&id).is_none(), "expired");
+        let sessions = Sessions::new(Duration::from_secs(60));
+        for _ in 0..MAX_SESSIONS + 10 {
+            sessions.open("local");
+        }
+        assert_eq!(sessions.by_id.lock().unwrap().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+        assert_eq!(form_field(b"a=1&csrf=x%20y", "csrf").as_deref(), Some("x y"));
+    }
+}

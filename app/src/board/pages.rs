@@ -1,0 +1,542 @@
+//! The board's pages (GET): overview, tasks, one task, dead letters,
+//! campaigns, schedules, flood control.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+
+use super::Board;
+use super::auth::Session;
+use super::view::{self, bar, page, post_button, time_ms, time_s, unavailable};
+use crate::index;
+
+/// Slow sources do not hold a page: each gets this long.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn within<T, E: std::fmt::Display>(what: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(SOURCE_TIMEOUT, what).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer in {} s", SOURCE_TIMEOUT.as_secs())),
+    }
+}
+
+/// The one-line notice an action leaves (`?note=`); fixed texts only, so a
+/// link cannot put words on the page.
+fn note(params: &HashMap<String, String>) -> Option<String> {
+    let n = params.get("n").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let text = match params.get("note")?.as_str() {
+        "cancelled" => "Cancel requested.".to_owned(),
+        "not-cancelled" => "That task had already finished: nothing to cancel.".to_owned(),
+        "retried" => "Enqueued again as a new task (this page).".to_owned(),
+        "replayed" => "Dead letter replayed: the task is queued again.".to_owned(),
+        "replayed-all" => format!("Replayed {n} dead letters."),
+        "discarded" => "Dead letter discarded.".to_owned(),
+        "paused" => "Paused.".to_owned(),
+        "resumed" => "Resumed.".to_owned(),
+        "campaign-cancelled" => format!("Cancelled; {n} recipients will not be sent to."),
+        "failed" => "The action failed; the audit log and the board's log say why.".to_owned(),
+        _ => return None,
+    };
+    Some(text)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// `GET /`: the overview, refreshed in place every few seconds.
+pub async fn overview(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Query(params): Params,
+) -> Markup {
+    let live = Box::pin(overview_body(&board)).await;
+    page(
+        "Overview",
+        &session,
+        "/",
+        note(&params).as_deref(),
+        html! { div #live data-refresh="/fragment/overview" data-every="3000" { (live) } },
+    )
+}
+
+/// `GET /fragment/overview`: the overview's live part alone.
+pub async fn overview_fragment(State(board): State<Arc<Board>>) -> Markup {
+    Box::pin(overview_body(&board)).await
+}
+
+async fn overview_body(board: &Board) -> Markup {
+    let nats = &board.settings.nats;
+    let js = board.producer.publisher().jetstream().clone();
+    let lanes = async {
+        let mut rows = Vec::new();
+        let mut stream = js.get_stream(&nats.stream).await.map_err(|e| e.to_string())?;
+        let depth = stream.info().await.map_err(|e| e.to_string())?.state.messages;
+        for lane in di::Lane::ALL {
+            let durable = crate::broker::lane_durable(nats, lane);
+            let info = match stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&durable).await {
+                Ok(mut consumer) => consumer.info().await.ok().cloned(),
+                Err(_) => None,
+            };
+            rows.push((lane, info));
+        }
+        Ok::<_, String>((depth, rows))
+    };
+    let delayed = async {
+        let name = crate::schedule::delayed_stream(nats);
+        match js.get_stream(&name).await {
+            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).map_err(|e| e.to_string()),
+            Err(_) => Ok(0),
+        }
+    };
+    let hour_ago = (di::unix_now() * 1000.0) as i64 - 3_600_000;
+    let (lanes, delayed, dead, counts, workers) = tokio::join!(
+        within(lanes),
+        within(delayed),
+        within(crate::dead_letters::count(&js, nats)),
+        within(index::counts_since(&board.pool, hour_ago)),
+        within(async {
+            let mut conn = board.redis_conn().await?;
+            crate::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| e.to_string())
+        }),
+    );
+    html! {
+        section {
+            h2 { "Queue" }
+            @match &lanes {
+                Ok((depth, rows)) => {
+                    p { "Stream " code { (nats.stream) } ": " strong #stream-depth { (depth) } " messages waiting." }
+                    table #lanes {
+                        tr { th { "Lane" } th { "Waiting" } th { "Running (ack pending)" } th { "Redelivered" } }
+                        @for (lane, info) in rows {
+                            tr {
+                                td { (lane.name()) }
+                                @if let Some(info) = info {
+                                    td { (info.num_pending) } td { (info.num_ack_pending) } td { (info.num_redelivered) }
+                                } @else {
+                                    td colspan="3" { "no consumer yet (no worker has started)" }
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(err) => (unavailable("NATS", err)),
+            }
+            p {
+                "Delayed, waiting for their time: "
+                @match &delayed { Ok(n) => strong { (n) }, Err(e) => (unavailable("the delayed stream", e)) }
+                ". Dead letters: "
+                @match &dead { Ok(n) => a #dead-count href="/dead-letters" { strong { (n) } }, Err(e) => (unavailable("dead letters", e)) }
+                "."
+            }
+        }
+        section {
+            h2 { "Last hour" }
+            @match &counts {
+                Ok(counts) => {
+                    @let total: i64 = counts.values().sum();
+                    @let failed = counts.get("failed").copied().unwrap_or(0);
+                    p #last-hour {
+                        strong { (total) } " tasks finished (" (format!("{:.1}", total as f64 / 3600.0)) "/s): "
+                        @for (status, n) in counts { (status) " " (n) "; " }
+                        "failure rate "
+                        (if total > 0 { format!("{:.1}%", failed as f64 * 100.0 / total as f64) } else { "-".into() })
+                    }
+                }
+                Err(err) => (unavailable("the task index", err)),
+            }
+        }
+        section {
+            h2 { "Workers alive" }
+            @match &workers {
+                Ok(workers) if workers.is_empty() => p { "None: no worker has announced itself in the last 15 s." },
+                Ok(workers) => table #workers {
+                    tr { th { "Worker" } th { "Version" } th { "In flight" } th { "Up since" } }
+                    @for w in workers {
+                        tr { td { (w.name) } td { (w.version) } td { (w.in_flight) " / " (w.concurrency) } td { (time_ms(w.started_at * 1000)) } }
+                    }
+                },
+                Err(err) => (unavailable("Redis", err)),
+            }
+        }
+    }
+}
+
+/// `GET /tasks`: search the index.
+pub async fn tasks(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Query(params): Params,
+) -> Response {
+    let get = |name: &str| params.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if let Some(id) = get("id") {
+        return Redirect::to(&format!("/tasks/{}", encode(&id))).into_response();
+    }
+    let mut problems = Vec::new();
+    let key = get("key").and_then(|k| match k.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Some((name.trim().to_owned(), value.trim().to_owned())),
+        _ => {
+            problems.push(format!("{k:?} is not name=value (for example chat_id=42 or label.campaign=c1)"));
+            None
+        }
+    });
+    let mut time = |name: &str| {
+        get(name).and_then(|v| match parse_time(&v) {
+            Some(ms) => Some(ms),
+            None => {
+                problems.push(format!("{name} {v:?} is not a time (2026-12-07T09:00, UTC)"));
+                None
+            }
+        })
+    };
+    let (since, until) = (time("since"), time("until"));
+    let before = get("before").and_then(|b| b.parse::<i64>().ok()).or(until);
+    let query =
+        index::Query { task_id: None, task_name: get("name"), status: get("status"), key, since, before, limit: 100 };
+    let found = if problems.is_empty() { Some(within(index::search(&board.pool, &query)).await) } else { None };
+    let mut names = board.registry.names();
+    names.sort_unstable();
+    let field = |name: &str| get(name).unwrap_or_default();
+    let body = html! {
+        form #search method="get" action="/tasks" {
+            label { "Task id " input name="id" placeholder="exact id"; }
+            label { "Task " select name="name" {
+                option value="" { "any" }
+                @for n in &names { option value=(n) selected[field("name") == *n] { (n) } }
+            } }
+            label { "Status " select name="status" {
+                @for s in ["", "success", "failed", "cancelled"] {
+                    option value=(s) selected[field("status") == s] { (if s.is_empty() { "any" } else { s }) }
+                }
+            } }
+            label { "Argument or label " input #key name="key" value=(field("key")) placeholder="chat_id=42"; }
+            label { "From " input name="since" value=(field("since")) placeholder="2026-12-07T09:00"; }
+            label { "To " input name="until" value=(field("until")) placeholder="UTC"; }
+            button type="submit" #search-button { "Search" }
+        }
+        @for problem in &problems { p.error { (problem) } }
+        @match &found {
+            None => {},
+            Some(Err(err)) => (unavailable("the task index", err)),
+            Some(Ok(rows)) if rows.is_empty() => p #no-results { "No finished task matches (the index keeps finished tasks for "
+                (humantime::format_duration(board.settings.index.retention)) ")." },
+            Some(Ok(rows)) => {
+                table #results {
+                    tr { th { "Finished" } th { "Task" } th { "Status" } th { "Attempt" } th { "Arguments" } th { "Id" } }
+                    @for row in rows {
+                        tr {
+                            td { (time_ms(row.finished_at)) }
+                            td { (row.task_name) }
+                            td class=(row.status) { (row.status) }
+                            td { (row.attempt) }
+                            td.args { code { (short(&row.arguments, 120)) } }
+                            td { a.task-link href=(format!("/tasks/{}", encode(&row.task_id))) { (row.task_id) } }
+                        }
+                    }
+                }
+                @if rows.len() == 100 {
+                    @let last = rows.last().map_or(0, |r| r.finished_at);
+                    p { a href=(older_link(&params, last)) { "Older" } }
+                }
+            }
+        }
+    };
+    page("Tasks", &session, "/tasks", note(&params).as_deref(), body).into_response()
+}
+
+/// `GET /tasks/{id}`: the live record (Redis) and the indexed history.
+pub async fn task(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> Response {
+    let (record, progress, indexed) = tokio::join!(
+        within(board.producer.result(&id)),
+        within(board.producer.progress(&id)),
+        within(index::get(&board.pool, &id)),
+    );
+    let record = record.ok().flatten();
+    let indexed = indexed.ok().flatten();
+    if record.is_none() && indexed.is_none() {
+        return view::not_found(&format!(
+            "No task {id:?}: no live record (they last redis.result_ttl) and not in the task index."
+        ));
+    }
+    let progress = progress.ok().flatten();
+    let status =
+        record.as_ref().map(|r| r.status.name().to_owned()).or_else(|| indexed.as_ref().map(|i| i.status.clone()));
+    let final_ = record.as_ref().is_none_or(|r| r.status.is_final());
+    let name = record.as_ref().map(|r| r.task_name.clone()).or_else(|| indexed.as_ref().map(|i| i.task_name.clone()));
+    let secret =
+        name.as_deref().and_then(|n| board.registry.get(n)).is_some_and(|d| !d.options.secret_fields.is_empty());
+    let path = format!("/tasks/{}", encode(&id));
+    let body = html! {
+        dl #task {
+            dt { "Id" } dd #task-id { (id) }
+            dt { "Task" } dd { (name.clone().unwrap_or_default()) }
+            dt { "Status" } dd #task-status class=[status.as_deref()] { (status.clone().unwrap_or_default()) }
+            @if let Some(r) = &record {
+                dt { "Attempt" } dd { (r.attempt) }
+                @if !r.labels.is_empty() {
+                    dt { "Labels" } dd { code { (serde_json::to_string(&r.labels).unwrap_or_default()) } }
+                }
+            }
+            @if let Some(i) = &indexed {
+                dt { "Arguments" } dd { code #task-args { (i.arguments) } }
+                @if let Some(result) = &i.result { dt { "Result" } dd { code { (result) } } }
+                @if let Some(error) = &i.error { dt { "Error" } dd.error { (error) } }
+            } @else if let Some(r) = &record {
+                @if !r.return_value.is_nil() { dt { "Result" } dd { code { (r.return_value.to_string()) } } }
+                @if let Some(e) = &r.error { dt { "Error" } dd.error { (e.exc_type) ": " (e.exc_message.join("; ")) } }
+            }
+            @if let Some(p) = &progress {
+                dt { "Progress" } dd { (bar(p.fraction, &format!("{:.0}% {}", p.fraction * 100.0, p.message))) }
+            }
+        }
+        h2 { "Timeline" }
+        ul.timeline {
+            @if let Some(r) = &record {
+                @if let Some(due) = r.due_at { li { "due " (time_s(due)) } }
+                @if let Some(started) = r.started_at { li { "attempt " (r.attempt) " started " (time_s(started)) } }
+                @if let Some(finished) = r.finished_at { li { (r.status.name()) " " (time_s(finished)) " (ran " (format!("{:.3}", r.execution_time)) " s)" } }
+                li { "record written " (time_s(r.updated_at)) " (it lives redis.result_ttl)" }
+            }
+            @if let Some(i) = &indexed {
+                @if let Some(started) = i.started_at { li { "last attempt started " (time_ms(started)) } }
+                li { "indexed as " (i.status) " at " (time_ms(i.finished_at)) " by " (i.worker) " (" (i.elapsed_ms) " ms)" }
+            }
+        }
+        div.actions {
+            @if !final_ {
+                (post_button(&session, &format!("{path}/cancel"), "Cancel", "danger"))
+            }
+            @if final_ && indexed.is_some() {
+                @if secret {
+                    p.muted { "Retry is off: this task has secret arguments, which the index does not keep." }
+                } @else {
+                    (post_button(&session, &format!("{path}/retry"), "Retry", "primary"))
+                }
+            }
+        }
+    };
+    page("Task", &session, "/tasks", note(&params).as_deref(), body).into_response()
+}
+
+/// `GET /dead-letters`.
+pub async fn dead_letters(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Query(params): Params,
+) -> Markup {
+    let get = |name: &str| params.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let filter = crate::dead_letters::Filter {
+        task_name: get("name"),
+        reason_contains: get("reason"),
+        task_id: get("id"),
+        ..Default::default()
+    };
+    let js = board.producer.publisher().jetstream().clone();
+    let listed = within(crate::dead_letters::list(&js, &board.settings.nats, &filter, 200)).await;
+    let field = |name: &str| get(name).unwrap_or_default();
+    let body = html! {
+        form #dl-filter method="get" action="/dead-letters" {
+            label { "Task " input name="name" value=(field("name")); }
+            label { "Task id " input name="id" value=(field("id")); }
+            label { "Reason contains " input name="reason" value=(field("reason")); }
+            button type="submit" { "Filter" }
+        }
+        form.inline method="post" action="/dead-letters/replay" {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="name" value=(field("name"));
+            input type="hidden" name="id" value=(field("id"));
+            input type="hidden" name="reason" value=(field("reason"));
+            button.danger type="submit" #replay-all { "Replay all that match" }
+        }
+        @match &listed {
+            Err(err) => (unavailable("the dead-letter stream", err)),
+            Ok(letters) if letters.is_empty() => p #no-dead-letters { "No dead letters match." },
+            Ok(letters) => table #dead-letters {
+                tr { th { "#" } th { "When" } th { "Task" } th { "Id" } th { "Reason" } th { "Attempt" } th { "" } }
+                @for l in letters.iter().rev() {
+                    tr data-task-id=[l.task_id.as_deref()] {
+                        td { (l.sequence) }
+                        td { (time_ms(l.time * 1000)) }
+                        td { (l.task_name.clone().unwrap_or_default()) }
+                        td { @if let Some(id) = &l.task_id { a href=(format!("/tasks/{}", encode(id))) { (id) } } }
+                        td { (short(&l.reason, 200)) }
+                        td { (l.attempt.map(|a| a.to_string()).unwrap_or_default()) }
+                        td {
+                            (post_button(&session, &format!("/dead-letters/{}/replay", l.sequence), "Replay", "primary replay"))
+                            (post_button(&session, &format!("/dead-letters/{}/discard", l.sequence), "Discard", "danger"))
+                        }
+                    }
+                }
+            },
+        }
+    };
+    page("Dead letters", &session, "/dead-letters", note(&params).as_deref(), body)
+}
+
+/// `GET /campaigns`.
+pub async fn campaigns(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Query(params): Params,
+) -> Markup {
+    let listed = within(async {
+        let mut all = Vec::new();
+        for id in board.campaigns.recent(50).await? {
+            all.push(board.campaigns.status(&id).await?);
+        }
+        Ok::<_, crate::campaign::CampaignError>(all)
+    })
+    .await;
+    let body = html! {
+        @match &listed {
+            Err(err) => (unavailable("campaigns", err)),
+            Ok(all) if all.is_empty() => p { "No campaigns yet (producer broadcast start)." },
+            Ok(all) => table #campaigns {
+                tr { th { "Campaign" } th { "Task" } th { "Status" } th { "Progress" } th { "" } }
+                @for (campaign, counters) in all {
+                    @let finished = counters.total - counters.outstanding();
+                    @let share = if counters.total == 0 { 1.0 } else { finished as f64 / counters.total as f64 };
+                    @let eta = crate::campaign::cli::eta_seconds(&board.settings, counters, campaign.lane)
+                        .filter(|e| *e > 0.0 && campaign.status == crate::campaign::CampaignStatus::Running);
+                    @let status = campaign.status.name();
+                    @let base = format!("/campaigns/{}", encode(&campaign.id));
+                    tr id=(format!("campaign-{}", campaign.id)) {
+                        td { (campaign.id) }
+                        td { (campaign.task_name) }
+                        td.status class=(status) { (status) }
+                        td {
+                            (bar(share, &format!(
+                                "{finished}/{} sent {} dead {} failed {}{}",
+                                counters.total, counters.get("sent"), counters.dead(), counters.get("failed"),
+                                eta.map(|e| format!(" · eta {}", humantime::format_duration(Duration::from_secs(e as u64)))).unwrap_or_default()
+                            )))
+                        }
+                        td {
+                            @if status == "running" { (post_button(&session, &format!("{base}/pause"), "Pause", "pause")) }
+                            @if status == "paused" { (post_button(&session, &format!("{base}/resume"), "Resume", "primary resume")) }
+                            @if status == "running" || status == "paused" || status == "draft" {
+                                (post_button(&session, &format!("{base}/cancel"), "Cancel", "danger"))
+                            }
+                            a href=(format!("{base}/report.csv")) { "Report (CSV)" }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    page("Campaigns", &session, "/campaigns", note(&params).as_deref(), body)
+}
+
+/// `GET /schedules`.
+pub async fn schedules(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Query(params): Params,
+) -> Markup {
+    let schedules = crate::schedule::cron::load(&board.registry, &board.settings);
+    let states = within(crate::schedule::state::all(&board.pool)).await;
+    let body = html! {
+        @match (&schedules, &states) {
+            (Err(err), _) => p.error { (err.to_string()) },
+            (_, Err(err)) => (unavailable("the database", err)),
+            (Ok(list), _) if list.is_empty() => p { "No cron schedules (TaskOptions::cron or [<profile>.schedules.<name>])." },
+            (Ok(list), Ok(states)) => table #schedules {
+                tr { th { "Schedule" } th { "Task" } th { "Cron" } th { "Next" } th { "Last" } th { "" } }
+                @for s in list {
+                    @let listed = crate::schedule::cli::describe(s, states.get(&s.name).copied().unwrap_or_default());
+                    @let base = format!("/schedules/{}", encode(&listed.name));
+                    tr {
+                        td { (listed.name) }
+                        td { (listed.task) }
+                        td { code { (listed.cron) } " " (listed.tz) }
+                        td { @if listed.paused { em { "paused" } } @else { (listed.next.clone().unwrap_or_default()) } }
+                        td { (listed.last.clone().unwrap_or_default()) }
+                        td {
+                            @if listed.paused { (post_button(&session, &format!("{base}/resume"), "Resume", "primary")) }
+                            @else { (post_button(&session, &format!("{base}/pause"), "Pause", "")) }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    page("Schedules", &session, "/schedules", note(&params).as_deref(), body)
+}
+
+/// `GET /flood`: the shared flood-control state.
+pub async fn flood(State(board): State<Arc<Board>>, Extension(session): Extension<Session>) -> Markup {
+    let state = within(crate::flood_status::read(&board.settings)).await;
+    let body = html! {
+        @match &state {
+            Ok((bot, status)) => pre #flood { (crate::flood_status::render(*bot, &board.settings.telegram.limits, status)) },
+            Err(err) => p #flood { "No flood-control state: " (err) },
+        }
+    };
+    page("Flood control", &session, "/flood", None, body)
+}
+
+/// `2026-12-07T09:00[:SS]` (UTC) or Unix seconds, as Unix ms.
+fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Some(seconds * 1000);
+    }
+    let text = text.trim_end_matches('Z');
+    ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
+        .or_else(|| chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+fn older_link(params: &HashMap<String, String>, before: i64) -> String {
+    let mut kept: BTreeMap<&str, &str> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "before" | "note" | "n"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let before = before.to_string();
+    kept.insert("before", &before);
+    let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish();
+    format!("/tasks?{query}")
+}
+
+/// A path segment, percent-encoded.
+pub(crate) fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_utc() {
+        assert_eq!(parse_time("1970-01-01T00:01"), Some(60_000));
+        assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_time("60"), Some(60_000));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn notes_are_fixed_texts() {
+        let params = HashMap::from([("note".to_owned(), "<script>".to_owned())]);
+        assert_eq!(note(&params), None);
+    }
+}
