@@ -1,0 +1,226 @@
+//! Courier Board over plain HTTP: who may do what (sessions, CSRF tokens,
+//! the password rule), the headers every answer carries, and the task index
+//! behind its search (secret fields masked, found by argument value).
+
+use std::time::Duration;
+
+use it::PgSchema;
+use it::process::{ChildProcess, command};
+use it::scope::Scope;
+use it::servers::free_port;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PASSWORD: &str = "board-pass-7Qx!";
+
+/// An argument the index must never store.
+mod with_secret {
+    use di::prelude::*;
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    pub struct Args {
+        pub chat_id: i64,
+        pub token: String,
+    }
+
+    pub async fn run(_ctx: TaskContext, args: Args) -> TaskResult<i64> {
+        Ok(args.chat_id)
+    }
+
+    register_task!(run: Args => i64, TaskOptions::new().secret(&["token"]));
+}
+
+/// One HTTP/1.1 answer: status, headers (lower-case names), body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The session cookie this answer sets (`name=value`).
+    fn cookie(&self) -> Option<String> {
+        let set = self.header("set-cookie")?;
+        Some(set.split(';').next()?.to_owned())
+    }
+
+    /// The CSRF token in the page's forms.
+    fn csrf(&self) -> Option<String> {
+        let at = self.body.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
+        Some(self.body[at..].split('"').next()?.to_owned())
+    }
+}
+
+async fn request(addr: &str, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the board");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(cookie) = cookie {
+        head.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    let body = form.unwrap_or_default();
+    if form.is_some() {
+        head.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("an answer").unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer { status, headers, body: body.to_owned() }
+}
+
+fn board_env(scope: &Scope, schema: &PgSchema, addr: &str, password: Option<&str>) -> Vec<(String, String)> {
+    let mut env = scope.env();
+    env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
+    env.push(("COURIER_BOARD__ADDR".into(), addr.to_owned()));
+    if let Some(password) = password {
+        env.push(("COURIER_BOARD__PASSWORD".into(), password.to_owned()));
+    }
+    env
+}
+
+#[tokio::test]
+async fn requests_without_a_session_or_a_csrf_token_are_refused() {
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = board_env(&scope, &schema, &addr, Some(PASSWORD));
+    let mut board =
+        tokio::task::spawn_blocking(move || ChildProcess::spawn("board", &env, "board ready")).await.unwrap();
+
+    // No session: pages send to the login page, actions are refused.
+    let page = request(&addr, "GET", "/", None, None).await;
+    assert_eq!((page.status, page.header("location")), (303, Some("/login")), "{}", page.body);
+    let action = request(&addr, "POST", "/schedules/x/pause", None, Some("csrf=guess")).await;
+    assert_eq!(action.status, 403, "{}", action.body);
+    // Every answer carries the standard headers.
+    for answer in [&page, &action] {
+        let csp = answer.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(answer.header("x-frame-options"), Some("DENY"));
+    }
+
+    // A wrong password is refused, slowly; the right one opens a session.
+    let wrong = request(&addr, "POST", "/login", None, Some("password=nope")).await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.cookie().is_none());
+    let login = request(&addr, "POST", "/login", None, Some(&format!("password={}", urlencode(PASSWORD)))).await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    let set = login.header("set-cookie").unwrap().to_owned();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    let cookie = login.cookie().unwrap();
+
+    // With the session: pages render, each with the session's token.
+    let page = request(&addr, "GET", "/schedules", Some(&cookie), None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page.csrf().expect("a CSRF token in the page's forms");
+    // A POST without the token, or with another, is refused before it acts.
+    for form in ["", "csrf=", "csrf=0123456789abcdef0123456789abcdef"] {
+        let refused = request(&addr, "POST", "/logout", Some(&cookie), Some(form)).await;
+        assert_eq!(refused.status, 403, "form {form:?}: {}", refused.body);
+    }
+    // Only GET and POST.
+    let deleted = request(&addr, "DELETE", "/tasks/x", Some(&cookie), None).await;
+    assert_eq!(deleted.status, 405);
+    // With it, the action runs (an unknown schedule: 404, after the check).
+    let unknown = request(&addr, "POST", "/schedules/nope/pause", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let out = request(&addr, "POST", "/logout", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    assert_eq!(out.status, 303);
+    // The session is over.
+    let after = request(&addr, "GET", "/", Some(&cookie), None).await;
+    assert_eq!(after.status, 303);
+
+    let log = board.log();
+    assert!(log.contains("courier::board::audit"), "audit lines:\n{log}");
+    assert!(log.contains("missing or wrong CSRF token") && log.contains("wrong password"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password is never logged:\n{log}");
+    assert!(!page.body.contains(PASSWORD));
+    board.terminate(Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn without_a_password_the_board_starts_only_on_loopback_and_asks_for_no_login() {
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let wide = format!("0.0.0.0:{}", free_port());
+    let env = board_env(&scope, &schema, &wide, None);
+    let out = tokio::task::spawn_blocking(move || command("board").envs(env).output().unwrap()).await.unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("board.password") && said.contains("loopback"), "{said}");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = board_env(&scope, &schema, &addr, None);
+    let mut board =
+        tokio::task::spawn_blocking(move || ChildProcess::spawn("board", &env, "board ready")).await.unwrap();
+    let page = request(&addr, "GET", "/dead-letters", None, None).await;
+    assert_eq!(page.status, 200, "no login on loopback without a password");
+    // Still a session, for the CSRF token.
+    assert!(page.cookie().is_some() && page.csrf().is_some());
+    let refused = request(&addr, "POST", "/schedules/x/pause", page.cookie().as_deref(), Some("csrf=x")).await;
+    assert_eq!(refused.status, 403);
+    board.terminate(Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn finished_tasks_are_indexed_searchable_by_argument_with_secrets_masked() {
+    let mut scope = Scope::new();
+    let schema = PgSchema::create().await;
+    scope.settings.database.url = settings::SecretUrl::new(&schema.url);
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let mut ids = Vec::new();
+    for chat_id in [501, 502, 501] {
+        let args = with_secret::Args { chat_id, token: "tok-SECRET-123".into() };
+        let handle = producer.enqueue(with_secret::TASK, &args).await.unwrap();
+        ids.push(handle.task_id);
+    }
+    for id in &ids {
+        producer.wait(id, Duration::from_secs(30)).await.unwrap();
+    }
+    let pool = di::sqlx::AnyPool::connect(&schema.url).await.unwrap();
+    let query = courier::index::Query { key: Some(("chat_id".into(), "501".into())), limit: 10, ..Default::default() };
+    let found = scope
+        .eventually(Duration::from_secs(10), "two rows for chat 501", || async {
+            let rows = courier::index::search(&pool, &query).await.unwrap();
+            (rows.len() == 2).then_some(rows)
+        })
+        .await;
+    let mut found_ids: Vec<&str> = found.iter().map(|r| r.task_id.as_str()).collect();
+    found_ids.sort_unstable();
+    let mut expected = vec![ids[0].as_str(), ids[2].as_str()];
+    expected.sort_unstable();
+    assert_eq!(found_ids, expected);
+    for row in &found {
+        assert_eq!((row.task_name.as_str(), row.status.as_str()), ("with_secret", "success"));
+        assert!(!row.arguments.contains("SECRET"), "masked: {}", row.arguments);
+        assert!(row.arguments.contains(courier::index::MASK), "{}", row.arguments);
+        assert_eq!(row.result.as_deref(), Some("501"));
+    }
+    let dump: Vec<(String,)> =
+        di::sqlx::query_as("SELECT value FROM courier_task_keys").fetch_all(&pool).await.unwrap();
+    assert!(dump.iter().all(|(v,)| !v.contains("SECRET")), "no secret among the searchable values");
+    worker.stop().await.unwrap();
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
