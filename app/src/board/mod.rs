@@ -97,6 +97,11 @@ impl Board {
         Ok(Arc::new(Self { settings, producer, pool, campaigns, redis, registry, sessions }))
     }
 
+    /// The database pool (the task index, campaigns, schedules).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Whether a login is needed (a password is set).
     pub fn login_required(&self) -> bool {
         self.needs_login()
