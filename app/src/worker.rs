@@ -159,7 +159,15 @@ async fn serve_container(
     let worker_name = crate::presence::worker_name();
     let index_stop = CancellationToken::new();
     let index = settings.index.enabled.then(|| {
-        crate::index::Indexer::start(pool.clone(), &registry, &settings.index, worker_name.clone(), index_stop.clone())
+        let postgres = settings.database.url.expose().starts_with("postgres");
+        crate::index::Indexer::start(
+            pool.clone(),
+            postgres,
+            &registry,
+            &settings.index,
+            worker_name.clone(),
+            index_stop.clone(),
+        )
     });
     let executor =
         Executor::new(Arc::new(registry), module.clone(), enqueuer, di::DecodeLimits::from_settings(settings));
