@@ -49,6 +49,13 @@ cargo build --workspace --bins --quiet
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 ./scripts/taskiq-venv.sh "$target/taskiq-venv"
 
+echo "== chromium and chromedriver for the browser tests (tests/src/browser.rs)"
+if ! command -v chromedriver >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+    || echo "test.sh: could not install chromium and chromium-driver; the browser tests will fail saying how to install them"
+fi
+if command -v chromedriver >/dev/null 2>&1; then chromedriver --version; fi
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests (the typed-enqueue compile check is one).

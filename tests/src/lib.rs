@@ -4,6 +4,7 @@
 
 /// The fake Bot API Courier ships (`courier::testing::fake_bot_api`).
 pub use courier::testing::fake_bot_api as fake_telegram;
+pub mod browser;
 pub mod flood;
 pub mod process;
 pub mod scope;
