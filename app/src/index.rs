@@ -74,8 +74,14 @@ impl Indexer {
         let (queue, rows) = mpsc::channel(settings.queue.max(1));
         let secrets: HashMap<&'static str, &'static [&'static str]> =
             registry.tasks().map(|def| (def.name(), def.options.secret_fields)).collect();
-        let writer =
-            Writer { pool, secrets, batch: settings.batch.clamp(1, 2_000), retention: settings.retention, worker, postgres };
+        let writer = Writer {
+            pool,
+            secrets,
+            batch: settings.batch.clamp(1, 2_000),
+            retention: settings.retention,
+            worker,
+            postgres,
+        };
         let handle = tokio::spawn(writer.run(rows, stop));
         (Arc::new(Self { queue, dropped: Arc::new(AtomicU64::new(0)) }), handle)
     }

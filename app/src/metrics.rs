@@ -67,6 +67,22 @@ pub struct FloodMetrics {
 const GOVERNOR_POLL: Duration = Duration::from_secs(5);
 
 impl FloodMetrics {
+    /// 429s answered to this process since it started, by lane (lanes
+    /// without any left out).
+    pub fn rate_limited_by_lane(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_lane = std::collections::BTreeMap::new();
+        for lane in Lane::ALL {
+            let n: u64 = ["chat", "bot"]
+                .iter()
+                .map(|scope| self.rate_limited.get_or_create(&vec![("lane", lane.name()), ("scope", *scope)]).get())
+                .sum();
+            if n > 0 {
+                by_lane.insert(lane.name().to_owned(), n);
+            }
+        }
+        by_lane
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.register("telegram_sends", "Messages flood control let through", self.sends.clone());
         registry.register(

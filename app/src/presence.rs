@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use bb8_redis::redis::{self, AsyncCommands};
-use prometheus_client::metrics::gauge::Gauge;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +31,9 @@ pub struct WorkerInfo {
     pub in_flight: i64,
     /// Its concurrency.
     pub concurrency: usize,
+    /// 429s Telegram answered it since it started, by lane.
+    #[serde(default)]
+    pub rate_limited: BTreeMap<String, u64>,
     /// When it started, Unix seconds.
     pub started_at: i64,
 }
@@ -52,13 +58,14 @@ pub async fn announce(
     client: redis::Client,
     prefix: String,
     mut info: WorkerInfo,
-    in_flight: Gauge,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let key = key(&prefix, &info.name);
     let mut conn = None;
     loop {
-        info.in_flight = in_flight.get();
+        info.in_flight = metrics.in_flight.get();
+        info.rate_limited = metrics.flood.rate_limited_by_lane();
         if conn.is_none() {
             conn = client.get_multiplexed_async_connection().await.ok();
         }

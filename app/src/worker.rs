@@ -177,7 +177,7 @@ async fn serve_container(
             .with_campaigns(campaigns)
             .with_index(index.as_ref().map(|(index, _)| index.clone())),
     );
-    spawn_presence(settings, worker_name, &metrics, token)?;
+    spawn_presence(settings, worker_name, metrics.clone(), token)?;
     // Tells running tasks when a producer cancels them (half a second apart:
     // `ctx.cancelled()` resolves within a second). Ends with the serving.
     let _cancellations = {
@@ -272,7 +272,7 @@ async fn serve_container(
 fn spawn_presence(
     settings: &Settings,
     name: String,
-    metrics: &Metrics,
+    metrics: Arc<Metrics>,
     token: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let redis = di::components::result_store::redis_client(&settings.redis)
@@ -282,15 +282,10 @@ fn spawn_presence(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         in_flight: 0,
         concurrency: settings.worker.concurrency,
+        rate_limited: Default::default(),
         started_at: di::unix_now() as i64,
     };
-    let announce = crate::presence::announce(
-        redis,
-        settings.redis.key_prefix.clone(),
-        info,
-        metrics.in_flight.clone(),
-        token.clone(),
-    );
+    let announce = crate::presence::announce(redis, settings.redis.key_prefix.clone(), info, metrics, token.clone());
     tokio::spawn(announce);
     Ok(())
 }

@@ -167,7 +167,10 @@ async fn the_board_in_a_real_browser() {
     // Every action left an audit line naming who did it.
     let log = board.log();
     for action in ["login", "replay dead letter", "pause campaign", "resume campaign"] {
-        assert!(log.contains(&format!("action=\"{action}\"")) || log.contains(&format!("action={action}")), "{action}:\n{log}");
+        assert!(
+            log.contains(&format!("action=\"{action}\"")) || log.contains(&format!("action={action}")),
+            "{action}:\n{log}"
+        );
     }
     assert!(!log.contains(PASSWORD));
     let _ = std::fs::remove_file(&recipients);

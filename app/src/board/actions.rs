@@ -172,12 +172,13 @@ pub async fn campaign_action(
         "resume" => {
             // The republish of what is left may take a while: it runs on,
             // and the page shows its progress.
+            audit(&who, "resume campaign", &target, "started: republishing what is left");
             let board = board.clone();
             let (id, who, target) = (id.clone(), who.clone(), target.clone());
             tokio::spawn(async move {
                 match board.campaigns.resume(&id, |_| {}).await {
-                    Ok(fan_out) => audit(&who, "resume campaign", &target, &format!("ok: {fan_out:?}")),
-                    Err(err) => audit(&who, "resume campaign", &target, &format!("failed: {err}")),
+                    Ok(fan_out) => audit(&who, "resume campaign: republished", &target, &format!("ok: {fan_out:?}")),
+                    Err(err) => audit(&who, "resume campaign: republished", &target, &format!("failed: {err}")),
                 }
             });
             Ok(("resumed", 0))

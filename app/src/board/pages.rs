@@ -104,6 +104,12 @@ async fn overview_body(board: &Board) -> Markup {
             crate::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| e.to_string())
         }),
     );
+    let mut by_lane: BTreeMap<&str, u64> = BTreeMap::new();
+    for worker in workers.iter().flatten() {
+        for (lane, n) in &worker.rate_limited {
+            *by_lane.entry(lane.as_str()).or_default() += n;
+        }
+    }
     html! {
         section {
             h2 { "Queue" }
@@ -141,7 +147,7 @@ async fn overview_body(board: &Board) -> Markup {
                     @let total: i64 = counts.values().sum();
                     @let failed = counts.get("failed").copied().unwrap_or(0);
                     p #last-hour {
-                        strong { (total) } " tasks finished (" (format!("{:.1}", total as f64 / 3600.0)) "/s): "
+                        strong { (total) } " tasks finished (" (format!("{:.1}", total as f64 / 60.0)) " a minute): "
                         @for (status, n) in counts { (status) " " (n) "; " }
                         "failure rate "
                         (if total > 0 { format!("{:.1}%", failed as f64 * 100.0 / total as f64) } else { "-".into() })
@@ -154,10 +160,22 @@ async fn overview_body(board: &Board) -> Markup {
             h2 { "Workers alive" }
             @match &workers {
                 Ok(workers) if workers.is_empty() => p { "None: no worker has announced itself in the last 15 s." },
-                Ok(workers) => table #workers {
-                    tr { th { "Worker" } th { "Version" } th { "In flight" } th { "Up since" } }
-                    @for w in workers {
-                        tr { td { (w.name) } td { (w.version) } td { (w.in_flight) " / " (w.concurrency) } td { (time_ms(w.started_at * 1000)) } }
+                Ok(workers) => {
+                    table #workers {
+                        tr { th { "Worker" } th { "Version" } th { "In flight" } th { "429s since start" } th { "Up since" } }
+                        @for w in workers {
+                            tr {
+                                td { (w.name) } td { (w.version) } td { (w.in_flight) " / " (w.concurrency) }
+                                td { (w.rate_limited.values().sum::<u64>()) }
+                                td { (time_ms(w.started_at * 1000)) }
+                            }
+                        }
+                    }
+                    p #rate-limited {
+                        "429s answered to these workers: "
+                        @if by_lane.is_empty() { "none" }
+                        @for (lane, n) in &by_lane { (lane) " " (n) "; " }
+                        " (flood control: " a href="/flood" { "frozen chats and rates" } ")"
                     }
                 },
                 Err(err) => (unavailable("Redis", err)),
