@@ -73,7 +73,7 @@ async fn run(cli: &Cli, settings: Settings) -> Result<(), String> {
     let addr = courier::board::serve(board, stop.clone()).await.map_err(|e| e.to_string())?.to_string();
     let cookie = get(&addr, "/", None).await?.1.ok_or("the board set no session cookie")?;
     let chat = |i: usize| (i as i64 * 7_919) % cli.chats;
-    let pages: [(&str, PathOf); 4] = [
+    let pages: [(&str, PathOf<'_>); 4] = [
         ("overview /", Box::new(|_| "/".to_owned())),
         ("search by chat_id", Box::new(move |i| format!("/tasks?key=chat_id%3D{}", chat(i)))),
         ("search by task name", Box::new(|_| "/tasks?name=send_message".to_owned())),
@@ -112,7 +112,7 @@ async fn run(cli: &Cli, settings: Settings) -> Result<(), String> {
 }
 
 /// The path of a page's `i`-th request.
-type PathOf = Box<dyn Fn(usize) -> String>;
+type PathOf<'a> = Box<dyn Fn(usize) -> String + 'a>;
 
 /// Adds `bench-<n>` rows up to `--rows`, in one statement per million.
 async fn fill(pool: &sqlx::AnyPool, cli: &Cli) -> Result<(), String> {
