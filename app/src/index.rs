@@ -89,10 +89,18 @@ impl Indexer {
     /// Queues a finished task; never waits (a full queue drops it).
     pub fn add(&self, task_id: &str, payload: &Bytes, record: &ResultRecord) {
         let pending = Pending { payload: payload.clone(), record: record.clone(), task_id: task_id.to_owned() };
-        if self.queue.try_send(pending).is_err() {
+        if let Err(err) = self.queue.try_send(pending) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
-                tracing::warn!(dropped, "task index: the queue is full (the database is slow or away); rows dropped");
+                match err {
+                    mpsc::error::TrySendError::Full(_) => tracing::warn!(
+                        dropped,
+                        "task index: the queue is full (the database is slow or away); rows dropped"
+                    ),
+                    mpsc::error::TrySendError::Closed(_) => {
+                        tracing::error!(dropped, "task index: the writer stopped; rows dropped (a bug: report it)")
+                    }
+                }
             }
         }
     }
@@ -336,7 +344,23 @@ fn arguments(envelope: &Envelope, secret: &[&str]) -> (String, Vec<(String, Stri
             (name, serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
         })
         .collect();
-    let all = serde_json::json!({ "args": envelope.args, "kwargs": kwargs });
+    // Positional arguments (Python producers) are the fields in order: a
+    // task with secret fields has them all masked, having no names to match.
+    let args: Vec<serde_json::Value> = envelope
+        .args
+        .iter()
+        .map(|value| {
+            if secret.is_empty() {
+                serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+            } else {
+                serde_json::Value::String(MASK.into())
+            }
+        })
+        .collect();
+    let mut all = serde_json::Map::new();
+    all.insert("args".into(), serde_json::Value::Array(args));
+    all.insert("kwargs".into(), serde_json::to_value(&kwargs).unwrap_or(serde_json::Value::Null));
+    let all = serde_json::Value::Object(all);
     (cut(&all.to_string(), MAX_JSON), keys)
 }
 
@@ -388,8 +412,11 @@ pub struct Query {
     pub key: Option<(String, String)>,
     /// Finished at or after (Unix ms).
     pub since: Option<i64>,
-    /// Finished before (Unix ms): the keyset page's cursor too.
+    /// Finished before (Unix ms).
     pub before: Option<i64>,
+    /// The last row of the previous page (finished at, task id): the next
+    /// page starts after it.
+    pub after: Option<(i64, String)>,
     /// Rows per page.
     pub limit: i64,
 }
@@ -431,16 +458,16 @@ pub async fn search(pool: &AnyPool, query: &Query) -> Result<Vec<Found>, sqlx::E
     let mut sql = String::from(SELECT);
     let mut binds: Vec<Bind> = Vec::new();
     let mut clauses: Vec<String> = Vec::new();
-    let time = if let Some((name, value)) = &query.key {
+    let (time, id) = if let Some((name, value)) = &query.key {
         sql.push_str("courier_task_keys k JOIN courier_task_index i ON i.task_id = k.task_id");
         binds.push(Bind::Text(name.clone()));
         clauses.push(format!("k.name = ${}", binds.len()));
         binds.push(Bind::Text(value.clone()));
         clauses.push(format!("k.value = ${}", binds.len()));
-        "k.finished_at"
+        ("k.finished_at", "k.task_id")
     } else {
         sql.push_str("courier_task_index i");
-        "i.finished_at"
+        ("i.finished_at", "i.task_id")
     };
     for (column, value) in
         [("i.task_id", &query.task_id), ("i.task_name", &query.task_name), ("i.status", &query.status)]
@@ -458,11 +485,17 @@ pub async fn search(pool: &AnyPool, query: &Query) -> Result<Vec<Found>, sqlx::E
         binds.push(Bind::Int(before));
         clauses.push(format!("{time} < ${}", binds.len()));
     }
+    if let Some((at, after_id)) = &query.after {
+        binds.push(Bind::Int(*at));
+        let n = binds.len();
+        binds.push(Bind::Text(after_id.clone()));
+        clauses.push(format!("({time} < ${n} OR ({time} = ${n} AND {id} < ${}))", n + 1));
+    }
     if !clauses.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&clauses.join(" AND "));
     }
-    sql.push_str(&format!(" ORDER BY {time} DESC LIMIT {}", query.limit.clamp(1, 500)));
+    sql.push_str(&format!(" ORDER BY {time} DESC, {id} DESC LIMIT {}", query.limit.clamp(1, 500)));
     // Column names are constants; every value is bound.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for bind in binds {
@@ -536,6 +569,16 @@ mod tests {
         assert!(!json.contains("s3cr3t"), "{json}");
         assert!(json.contains(MASK), "{json}");
         assert_eq!(keys, vec![("chat_id".to_owned(), "42".to_owned())], "long values and secrets are not keys");
+    }
+
+    #[test]
+    fn positional_arguments_of_a_task_with_secrets_are_masked_and_odd_keys_do_not_panic() {
+        let mut envelope = Envelope::new("t".into(), "send", &()).unwrap();
+        envelope.args = vec![rmpv::Value::from("s3cr3t"), rmpv::Value::Map(vec![(rmpv::Value::Nil, 1.into())])];
+        let (json, _) = arguments(&envelope, &["token"]);
+        assert!(!json.contains("s3cr3t"), "{json}");
+        let (json, _) = arguments(&envelope, &[]);
+        assert!(json.contains("s3cr3t"), "no secrets declared: shown as sent: {json}");
     }
 
     #[test]

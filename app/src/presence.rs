@@ -1,6 +1,9 @@
-//! Which workers are alive: each worker writes a small record to Redis
-//! every few seconds (`<prefix>courier:workers:<name>`, expiring after
-//! three missed beats), and the board lists them. A worker killed with
+//! Which workers are alive: every few seconds each worker writes its record
+//! into a hash (`<prefix>courier:workers:info`, field = its name) and its
+//! deadline (now + `TTL`) into a sorted set (`<prefix>courier:workers`), and
+//! drops the entries whose deadline passed. The board reads the live names
+//! from the sorted set and their records with one HMGET: no keyspace scan,
+//! however many result records share the Redis. A worker killed with
 //! SIGKILL disappears from the list within `TTL`.
 
 use std::time::Duration;
@@ -49,8 +52,12 @@ pub fn worker_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-fn key(prefix: &str, name: &str) -> String {
-    format!("{prefix}courier:workers:{name}")
+fn keys(prefix: &str) -> (String, String) {
+    (format!("{prefix}courier:workers"), format!("{prefix}courier:workers:info"))
+}
+
+fn now_ms() -> i64 {
+    (di::unix_now() * 1000.0) as i64
 }
 
 /// Writes this worker's record every [`BEAT`] until `stop`, then deletes it.
@@ -61,7 +68,7 @@ pub async fn announce(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let key = key(&prefix, &info.name);
+    let (live, records) = keys(&prefix);
     let mut conn = None;
     loop {
         info.in_flight = metrics.in_flight.get();
@@ -71,7 +78,18 @@ pub async fn announce(
         }
         if let Some(c) = conn.as_mut() {
             let body = serde_json::to_string(&info).unwrap_or_default();
-            let written: redis::RedisResult<()> = c.set_ex(&key, body, TTL.as_secs()).await;
+            let now = now_ms();
+            let ttl_ms = i64::try_from(TTL.as_millis()).unwrap_or(15_000);
+            let written: redis::RedisResult<()> = async {
+                let gone: Vec<String> = c.zrangebyscore(&live, "-inf", now).await?;
+                let mut pipe = redis::pipe();
+                pipe.zadd(&live, &info.name, now + ttl_ms).ignore().hset(&records, &info.name, body).ignore();
+                if !gone.is_empty() {
+                    pipe.zrem(&live, &gone).ignore().hdel(&records, &gone).ignore();
+                }
+                pipe.query_async(c).await
+            }
+            .await;
             if written.is_err() {
                 conn = None;
             }
@@ -82,29 +100,27 @@ pub async fn announce(
         }
     }
     if let Some(c) = conn.as_mut() {
-        let _: redis::RedisResult<()> = c.del(&key).await;
+        let _: redis::RedisResult<()> =
+            redis::pipe().zrem(&live, &info.name).ignore().hdel(&records, &info.name).ignore().query_async(c).await;
     }
 }
 
 /// The workers alive now, by name (at most [`MAX_LISTED`]).
 pub async fn alive(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<Vec<WorkerInfo>> {
-    let pattern = format!("{}*", key(prefix, ""));
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, page): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(conn).await?;
-        keys.extend(page);
-        cursor = next;
-        if cursor == 0 || keys.len() >= MAX_LISTED {
-            break;
-        }
-    }
-    keys.truncate(MAX_LISTED);
-    if keys.is_empty() {
+    let (live, records) = keys(prefix);
+    let names: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(&live)
+        .arg(now_ms())
+        .arg("+inf")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(MAX_LISTED)
+        .query_async(conn)
+        .await?;
+    if names.is_empty() {
         return Ok(Vec::new());
     }
-    let bodies: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+    let bodies: Vec<Option<String>> = redis::cmd("HMGET").arg(&records).arg(&names).query_async(conn).await?;
     let mut workers: Vec<WorkerInfo> =
         bodies.into_iter().flatten().filter_map(|b| serde_json::from_str(&b).ok()).collect();
     workers.sort_by(|a, b| a.name.cmp(&b.name));

@@ -55,8 +55,24 @@ impl Answer {
 }
 
 async fn request(addr: &str, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
+    request_with(addr, method, path, cookie, form, &[]).await
+}
+
+/// [`request`] with more headers; a `Host` among them replaces the address.
+async fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the board");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let host = extra.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or(addr, |(_, v)| *v);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in extra.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(cookie) = cookie {
         head.push_str(&format!("Cookie: {cookie}\r\n"));
     }
@@ -175,6 +191,22 @@ async fn without_a_password_the_board_starts_only_on_loopback_and_asks_for_no_lo
     assert!(page.cookie().is_some() && page.csrf().is_some());
     let refused = request(&addr, "POST", "/schedules/x/pause", page.cookie().as_deref(), Some("csrf=x")).await;
     assert_eq!(refused.status, 403);
+    // The same page's form from another site's page is refused, token or not.
+    let cookie = page.cookie().unwrap();
+    let form = format!("csrf={}", page.csrf().unwrap());
+    let origin = [("Origin", "http://evil.example")];
+    let cross = request_with(&addr, "POST", "/schedules/x/pause", Some(&cookie), Some(&form), &origin).await;
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    let own = format!("http://{addr}");
+    let same = [("Origin", own.as_str())];
+    let allowed = request_with(&addr, "POST", "/schedules/x/pause", Some(&cookie), Some(&form), &same).await;
+    assert_eq!(allowed.status, 404, "past the checks, an unknown schedule: {}", allowed.body);
+    // DNS rebinding: a name that resolves to 127.0.0.1 is not this board's name.
+    let rebound = request_with(&addr, "GET", "/", None, None, &[("Host", "evil.example")]).await;
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    assert!(rebound.cookie().is_none() && rebound.csrf().is_none());
+    let log = board.log();
+    assert!(log.contains("Host is not a loopback name") && log.contains("from another site"), "{log}");
     board.terminate(Duration::from_secs(5));
 }
 

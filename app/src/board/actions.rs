@@ -2,6 +2,7 @@
 //! token before any of these runs). Each writes an audit line and sends
 //! the browser back to a page with a fixed note.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -59,16 +60,29 @@ pub async fn retry_task(
         return view::not_found("That task is not in the task index: its arguments are unknown.");
     };
     let secret = board.registry.get(&row.task_name).is_some_and(|d| !d.options.secret_fields.is_empty());
-    if secret || row.arguments.ends_with('…') {
-        audit(&who, "retry task", &id, "refused: secret or cut arguments");
-        return (StatusCode::CONFLICT, "The index holds this task's arguments masked or cut: retry it from code.")
+    if secret || row.arguments.ends_with('…') || row.arguments == "{}" {
+        audit(&who, "retry task", &id, "refused: secret, cut or unreadable arguments");
+        return (
+            StatusCode::CONFLICT,
+            "The index holds this task's arguments masked, cut or not at all: retry it from code.",
+        )
             .into_response();
     }
+    // The labels it was sent with (its lane, its campaign), not the
+    // framework's own (the digest is computed again).
+    let labels: Vec<(String, String)> = serde_json::from_str::<BTreeMap<String, String>>(&row.labels)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("courier_"))
+        .collect();
+    let lane = labels.iter().find(|(key, _)| key == "lane").and_then(|(_, lane)| di::Lane::parse(lane));
     let parsed: Result<serde_json::Value, _> = serde_json::from_str(&row.arguments);
     let envelope = parsed.ok().and_then(|all| {
         let kwargs = all.get("kwargs").cloned().unwrap_or_else(|| serde_json::json!({}));
-        let new_id = format!("{}.retry.{}", id.chars().take(150).collect::<String>(), (di::unix_now() * 1000.0) as i64);
-        let mut envelope = crate::cli::envelope_from_json(new_id, &row.task_name, &kwargs.to_string(), &[]).ok()?;
+        // One retry per task and ten seconds: a double click is a duplicate.
+        let window = (di::unix_now() / 10.0) as i64;
+        let new_id = format!("{}.retry.{window}", id.chars().take(150).collect::<String>());
+        let mut envelope = crate::cli::envelope_from_json(new_id, &row.task_name, &kwargs.to_string(), &labels).ok()?;
         if let Some(args) = all.get("args").and_then(|a| a.as_array()) {
             envelope.args = args.iter().filter_map(|a| rmpv::ext::to_value(a).ok()).collect();
         }
@@ -79,7 +93,7 @@ pub async fn retry_task(
         return back(&format!("/tasks/{}", encode(&id)), "failed");
     };
     let new_id = envelope.task_id.clone();
-    match board.producer.enqueue_envelope(&envelope, None).await {
+    match board.producer.enqueue_envelope(&envelope, lane).await {
         Ok(_) => {
             audit(&who, "retry task", &id, &format!("ok: enqueued as {new_id}"));
             back(&format!("/tasks/{}", encode(&new_id)), "retried")
@@ -183,7 +197,10 @@ pub async fn campaign_action(
             });
             Ok(("resumed", 0))
         }
-        _ => return view::not_found("campaign actions are pause, resume and cancel"),
+        _ => {
+            audit(&who, &format!("{action} campaign"), &target, "refused: unknown action");
+            return view::not_found("campaign actions are pause, resume and cancel");
+        }
     };
     match done {
         Ok((note, n)) => {
@@ -232,11 +249,15 @@ pub async fn schedule_action(
     let paused = match action.as_str() {
         "pause" => true,
         "resume" => false,
-        _ => return view::not_found("schedule actions are pause and resume"),
+        _ => {
+            audit(&session.who(), &format!("{action} schedule"), &name, "refused: unknown action");
+            return view::not_found("schedule actions are pause and resume");
+        }
     };
     let known = crate::schedule::cron::load(&board.registry, &board.settings)
         .is_ok_and(|all| all.iter().any(|s| s.name == name));
     if !known {
+        audit(&session.who(), &format!("{action} schedule"), &name, "refused: no such schedule");
         return view::not_found(&format!("no schedule {name:?}"));
     }
     let target = format!("schedule {name}");

@@ -1,10 +1,15 @@
 //! Logins, sessions and the CSRF check.
 //!
-//! A session is a random 128-bit id in an HttpOnly, SameSite=Strict cookie,
-//! held in this process' memory (a restarted board asks for the password
-//! again) and bounded in number. Every POST behind [`guard`] must carry the
-//! session's CSRF token as the form field `csrf`; the check runs before any
-//! handler, so no action can forget it.
+//! A login's session is a random 128-bit id in an HttpOnly, SameSite=Strict
+//! cookie, held in this process' memory (a restarted board asks for the
+//! password again) and bounded in number. A board without a password (on
+//! loopback) keeps no sessions: its cookie is a random id and its CSRF token
+//! that id's HMAC under a key of this process, so no request can fill or
+//! evict anything. Every POST behind [`guard`] must carry the session's CSRF
+//! token as the form field `csrf`, and a browser's `Origin` and
+//! `Sec-Fetch-Site` must say the page is the board's own; the checks run
+//! before any handler, so no action can forget them. A board without a
+//! password also answers only to a loopback `Host` (DNS rebinding).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,8 +55,11 @@ impl Session {
 pub struct Sessions {
     ttl: Duration,
     by_id: Mutex<HashMap<String, Session>>,
-    /// Failed logins wait here one at a time, a second each.
+    /// Login attempts are checked here one at a time; a failed one holds it
+    /// a second.
     login_gate: tokio::sync::Mutex<()>,
+    /// Keys the CSRF tokens of password-less (local) sessions.
+    local_key: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -68,7 +76,20 @@ fn random_hex() -> String {
 impl Sessions {
     /// No sessions; each lasts `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, by_id: Mutex::new(HashMap::new()), login_gate: tokio::sync::Mutex::new(()) }
+        let secret = format!("{}{}", random_hex(), random_hex());
+        Self {
+            ttl,
+            by_id: Mutex::new(HashMap::new()),
+            login_gate: tokio::sync::Mutex::new(()),
+            local_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
+        }
+    }
+
+    /// A password-less session for the cookie value `id`: nothing stored.
+    fn local(&self, id: &str) -> Session {
+        let tag = ring::hmac::sign(&self.local_key, id.as_bytes());
+        let csrf: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        Session { user: "local", csrf, label: id.chars().take(8).collect(), expires: Instant::now() + self.ttl }
     }
 
     /// Opens a session; returns its id (the cookie's value) and itself.
@@ -144,33 +165,84 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     (status, view::page_bare("Refused", html! { p.error { (why) } })).into_response()
 }
 
-/// In front of every page and action: finds the session (or sends GETs to
-/// the login page and refuses POSTs), and checks every POST's CSRF token.
+/// Whether a `Host` header names this machine's loopback (any port).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let name = if host.starts_with('[') {
+        host.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default().to_owned()
+    };
+    matches!(name.to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// A POST a browser says came from another site (`Origin` not this host,
+/// or `Sec-Fetch-Site` cross-site); clients that send neither pass.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Browsers that send it say it best (Chromium sends `Origin: null` for a
+    // form of a page whose referrer policy hides the referrer).
+    if let Some(site) = text("sec-fetch-site") {
+        return site != "same-origin" && site != "none";
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, rest)| rest) != Some(host),
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// In front of every page and action: checks the `Host` (a board without a
+/// password answers only to loopback names), finds the session (or sends
+/// GETs to the login page and refuses POSTs), and checks every POST's
+/// origin and CSRF token.
 pub async fn guard(State(board): State<Arc<Board>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let found = cookie(&parts.headers).and_then(|id| board.sessions.get(&id));
+    let path = parts.uri.path().to_owned();
+    if !board.needs_login() && !loopback_host(&parts.headers) {
+        audit("-", "refused", &path, "Host is not a loopback name (no password set)");
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "This board has no password: open it as 127.0.0.1 or localhost.",
+        );
+    }
+    let id = cookie(&parts.headers);
     let mut new_cookie = None;
-    let session = match found {
-        Some(session) => session,
-        None if parts.method == Method::POST => {
-            audit("-", "refused", parts.uri.path(), "no session");
-            return refuse(StatusCode::FORBIDDEN, "No session: log in first.");
+    let session = if board.needs_login() {
+        match id.as_deref().and_then(|id| board.sessions.get(id)) {
+            Some(session) => session,
+            None if parts.method == Method::POST => {
+                audit("-", "refused", &path, "no session");
+                return refuse(StatusCode::FORBIDDEN, "No session: log in first.");
+            }
+            None => return Redirect::to("/login").into_response(),
         }
-        None if board.needs_login() => return Redirect::to("/login").into_response(),
-        None => {
-            // No password (a loopback board): a session for the CSRF token.
-            let (id, session) = board.sessions.open("local");
-            new_cookie = Some(set_cookie(&parts.headers, &id, board.settings.board.session_ttl));
-            session
+    } else {
+        match id {
+            Some(id) => board.sessions.local(&id),
+            None if parts.method == Method::POST => {
+                audit("-", "refused", &path, "no session");
+                return refuse(StatusCode::FORBIDDEN, "No session: reload the page first.");
+            }
+            None => {
+                let id = random_hex();
+                new_cookie = Some(set_cookie(&parts.headers, &id, board.settings.board.session_ttl));
+                board.sessions.local(&id)
+            }
         }
     };
     let body = if parts.method == Method::POST {
+        if cross_site(&parts.headers) {
+            audit(&session.who(), "refused", &path, "the request came from another site");
+            return refuse(StatusCode::FORBIDDEN, "Refused: the request came from another site.");
+        }
         let Ok(bytes) = to_bytes(body, MAX_FORM).await else {
+            audit(&session.who(), "refused", &path, "form over 64 KiB");
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.");
         };
         let token = form_field(&bytes, "csrf").unwrap_or_default();
         if !same(token.as_bytes(), session.csrf.as_bytes()) {
-            audit(&session.who(), "refused", parts.uri.path(), "missing or wrong CSRF token");
+            audit(&session.who(), "refused", &path, "missing or wrong CSRF token");
             return refuse(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page and try again.");
         }
         Body::from(bytes)
@@ -195,21 +267,36 @@ pub async fn login_page(State(board): State<Arc<Board>>) -> Response {
     view::login(None).into_response()
 }
 
-/// `POST /login`: the password in the form field `password`.
+/// `POST /login`: the password in the form field `password`. Attempts are
+/// checked one at a time in a task of their own, which logs the outcome and
+/// holds the gate a second after a wrong password even if the client has
+/// gone: at most one wrong guess a second, each in the audit log.
 pub async fn login(State(board): State<Arc<Board>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let Some(expected) = board.settings.board.password.as_ref().filter(|p| !p.expose().is_empty()) else {
+    if !board.needs_login() {
         return Redirect::to("/").into_response();
-    };
-    let given = form_field(&body, "password").unwrap_or_default();
-    if !same(given.as_bytes(), expected.expose().as_bytes()) {
-        // One failed attempt at a time, a second each: no fast guessing.
-        let _gate = board.sessions.login_gate.lock().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        audit("-", "login", "-", "wrong password");
-        return (StatusCode::UNAUTHORIZED, view::login(Some("Wrong password."))).into_response();
     }
-    let (id, session) = board.sessions.open("admin");
-    audit(&session.who(), "login", "-", "ok");
+    if cross_site(&headers) {
+        audit("-", "login", "-", "refused: the request came from another site");
+        return refuse(StatusCode::FORBIDDEN, "Refused: the request came from another site.");
+    }
+    let given = form_field(&body, "password").unwrap_or_default();
+    let checking = board.clone();
+    let checked = tokio::spawn(async move {
+        let _gate = checking.sessions.login_gate.lock().await;
+        let expected = checking.settings.board.password.as_ref().map(|p| p.expose().as_bytes()).unwrap_or_default();
+        if same(given.as_bytes(), expected) {
+            let opened = checking.sessions.open("admin");
+            audit(&opened.1.who(), "login", "-", "ok");
+            Some(opened)
+        } else {
+            audit("-", "login", "-", "wrong password");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    });
+    let Ok(Some((id, _))) = checked.await else {
+        return (StatusCode::UNAUTHORIZED, view::login(Some("Wrong password."))).into_response();
+    };
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().append(header::SET_COOKIE, set_cookie(&headers, &id, board.settings.board.session_ttl));
     response
@@ -262,6 +349,38 @@ mod tests {
             sessions.open("local");
         }
         assert_eq!(sessions.by_id.lock().unwrap().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn local_sessions_store_nothing_and_their_tokens_follow_the_cookie() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (a, b) = (sessions.local("one"), sessions.local("two"));
+        assert_eq!(sessions.local("one").csrf, a.csrf, "the same cookie, the same token");
+        assert_ne!(a.csrf, b.csrf);
+        assert_ne!(Sessions::new(Duration::from_secs(60)).local("one").csrf, a.csrf, "a key per process");
+        assert!(sessions.by_id.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_and_origins() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        assert!(loopback_host(&with(&[("host", "127.0.0.1:9465")])));
+        assert!(loopback_host(&with(&[("host", "localhost")])));
+        assert!(loopback_host(&with(&[("host", "[::1]:9465")])));
+        assert!(!loopback_host(&with(&[("host", "evil.example:9465")])));
+        assert!(!loopback_host(&with(&[("host", "127.0.0.1.evil.example")])));
+        assert!(!cross_site(&with(&[("host", "b:1"), ("origin", "http://b:1")])));
+        assert!(cross_site(&with(&[("host", "b:1"), ("origin", "http://evil:1")])));
+        assert!(cross_site(&with(&[("host", "b:1"), ("sec-fetch-site", "cross-site")])));
+        assert!(!cross_site(&with(&[("host", "b:1")])), "curl sends neither");
+        assert!(!cross_site(&with(&[("host", "b:1"), ("origin", "null"), ("sec-fetch-site", "same-origin")])));
+        assert!(cross_site(&with(&[("host", "b:1"), ("origin", "null")])));
     }
 
     #[test]

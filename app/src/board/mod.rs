@@ -160,6 +160,7 @@ pub fn router(board: Arc<Board>) -> Router {
         .route("/assets/board.js", get(js))
         .merge(pages)
         .fallback(|| async { view::not_found("no such page") })
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(board)
 }
@@ -192,7 +193,7 @@ async fn secure_headers(mut response: Response) -> Response {
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
         (header::HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
     ];

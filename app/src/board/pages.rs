@@ -167,7 +167,7 @@ async fn overview_body(board: &Board) -> Markup {
                             tr {
                                 td { (w.name) } td { (w.version) } td { (w.in_flight) " / " (w.concurrency) }
                                 td { (w.rate_limited.values().sum::<u64>()) }
-                                td { (time_ms(w.started_at * 1000)) }
+                                td { (time_ms(w.started_at.saturating_mul(1000))) }
                             }
                         }
                     }
@@ -212,9 +212,21 @@ pub async fn tasks(
         })
     };
     let (since, until) = (time("since"), time("until"));
-    let before = get("before").and_then(|b| b.parse::<i64>().ok()).or(until);
-    let query =
-        index::Query { task_id: None, task_name: get("name"), status: get("status"), key, since, before, limit: 100 };
+    // The next page starts after the previous one's last row: `after=<ms>:<task id>`.
+    let after = get("after").and_then(|a| {
+        let (at, id) = a.split_once(':')?;
+        Some((at.parse::<i64>().ok()?, id.to_owned()))
+    });
+    let query = index::Query {
+        task_id: None,
+        task_name: get("name"),
+        status: get("status"),
+        key,
+        since,
+        before: until,
+        after,
+        limit: 100,
+    };
     let found = if problems.is_empty() { Some(within(index::search(&board.pool, &query)).await) } else { None };
     let mut names = board.registry.names();
     names.sort_unstable();
@@ -256,9 +268,8 @@ pub async fn tasks(
                         }
                     }
                 }
-                @if rows.len() == 100 {
-                    @let last = rows.last().map_or(0, |r| r.finished_at);
-                    p { a href=(older_link(&params, last)) { "Older" } }
+                @if let Some(last) = rows.last().filter(|_| rows.len() == 100) {
+                    p { a #older href=(older_link(&params, last.finished_at, &last.task_id)) { "Older" } }
                 }
             }
         }
@@ -278,9 +289,21 @@ pub async fn task(
         within(board.producer.progress(&id)),
         within(index::get(&board.pool, &id)),
     );
+    let failures: Vec<String> = [
+        record.as_ref().err().map(|e| format!("Redis: {e}")),
+        indexed.as_ref().err().map(|e| format!("the task index: {e}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let record = record.ok().flatten();
     let indexed = indexed.ok().flatten();
     if record.is_none() && indexed.is_none() {
+        if !failures.is_empty() {
+            let body = html! { @for failure in &failures { (unavailable("The task", failure)) } };
+            let page = page("Task", &session, "/tasks", None, body);
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, page).into_response();
+        }
         return view::not_found(&format!(
             "No task {id:?}: no live record (they last redis.result_ttl) and not in the task index."
         ));
@@ -294,6 +317,7 @@ pub async fn task(
         name.as_deref().and_then(|n| board.registry.get(n)).is_some_and(|d| !d.options.secret_fields.is_empty());
     let path = format!("/tasks/{}", encode(&id));
     let body = html! {
+        @for failure in &failures { (unavailable("Part of this task's page", failure)) }
         dl #task {
             dt { "Id" } dd #task-id { (id) }
             dt { "Task" } dd { (name.clone().unwrap_or_default()) }
@@ -383,7 +407,7 @@ pub async fn dead_letters(
                 @for l in letters.iter().rev() {
                     tr data-task-id=[l.task_id.as_deref()] {
                         td { (l.sequence) }
-                        td { (time_ms(l.time * 1000)) }
+                        td { (time_ms(l.time.saturating_mul(1000))) }
                         td { (l.task_name.clone().unwrap_or_default()) }
                         td { @if let Some(id) = &l.task_id { a href=(format!("/tasks/{}", encode(id))) { (id) } } }
                         td { (short(&l.reason, 200)) }
@@ -505,7 +529,7 @@ pub async fn flood(State(board): State<Arc<Board>>, Extension(session): Extensio
 /// `2026-12-07T09:00[:SS]` (UTC) or Unix seconds, as Unix ms.
 fn parse_time(text: &str) -> Option<i64> {
     if let Ok(seconds) = text.parse::<i64>() {
-        return Some(seconds * 1000);
+        return seconds.checked_mul(1000);
     }
     let text = text.trim_end_matches('Z');
     ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
@@ -515,14 +539,14 @@ fn parse_time(text: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_millis())
 }
 
-fn older_link(params: &HashMap<String, String>, before: i64) -> String {
+fn older_link(params: &HashMap<String, String>, at: i64, task_id: &str) -> String {
     let mut kept: BTreeMap<&str, &str> = params
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "before" | "note" | "n"))
+        .filter(|(k, _)| !matches!(k.as_str(), "after" | "note" | "n"))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let before = before.to_string();
-    kept.insert("before", &before);
+    let after = format!("{at}:{task_id}");
+    kept.insert("after", &after);
     let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish();
     format!("/tasks?{query}")
 }
@@ -550,6 +574,7 @@ mod tests {
         assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
         assert_eq!(parse_time("60"), Some(60_000));
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("9223372036854776"), None, "no overflow");
     }
 
     #[test]
