@@ -114,7 +114,9 @@ async fn requests_without_a_session_or_a_csrf_token_are_refused() {
     let scope = Scope::new();
     let schema = PgSchema::create().await;
     let addr = format!("127.0.0.1:{}", free_port());
-    let env = board_env(&scope, &schema, &addr, Some(PASSWORD));
+    let mut env = board_env(&scope, &schema, &addr, Some(PASSWORD));
+    env.push(("COURIER_SCHEDULES__NIGHTLY__TASK".into(), "heartbeat".into()));
+    env.push(("COURIER_SCHEDULES__NIGHTLY__CRON".into(), "0 3 * * *".into()));
     let mut board =
         tokio::task::spawn_blocking(move || ChildProcess::spawn("board", &env, "board ready")).await.unwrap();
 
@@ -156,6 +158,23 @@ async fn requests_without_a_session_or_a_csrf_token_are_refused() {
     // With it, the action runs (an unknown schedule: 404, after the check).
     let unknown = request(&addr, "POST", "/schedules/nope/pause", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
+    // Pause and resume a schedule: the page and the database say so.
+    assert!(page.body.contains("nightly") && !page.body.contains("<em>paused</em>"), "{}", page.body);
+    let form = format!("csrf={csrf}");
+    let paused = request(&addr, "POST", "/schedules/nightly/pause", Some(&cookie), Some(&form)).await;
+    assert_eq!((paused.status, paused.header("location")), (303, Some("/schedules?note=paused")));
+    let listed = request(&addr, "GET", "/schedules", Some(&cookie), None).await;
+    assert!(listed.body.contains("<em>paused</em>"), "{}", listed.body);
+    let pool = di::sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let state: (bool,) = di::sqlx::query_as("SELECT paused <> 0 FROM courier_schedules WHERE name = 'nightly'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(state.0, "paused in the database");
+    let resumed = request(&addr, "POST", "/schedules/nightly/resume", Some(&cookie), Some(&form)).await;
+    assert_eq!(resumed.status, 303);
+    let listed = request(&addr, "GET", "/schedules", Some(&cookie), None).await;
+    assert!(!listed.body.contains("<em>paused</em>"), "{}", listed.body);
     let out = request(&addr, "POST", "/logout", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
     assert_eq!(out.status, 303);
     // The session is over.
@@ -212,9 +231,23 @@ async fn without_a_password_the_board_starts_only_on_loopback_and_asks_for_no_lo
 
 #[tokio::test]
 async fn finished_tasks_are_indexed_searchable_by_argument_with_secrets_masked() {
-    let mut scope = Scope::new();
     let schema = PgSchema::create().await;
-    scope.settings.database.url = settings::SecretUrl::new(&schema.url);
+    index_round_trip(&schema.url).await;
+}
+
+/// The same on SQLite, the default database (a file: the worker's pool and
+/// the test's must see one database).
+#[tokio::test]
+async fn the_task_index_works_on_sqlite_too() {
+    let file = std::env::temp_dir().join(format!("{}.db", it::unique("courier_index")));
+    index_round_trip(&format!("sqlite://{}?mode=rwc", file.display())).await;
+    let _ = std::fs::remove_file(&file);
+}
+
+async fn index_round_trip(url: &str) {
+    let mut scope = Scope::new();
+    scope.settings.database.url = settings::SecretUrl::new(url);
+    scope.settings.database.max_connections = 4;
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     let mut ids = Vec::new();
@@ -226,7 +259,8 @@ async fn finished_tasks_are_indexed_searchable_by_argument_with_secrets_masked()
     for id in &ids {
         producer.wait(id, Duration::from_secs(30)).await.unwrap();
     }
-    let pool = di::sqlx::AnyPool::connect(&schema.url).await.unwrap();
+    di::sqlx::any::install_default_drivers();
+    let pool = di::sqlx::AnyPool::connect(url).await.unwrap();
     let query = courier::index::Query { key: Some(("chat_id".into(), "501".into())), limit: 10, ..Default::default() };
     let found = scope
         .eventually(Duration::from_secs(10), "two rows for chat 501", || async {
