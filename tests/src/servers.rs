@@ -224,3 +224,96 @@ impl Drop for PrivateNats {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+/// Three private `nats-server` processes with routes between them and
+/// JetStream (a cluster named `courier-it`), each on free ports with its
+/// own storage; killed (and their storage removed) on drop.
+#[derive(Debug)]
+pub struct PrivateNatsCluster {
+    /// The nodes, in order; `nodes[i]` is named `node-<i>`.
+    pub nodes: Vec<ServerProcess>,
+    /// Each node's monitoring port (`/healthz`).
+    pub monitors: Vec<u16>,
+    stores: Vec<PathBuf>,
+}
+
+impl PrivateNatsCluster {
+    /// Starts three nodes and waits (up to 30 s) until each says JetStream is ready.
+    pub fn start() -> Self {
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        let mut stores = Vec::new();
+        for n in 0..3 {
+            let store = std::env::temp_dir().join(crate::unique("courier_nats_cluster"));
+            std::fs::create_dir_all(&store).expect("nats store dir");
+            let others: Vec<String> =
+                (0..3).filter(|o| *o != n).map(|o| format!("nats://127.0.0.1:{}", routes[o])).collect();
+            let args: Vec<String> = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                clients[n].to_string(),
+                "-m".into(),
+                monitors[n].to_string(),
+                "-js".into(),
+                "-sd".into(),
+                store.display().to_string(),
+                "-n".into(),
+                format!("node-{n}"),
+                "--cluster_name".into(),
+                "courier-it".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", routes[n]),
+                "--routes".into(),
+                others.join(","),
+            ];
+            nodes.push(ServerProcess::start("nats-server", clients[n], args));
+            stores.push(store);
+        }
+        let cluster = Self { nodes, monitors, stores };
+        for n in 0..3 {
+            cluster.wait_ready(n);
+        }
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (`nats.url`).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits (up to 30 s) until node `n`'s `/healthz` answers 200 (JetStream on and current with
+    /// the meta leader: a cluster answers JetStream requests only then).
+    pub fn wait_ready(&self, n: usize) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = std::net::TcpStream::connect(("127.0.0.1", self.monitors[n])).ok().is_some_and(|mut s| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+                let mut answer = String::new();
+                s.write_all(request.as_bytes()).is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && answer.starts_with("HTTP/1.1 200")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nats node {n} is not ready after 30 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        for store in &self.stores {
+            let _ = std::fs::remove_dir_all(store);
+        }
+    }
+}
