@@ -51,6 +51,10 @@ pub enum Pulled {
     Ended {
         /// How many messages it brought.
         delivered: usize,
+        /// Whether the server answered it (a 408 at its expiry); a request
+        /// nobody answers means the consumer has no leader (a broker
+        /// failover) or does not exist.
+        answered: bool,
     },
     /// Pulling failed, and the request is over: why.
     Failed(String),
@@ -80,6 +84,10 @@ impl PullHealth {
         let problems = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         (!problems.is_empty())
             .then(|| problems.iter().map(|(lane, why)| format!("{lane} lane: {why}")).collect::<Vec<_>>().join("; "))
+    }
+
+    fn get(&self, lane: Lane) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(lane.name()).cloned()
     }
 
     fn set(&self, lane: Lane, problem: Option<String>) {
@@ -186,7 +194,7 @@ impl Puller {
                 // the inbox goes too.
                 let delivered = request.delivered();
                 self.reset();
-                return Pulled::Ended { delivered };
+                return Pulled::Ended { delivered, answered: false };
             };
             let Some(message) = message else {
                 self.reset();
@@ -203,7 +211,7 @@ impl Puller {
                 Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => {
                     let delivered = request.delivered();
                     self.request = None;
-                    return Pulled::Ended { delivered };
+                    return Pulled::Ended { delivered, answered: true };
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => continue,
                 Some(status) => {
@@ -248,6 +256,20 @@ impl Puller {
         }
         self.failures = 0;
         self.health.set(self.lane, None);
+    }
+
+    /// A pull request was never answered although the consumer exists:
+    /// the broker is moving its leaders (a node of the cluster died) or is
+    /// overloaded. `/readyz` says so until a pull is answered again.
+    pub fn unanswered(&mut self) {
+        let why = format!(
+            "the consumer did not answer a pull within {} s (a broker failover?)",
+            (PULL_EXPIRES + ANSWER_MARGIN).as_secs()
+        );
+        if self.health.get(self.lane).as_deref() != Some(why.as_str()) {
+            tracing::warn!(lane = self.lane.name(), "{why}; pulling again");
+        }
+        self.health.set(self.lane, Some(why));
     }
 
     /// After the client reconnected, checks the streams and the consumer

@@ -185,11 +185,18 @@ async fn pull_loop(
             // A pull on a deleted consumer is never answered: it ends like
             // an idle one. So an empty pull checks the consumer (one API
             // call per `PULL_EXPIRES` while idle).
-            Pulled::Ended { delivered } => {
+            Pulled::Ended { delivered, answered } => {
                 reserved.clear();
                 idle = delivered == 0;
                 if idle {
-                    puller.verify(&shutdown).await
+                    let healthy = puller.verify(&shutdown).await;
+                    if healthy && !answered {
+                        puller.unanswered();
+                    }
+                    healthy
+                } else if !answered {
+                    puller.unanswered();
+                    true
                 } else {
                     puller.succeeded();
                     true

@@ -8,6 +8,8 @@
 //! again at the end.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -90,17 +92,27 @@ async fn the_stream_leader_killed_mid_run_loses_no_task_and_sends_no_report_twic
     let killed = Instant::now();
     cluster.nodes[victim].stop();
 
-    // /readyz answers (within 3 s) throughout the outage, whatever it says.
-    let mut answers: HashMap<(usize, u16), u32> = HashMap::new();
-    while killed.elapsed() < Duration::from_secs(8) {
-        for (i, addr) in addrs.iter().enumerate() {
-            let answer = tokio::time::timeout(Duration::from_secs(3), it::http_get(addr, "/readyz")).await;
-            let (status, _) = answer.unwrap_or_else(|_| panic!("worker {i}'s /readyz did not answer within 3 s"));
-            assert!(status == 200 || status == 503, "worker {i}: /readyz {status}");
-            *answers.entry((i, status)).or_default() += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // /readyz answers (within 3 s) throughout, and says why while pulls go
+    // unanswered: (ms since the kill, worker, status), until every task is done.
+    let polling = Arc::new(AtomicBool::new(true));
+    let poller = {
+        let (addrs, polling) = (addrs.clone(), polling.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<(u128, usize, u16)> = Vec::new();
+            while polling.load(Ordering::Relaxed) {
+                for (i, addr) in addrs.iter().enumerate() {
+                    let answer = tokio::time::timeout(Duration::from_secs(3), it::http_get(addr, "/readyz")).await;
+                    let (status, _) =
+                        answer.unwrap_or_else(|_| panic!("worker {i}'s /readyz did not answer within 3 s"));
+                    assert!(status == 200 || status == 503, "worker {i}: /readyz {status}");
+                    seen.push((killed.elapsed().as_millis(), i, status));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let restarted = Instant::now();
     tokio::task::block_in_place(|| {
         cluster.nodes[victim].restart();
@@ -113,6 +125,8 @@ async fn the_stream_leader_killed_mid_run_loses_no_task_and_sends_no_report_twic
         assert_eq!(record.status, di::TaskStatus::Success, "task {id}: {record:?}");
     }
     let finished = killed.elapsed();
+    polling.store(false, Ordering::Relaxed);
+    let seen = poller.await.expect("/readyz answered throughout");
     // Each chat got its report exactly once.
     let mut per_chat: HashMap<i64, u32> = HashMap::new();
     for (chat, _, _) in fake.accepted() {
@@ -124,7 +138,14 @@ async fn the_stream_leader_killed_mid_run_loses_no_task_and_sends_no_report_twic
     // The longest pause in sending after the kill: what the failover cost.
     let mut times: Vec<Instant> = fake.accepted().into_iter().map(|(_, _, at)| at).filter(|at| *at >= killed).collect();
     times.sort_unstable();
-    let stall = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let (stall, stall_from) = times.windows(2).map(|w| (w[1] - w[0], w[0] - killed)).max().unwrap_or_default();
+    let not_ready: Vec<&(u128, usize, u16)> = seen.iter().filter(|(_, _, status)| *status == 503).collect();
+    let not_ready_span = not_ready.first().zip(not_ready.last()).map(|(a, b)| (a.0, b.0));
+    // A pause in sending longer than a pull's answer time plus a check is a
+    // pause /readyz reported.
+    if stall > Duration::from_secs(6) {
+        assert!(!not_ready.is_empty(), "sending paused {stall:?} and /readyz never said so: {seen:?}");
+    }
     let first_after = times.first().map(|t| *t - killed).unwrap_or_default();
 
     // Every worker is ready again and still running (they reconnected by themselves).
@@ -140,12 +161,15 @@ async fn the_stream_leader_killed_mid_run_loses_no_task_and_sends_no_report_twic
     }
     eprintln!(
         "{N} reports over a 3-node cluster; leader {leader} killed after {sent_at_kill} sends, restarted {:.1} s \
-         later; first send after the kill {:.2} s, longest pause {:.2} s, all done {:.1} s after the kill; \
-         /readyz answers (worker, status) -> count: {answers:?}",
+         later; first send after the kill {:.2} s, longest pause {:.2} s from {:.2} s, all done {:.1} s after \
+         the kill; /readyz 503 in {} of {} answers, between {not_ready_span:?} ms after the kill",
         (restarted - killed).as_secs_f64(),
         first_after.as_secs_f64(),
         stall.as_secs_f64(),
+        stall_from.as_secs_f64(),
         finished.as_secs_f64(),
+        not_ready.len(),
+        seen.len(),
     );
     drop(workers);
 }
