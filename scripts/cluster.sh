@@ -44,7 +44,7 @@ start_node() {
 wait_ready() {
   local n deadline=$((SECONDS + 30))
   for n in 1 2 3; do
-    until curl -fs "http://127.0.0.1:$((monitor_base + n - 1))/healthz?js-enabled-only=true" >/dev/null 2>&1; do
+    until curl -fs "http://127.0.0.1:$((monitor_base + n - 1))/healthz" >/dev/null 2>&1; do
       if [ $SECONDS -ge $deadline ]; then
         echo "cluster.sh: node $n is not ready after 30 s; see $dir/n$n.log" >&2
         exit 1
