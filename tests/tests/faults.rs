@@ -98,7 +98,20 @@ async fn nats_restart_with_a_thousand_tasks_queued_loses_none() {
         let record = producer.wait(id, WAIT).await.unwrap_or_else(|e| panic!("task {id} lost: {e}"));
         assert_eq!(record.status, TaskStatus::Success, "task {id}");
     }
-    scope.eventually(WAIT, "an empty queue", || async { (scope.backlog().await == (0, 0, 0)).then_some(()) }).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let backlog = scope.backlog().await;
+        if backlog == (0, 0, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue is not empty after {WAIT:?}: (stream messages, consumer pending, ack pending) = {backlog:?}; \
+             deliveries {}",
+            scope.deliveries().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     worker.stop().await.unwrap();
 }
 
