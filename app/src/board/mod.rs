@@ -11,6 +11,7 @@
 
 mod actions;
 mod auth;
+mod overview;
 mod pages;
 mod view;
 
@@ -136,8 +137,8 @@ pub fn check_password(settings: &Settings) -> Result<(), BoardError> {
 /// The routes: pages, actions (POST, behind the CSRF check), assets.
 pub fn router(board: Arc<Board>) -> Router {
     let pages = Router::new()
-        .route("/", get(pages::overview))
-        .route("/fragment/overview", get(pages::overview_fragment))
+        .route("/", get(overview::overview))
+        .route("/fragment/overview", get(overview::overview_fragment))
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{id}", get(pages::task))
         .route("/tasks/{id}/cancel", post(actions::cancel_task))
