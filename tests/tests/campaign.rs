@@ -131,15 +131,20 @@ async fn ten_thousand_recipients_at_the_limit_each_once_with_the_dead_chats_repo
     // The campaign's sending, from its first request at the fake to its last
     // (the dead chats' too): what the limits govern. Process start-up and
     // this test's polling are not the campaign's. Never faster than the
-    // limit (no 429 above, and at least the ideal time here); how close to
-    // it is a speed, measured by `fanout-bench` and `flood-bench`, not
-    // asserted: this bound (1.5 times the ideal) only catches a campaign
-    // that stalls. It took 57-67 s here depending on the machine's load.
-    let at: Vec<Instant> = fake.sent_messages().iter().filter(|r| r.body["text"] == "news").map(|r| r.at).collect();
-    let took = *at.iter().max().unwrap() - *at.iter().min().unwrap();
+    // limit (no 429 above, and at least the ideal time here). How close to
+    // the limit it gets is a speed, measured by `fanout-bench` and
+    // `flood-bench`, not asserted: it took 57-67 s on a quiet machine and
+    // up to 94 s with other tests' processes beside it on two cores (debug
+    // builds). What is asserted is that it never stalls: no pause of 10 s
+    // between two sends, and not over 2.5 times the ideal in all.
+    let mut at: Vec<Instant> = fake.sent_messages().iter().filter(|r| r.body["text"] == "news").map(|r| r.at).collect();
+    at.sort();
+    let took = *at.last().unwrap() - at[0];
     let ideal = Duration::from_secs_f64(10_000.0 / 200.0);
     assert!(took >= ideal.mul_f64(0.95), "sending took {took:?}: faster than the limit allows ({ideal:?})");
-    assert!(took <= ideal.mul_f64(1.5), "sending took {took:?}; a campaign at the limit takes {ideal:?}");
+    let stall = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(stall < Duration::from_secs(10), "the campaign stalled {stall:?} between two sends");
+    assert!(took <= ideal.mul_f64(2.5), "sending took {took:?}; a campaign at the limit takes {ideal:?}");
     let seen = received(&fake);
     for chat in 1..=10_000_i64 {
         let dead = chat % 10 == 0 || chat % 100 == 5;

@@ -383,3 +383,35 @@ async fn a_stale_or_half_built_index_is_rebuilt_and_hostile_headers_do_not_block
     }
     worker.stop().await.unwrap();
 }
+
+/// Another worker's rebuild deletes and re-creates the indexer consumer
+/// under this worker's feet: a pull left waiting on the deleted consumer
+/// gets no answer, and this worker binds the new one within seconds (it
+/// once waited out the client's 30 s pull, and delayed tasks and retries
+/// ran that late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexer_consumer_recreated_elsewhere_is_bound_again_within_seconds() {
+    let scope = Scope::new();
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let first =
+        producer.enqueue_in(tasks::noop::TASK, &tasks::noop::Args {}, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(first.wait(WAIT).await.unwrap().status, TaskStatus::Success, "the index works before");
+
+    // What a rebuild on another worker does to the consumer.
+    let js = scope.jetstream().await;
+    let stream = js.get_stream(courier::schedule::delayed_stream(&scope.settings.nats)).await.unwrap();
+    let durable = courier::schedule::index_durable(&scope.settings.nats);
+    let config = stream.consumer_info(&durable).await.unwrap().config.clone();
+    stream.delete_consumer(&durable).await.unwrap();
+    stream.create_consumer(config).await.unwrap();
+
+    let due = SystemTime::now() + Duration::from_millis(500);
+    let handle = producer.enqueue_at(tasks::noop::TASK, &tasks::noop::Args {}, due).await.unwrap();
+    let record = handle.wait(WAIT).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Success);
+    let late = (record.started_at.unwrap() * 1000.0) as i64 - unix_ms(due);
+    // Two missed heartbeats (2 s) and a nap; the old wait was 30 s.
+    assert!((0..8_000).contains(&late), "the task ran {late} ms after its due time");
+    worker.stop().await.unwrap();
+}

@@ -46,6 +46,14 @@ const REBUILD_HOLD: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pause after a failure of NATS or Redis.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long one pull of the indexer waits, and its heartbeat. A rebuild on
+/// any worker deletes and re-creates the indexer consumer; a pull still
+/// waiting on the deleted one gets no answer (NATS 2.9 sends none), and
+/// until the client notices, nothing is indexed: with the client's
+/// defaults (30 s, 15 s) that held retries and delayed tasks up to 30 s
+/// past due. A missed heartbeat now ends such a pull within two seconds.
+const INDEX_PULL_EXPIRES: Duration = Duration::from_secs(5);
+const INDEX_PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Creates (or reuses) the delayed stream: file storage (a restarted NATS
 /// keeps what waits), limits retention (the indexer's acks remove nothing;
@@ -72,7 +80,10 @@ fn index_config(settings: &NatsSettings) -> consumer::pull::Config {
         durable_name: Some(index_durable(settings)),
         ack_policy: consumer::AckPolicy::Explicit,
         deliver_policy: consumer::DeliverPolicy::All,
-        ack_wait: Duration::from_secs(30),
+        // A batch delivered to a binding that then broke (a rebuild, a
+        // missed heartbeat) comes back after this; indexing is a ZADD, so a
+        // second delivery is harmless and a short wait keeps tasks on time.
+        ack_wait: Duration::from_secs(3),
         max_ack_pending: 10_000,
         ..Default::default()
     }
@@ -87,6 +98,8 @@ pub struct DelayedMover {
     index: DueIndex,
     /// The lane subjects a message may be moved to.
     targets: Vec<String>,
+    /// Told by this worker's rebuild: the indexer binds the new consumer at once.
+    rebuilt: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for DelayedMover {
@@ -108,6 +121,7 @@ impl DelayedMover {
             publisher,
             store,
             targets,
+            rebuilt: tokio::sync::Notify::new(),
         }
     }
 
@@ -127,18 +141,26 @@ impl DelayedMover {
     }
 
     /// Binds the indexer consumer and indexes until it breaks (deleted for
-    /// a rebuild, NATS gone) or `stop`.
+    /// a rebuild, NATS gone), this worker rebuilt the index (`Ok`: bind
+    /// again at once), or `stop`.
     async fn index_until_broken(&self, stop: &CancellationToken) -> Result<(), String> {
         let stream = self.js.get_stream(delayed_stream(&self.settings)).await.map_err(|e| e.to_string())?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(&index_durable(&self.settings), index_config(&self.settings))
             .await
             .map_err(|e| e.to_string())?;
-        let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let messages = consumer
+            .stream()
+            .expires(INDEX_PULL_EXPIRES)
+            .heartbeat(INDEX_PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut batches = messages.ready_chunks(BATCH);
         loop {
             let batch = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                () = self.rebuilt.notified() => return Ok(()),
                 batch = batches.next() => batch,
             };
             let Some(batch) = batch else { return Err("the consumer's message stream ended".to_owned()) };
@@ -241,6 +263,8 @@ impl DelayedMover {
         }
         match result {
             Ok(waiting) => {
+                // A permit is kept if the indexer is not waiting right now.
+                self.rebuilt.notify_one();
                 tracing::info!(waiting, "delayed tasks: index (re)built from the delayed stream");
                 Duration::ZERO
             }
