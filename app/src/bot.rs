@@ -20,8 +20,8 @@ use teloxide::payloads::GetUpdatesSetters;
 use teloxide::prelude::Requester;
 use teloxide::types::{ChatId, Message, UpdateId, UpdateKind};
 
+use crate::broker::publish::Published;
 use crate::producer::{Producer, ProducerError};
-use crate::publish::Published;
 
 /// Why the bot could not run.
 #[derive(Debug, thiserror::Error)]

@@ -173,8 +173,8 @@ impl Scope {
                 let header = |name: &str| raw.headers.get(name).map(|v| v.to_string());
                 letters.push(DeadLetter {
                     payload: raw.payload.to_vec(),
-                    reason: header(courier::publish::REASON_HEADER).unwrap_or_default(),
-                    task_id: header(courier::publish::TASK_ID_HEADER),
+                    reason: header(courier::broker::publish::REASON_HEADER).unwrap_or_default(),
+                    task_id: header(courier::broker::publish::TASK_ID_HEADER),
                 });
             }
         }

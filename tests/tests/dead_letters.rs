@@ -197,7 +197,11 @@ async fn a_reused_stream_sequence_does_not_swallow_a_new_dead_letter() {
             .dead_letter(letter(id).into(), "Fatal: test", Some(id), 1, "1", &subject)
             .await
             .unwrap();
-        assert_eq!(published == courier::publish::Published::Duplicate, expect_duplicate, "{id}: {published:?}");
+        assert_eq!(
+            published == courier::broker::publish::Published::Duplicate,
+            expect_duplicate,
+            "{id}: {published:?}"
+        );
     }
     let ids: Vec<String> = scope.dead_letters().await.into_iter().filter_map(|l| l.task_id).collect();
     assert_eq!(ids, ["before-1", "after-1"]);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bb8_redis::redis::{self, AsyncCommands};
 use bytes::Bytes;
-use courier::publish::Published;
+use courier::broker::publish::Published;
 use di::{Envelope, TaskStatus};
 use futures_util as _;
 use it::REDIS_URL;
@@ -197,6 +197,13 @@ async fn core_nats_mode_round_trip() {
     let handle = producer.enqueue(counted::TASK, &args(1, false, 0)).await.unwrap();
     let record = handle.wait(WAIT).await.unwrap();
     assert_eq!((record.status, record.attempt), (TaskStatus::Success, 2));
+    // Core NATS keeps nothing until a due time: refused, by kind, and no
+    // `scheduled` record is left for a task never sent.
+    let refused = producer.enqueue_in(counted::TASK, &args(1, false, 0), Duration::from_secs(60)).await;
+    assert!(
+        matches!(refused, Err(courier::ProducerError::Publish(courier::broker::publish::PublishError::NeedsJetstream))),
+        "{refused:?}"
+    );
     worker.stop().await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use courier::WorkerError;
-use courier::lifecycle::{self, LifecycleError};
+use courier::worker::lifecycle::{self, LifecycleError};
 use di::registry::{HookKind, HookResult};
 use di::{HookContext, Registry, register_hook};
 use it::{PgSchema, Service, require};
@@ -55,12 +55,13 @@ async fn a_failing_startup_hook_stops_the_worker_naming_it() {
     settings.database.url = SecretUrl::new(format!("{}&application_name={application}", schema.url));
     // The shutdown future never resolves: only the hook's failure ends this.
     let result = courier::run_worker(settings, std::future::pending()).await;
-    let Err(WorkerError::Lifecycle(LifecycleError::Hook { hook, location, reason })) = result else {
+    let Err(WorkerError::Lifecycle(LifecycleError::Hook { hook, location, source })) = result else {
         panic!("expected a hook failure, got {result:?}");
     };
     assert_eq!(hook, "hooks::refuse_to_start");
     assert!(location.starts_with("tests/tests/hooks.rs:"), "{location}");
-    assert_eq!(reason, "the cache backend is missing");
+    // The hook's own error is kept as the source, not flattened to text.
+    assert_eq!(source.to_string(), "the cache backend is missing");
 
     // The container was built before the hooks ran: its pool is closed by
     // the time run_worker returns, not left to a background drop.

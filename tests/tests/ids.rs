@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier::ProducerError;
-use courier::publish::Published;
+use courier::broker::publish::Published;
 use di::{Envelope, IdError, TaskStatus};
 use it::process::command;
 use it::scope::Scope;

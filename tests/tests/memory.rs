@@ -152,7 +152,8 @@ async fn a_flood_of_hostile_envelopes_stays_within_256_mib() {
     assert_eq!(dead.info().await.unwrap().state.messages, expected.len() as u64, "one dead letter each");
     for seq in [1, expected.len() as u64 / 2, expected.len() as u64] {
         let letter = dead.get_raw_message(seq).await.unwrap();
-        let reason = letter.headers.get(courier::publish::REASON_HEADER).map(|v| v.to_string()).unwrap_or_default();
+        let reason =
+            letter.headers.get(courier::broker::publish::REASON_HEADER).map(|v| v.to_string()).unwrap_or_default();
         assert!(reason.starts_with("Bad"), "dead letter {seq} gives its reason: {reason:?}");
     }
     assert!(peak < BUDGET_KIB, "the worker's peak RSS was {} MiB (budget 256 MiB)", peak / 1024);

@@ -72,8 +72,8 @@ fn lookup_and_listing() {
 
 #[test]
 fn worker_check_reports_duplicate_task_names_as_a_usage_error() {
-    use courier::check::{exit, registry_line};
     use courier::cli::Exit;
+    use courier::worker::check::{exit, registry_line};
     let line = registry_line(Registry::from_defs([&FIRST, &DISTINCT, &SECOND]));
     assert!(!line.ok);
     assert!(line.to_string().starts_with("FAIL  tasks") && line.detail.contains("\"report\""), "{line}");

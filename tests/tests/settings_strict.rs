@@ -188,7 +188,7 @@ fn every_profile_has_a_database_pool_as_large_as_its_concurrency() {
             let s = load(jail, profile).map_err(err)?;
             let pool = usize::try_from(s.database.max_connections).unwrap();
             assert!(pool >= s.worker.concurrency, "{profile}: pool {pool} < concurrency {}", s.worker.concurrency);
-            assert!(!courier::lifecycle::warn_if_pool_below_concurrency(&s), "{profile}");
+            assert!(!courier::worker::lifecycle::warn_if_pool_below_concurrency(&s), "{profile}");
         }
         Ok(())
     });

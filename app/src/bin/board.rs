@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use courier::board::{Board, BoardError};
 use courier::cli::completions::Completions;
 use courier::cli::{EXIT_CODES, Exit};
-use courier::{shutdown, telemetry};
+use courier::telemetry;
+use courier::worker::shutdown;
 use settings::Settings;
 // Links the task plug-ins: the board lists their names and schedules.
 use tasks as _;
@@ -69,7 +70,9 @@ async fn main() -> ExitCode {
 
 fn exit(err: &BoardError) -> Exit {
     match err {
-        BoardError::NoPassword(_) | BoardError::Bind { .. } | BoardError::Registry(_) => Exit::Usage,
+        BoardError::NoPassword(_) | BoardError::Address { .. } | BoardError::Bind { .. } | BoardError::Registry(_) => {
+            Exit::Usage
+        }
         BoardError::Producer(_) | BoardError::Database(_) => Exit::Unavailable,
         BoardError::Migrate(_) => Exit::Failed,
     }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use courier::cli::completions::Completions;
 use courier::cli::{EXIT_CODES, Exit};
-use courier::{bot, shutdown, telemetry};
+use courier::worker::shutdown;
+use courier::{bot, telemetry};
 use settings::Settings;
 
 /// The Telegram bot: long-polls the Bot API until SIGINT or SIGTERM.

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
+use courier::broker::dead_letters::{self, Filter};
+use courier::broker::publish::Published;
 use courier::cli::completions::Completions;
 use courier::cli::output::{print_json, print_json_line, print_text};
 use courier::cli::tasks as listing;
 use courier::cli::{EXIT_CODES, Exit, envelope_from_json, parse_label, parse_when};
-use courier::dead_letters::{self, Filter};
-use courier::publish::Published;
 use courier::{Producer, ProducerError, telemetry};
 use di::{Registry, ResultRecord, TaskStatus};
 use settings::Settings;
@@ -270,12 +270,13 @@ async fn schedules(command: courier::schedule::cli::SchedulesCommand) -> Outcome
 
 async fn governor(json: bool) -> Outcome {
     let settings = settings()?;
-    let (bot_id, status) = courier::flood_status::read(&settings).await.map_err(|err| fail(Exit::Unavailable, err))?;
+    let (bot_id, status) =
+        courier::producer::flood_status::read(&settings).await.map_err(|err| fail(Exit::Unavailable, err))?;
     let limits = &settings.telegram.limits;
     if json {
-        println!("{}", courier::flood_status::json(bot_id, limits, &status));
+        println!("{}", courier::producer::flood_status::json(bot_id, limits, &status));
     } else {
-        print!("{}", courier::flood_status::render(bot_id, limits, &status));
+        print!("{}", courier::producer::flood_status::render(bot_id, limits, &status));
     }
     Ok(Exit::Ok)
 }

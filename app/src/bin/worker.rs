@@ -5,12 +5,13 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use courier::check;
 use courier::cli::completions::Completions;
 use courier::cli::output::{print_json, print_text};
 use courier::cli::tasks as listing;
 use courier::cli::{EXIT_CODES, Exit};
-use courier::{lifecycle, run_worker, shutdown, telemetry};
+use courier::worker::check;
+use courier::worker::{lifecycle, shutdown};
+use courier::{run_worker, telemetry};
 use settings::Settings;
 // Links the task plug-ins; without a name the linker drops their registrations.
 use tasks as _;

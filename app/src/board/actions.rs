@@ -112,7 +112,7 @@ pub async fn replay_one(
     Path(sequence): Path<u64>,
 ) -> Response {
     let target = format!("dead letter #{sequence}");
-    match crate::dead_letters::replay_sequence(&board.producer, &board.settings.nats, sequence).await {
+    match crate::broker::dead_letters::replay_sequence(&board.producer, &board.settings.nats, sequence).await {
         Ok(letter) => {
             let id = letter.task_id.unwrap_or_default();
             audit(&session.who(), "replay dead letter", &format!("{target} (task {id})"), "ok");
@@ -133,14 +133,14 @@ pub async fn replay_matching(
     body: Bytes,
 ) -> Response {
     let field = |name: &str| form_field(&body, name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    let filter = crate::dead_letters::Filter {
+    let filter = crate::broker::dead_letters::Filter {
         task_name: field("name"),
         task_id: field("id"),
         reason_contains: field("reason"),
         ..Default::default()
     };
     let target = format!("dead letters matching {filter:?}");
-    match crate::dead_letters::replay_matching(&board.producer, &board.settings.nats, &filter).await {
+    match crate::broker::dead_letters::replay_matching(&board.producer, &board.settings.nats, &filter).await {
         Ok(counts) => {
             audit(&session.who(), "replay dead letters", &target, &format!("{counts:?}"));
             back_n("/dead-letters", "replayed-all", counts.replayed)
@@ -160,7 +160,7 @@ pub async fn discard(
 ) -> Response {
     let js = board.producer.publisher().jetstream().clone();
     let target = format!("dead letter #{sequence}");
-    match crate::dead_letters::discard(&js, &board.settings.nats, sequence).await {
+    match crate::broker::dead_letters::discard(&js, &board.settings.nats, sequence).await {
         Ok(found) => {
             audit(&session.who(), "discard dead letter", &target, if found { "ok" } else { "not there" });
             back("/dead-letters", "discarded")

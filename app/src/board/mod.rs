@@ -42,13 +42,23 @@ pub enum BoardError {
          (COURIER_BOARD__PASSWORD) or bind to 127.0.0.1"
     )]
     NoPassword(String),
-    /// The address does not parse or cannot be bound.
-    #[error("board.addr {addr}: {reason}")]
+    /// The address does not parse (want ip:port).
+    #[error("board.addr {addr}: {source} (want ip:port)")]
+    Address {
+        /// The address.
+        addr: String,
+        /// The parser's error.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// The address cannot be bound.
+    #[error("board.addr {addr}: {source}")]
     Bind {
         /// The address.
         addr: String,
-        /// What went wrong.
-        reason: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// NATS or Redis.
     #[error(transparent)]
@@ -125,8 +135,7 @@ impl Board {
 /// Refuses a board without a password on an address other than loopback.
 pub fn check_password(settings: &Settings) -> Result<(), BoardError> {
     let addr = settings.board.addr.trim();
-    let parsed: SocketAddr =
-        addr.parse().map_err(|e| BoardError::Bind { addr: addr.to_owned(), reason: format!("{e} (want ip:port)") })?;
+    let parsed: SocketAddr = addr.parse().map_err(|source| BoardError::Address { addr: addr.to_owned(), source })?;
     let has_password = settings.board.password.as_ref().is_some_and(|p| !p.expose().is_empty());
     if !has_password && !parsed.ip().is_loopback() {
         return Err(BoardError::NoPassword(addr.to_owned()));
@@ -170,10 +179,9 @@ pub fn router(board: Arc<Board>) -> Router {
 /// cap and header timeout as the worker's HTTP server.
 pub async fn serve(board: Arc<Board>, shutdown: CancellationToken) -> Result<SocketAddr, BoardError> {
     let addr = board.settings.board.addr.trim().to_owned();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| BoardError::Bind { addr: addr.clone(), reason: e.to_string() })?;
-    let bound = listener.local_addr().map_err(|e| BoardError::Bind { addr, reason: e.to_string() })?;
+    let listener =
+        tokio::net::TcpListener::bind(&addr).await.map_err(|source| BoardError::Bind { addr: addr.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| BoardError::Bind { addr, source })?;
     let limits = crate::http::HttpLimits {
         max_connections: board.settings.board.max_connections.max(1),
         header_timeout: board.settings.board.header_timeout,

@@ -63,11 +63,11 @@ async fn overview_body(board: &Board) -> Markup {
     let (lanes, delayed, dead, counts, workers) = tokio::join!(
         within(lanes),
         within(delayed),
-        within(crate::dead_letters::count(&js, nats)),
+        within(crate::broker::dead_letters::count(&js, nats)),
         within(index::counts_since(&board.pool, hour_ago)),
         within(async {
             let mut conn = board.redis_conn().await?;
-            crate::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| e.to_string())
+            crate::worker::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| e.to_string())
         }),
     );
     let mut by_lane: BTreeMap<&str, u64> = BTreeMap::new();

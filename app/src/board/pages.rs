@@ -242,14 +242,14 @@ pub async fn dead_letters(
     Query(params): Params,
 ) -> Markup {
     let get = |name: &str| params.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    let filter = crate::dead_letters::Filter {
+    let filter = crate::broker::dead_letters::Filter {
         task_name: get("name"),
         reason_contains: get("reason"),
         task_id: get("id"),
         ..Default::default()
     };
     let js = board.producer.publisher().jetstream().clone();
-    let listed = within(crate::dead_letters::list(&js, &board.settings.nats, &filter, 200)).await;
+    let listed = within(crate::broker::dead_letters::list(&js, &board.settings.nats, &filter, 200)).await;
     let field = |name: &str| get(name).unwrap_or_default();
     let body = html! {
         form #dl-filter method="get" action="/dead-letters" {
@@ -382,10 +382,10 @@ pub async fn schedules(
 
 /// `GET /flood`: the shared flood-control state.
 pub async fn flood(State(board): State<Arc<Board>>, Extension(session): Extension<Session>) -> Markup {
-    let state = within(crate::flood_status::read(&board.settings)).await;
+    let state = within(crate::producer::flood_status::read(&board.settings)).await;
     let body = html! {
         @match &state {
-            Ok((bot, status)) => pre #flood { (crate::flood_status::render(*bot, &board.settings.telegram.limits, status)) },
+            Ok((bot, status)) => pre #flood { (crate::producer::flood_status::render(*bot, &board.settings.telegram.limits, status)) },
             Err(err) => p #flood { "No flood-control state: " (err) },
         }
     };

@@ -12,7 +12,7 @@ use sqlx::AnyPool;
 use super::recipients::{self, Recipients};
 use super::{CAMPAIGN_LABEL, Campaign, CampaignError, CampaignStatus, Counters, RECIPIENT_LABEL, ReportRow, store};
 use crate::broker;
-use crate::publish::{Published, Publisher};
+use crate::broker::publish::{Published, Publisher};
 
 /// Publishes in flight at once during a fan-out.
 const IN_FLIGHT: usize = 256;

@@ -146,7 +146,7 @@ pub enum CampaignError {
     Broker(#[from] crate::broker::BrokerError),
     /// Publishing failed.
     #[error(transparent)]
-    Publish(#[from] crate::publish::PublishError),
+    Publish(#[from] crate::broker::publish::PublishError),
     /// No campaign has this id.
     #[error("no campaign {0:?}")]
     NotFound(String),

@@ -14,7 +14,7 @@ use di::{ChatGone, Execution, TaskStatus};
 use sqlx::{AnyPool, Row};
 
 use super::{CAMPAIGN_HEADER, CAMPAIGN_LABEL, RECIPIENT_HEADER, RECIPIENT_LABEL, store};
-use crate::publish::Publisher;
+use crate::broker::publish::Publisher;
 
 /// What to do with a campaign message before it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

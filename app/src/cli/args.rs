@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use di::Envelope;
 
-use crate::dead_letters::Filter;
+use crate::broker::dead_letters::Filter;
 
 /// An envelope for `task` from a `--kwargs` JSON object and `--label`s.
 pub fn envelope_from_json(

@@ -7,9 +7,9 @@ use di::StartupError;
 
 use crate::bot::BotError;
 use crate::broker::BrokerError;
-use crate::lifecycle::LifecycleError;
 use crate::producer::ProducerError;
 use crate::worker::WorkerError;
+use crate::worker::lifecycle::LifecycleError;
 
 /// How a command ended, as its exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::index::{Claim, DueIndex};
 use super::{DUE_HEADER, MOVE_ID_HEADER, TARGET_HEADER, delayed_stream, delayed_subject, index_durable};
+use crate::broker::publish::{PublishError, Publisher, TASK_ID_HEADER, try_insert};
 use crate::broker::{self, BrokerError};
-use crate::publish::{PublishError, Publisher, TASK_ID_HEADER, try_insert};
 
 /// Entries claimed at once.
 const BATCH: usize = 256;
@@ -68,10 +68,9 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &NatsSettings) -> 
         num_replicas: settings.stream_replicas,
         ..Default::default()
     };
-    js.get_or_create_stream(config).await.map_err(|e| BrokerError::Topology {
-        what: format!("stream {}", delayed_stream(settings)),
-        reason: e.to_string(),
-    })
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BrokerError::Topology { what: format!("stream {}", delayed_stream(settings)), source: e.into() })
 }
 
 /// The indexer consumer: every message of the delayed stream, from the first.
@@ -420,7 +419,7 @@ impl DelayedMover {
         let headers = carried_headers(&message.headers);
         let sent = tokio::time::timeout(REQUEST_TIMEOUT, self.publisher.send(target, &id, headers, message.payload));
         match sent.await.unwrap_or_else(|_| {
-            Err(PublishError::Rejected { subject: "the lane".into(), reason: "no answer in time".into() })
+            Err(PublishError::Rejected { subject: "the lane".into(), source: "no answer in time".into() })
         }) {
             Ok(_) => true,
             Err(err) => {

@@ -1,6 +1,8 @@
 //! The producer client: typed enqueue over NATS, the `queued` record, and
 //! waiting for a result without hammering Redis.
 
+pub mod flood_status;
+
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,8 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use settings::{NatsMode, Settings};
 
+use crate::broker::publish::{PublishError, Published, Publisher};
 use crate::broker::{self, BrokerError};
-use crate::publish::{PublishError, Published, Publisher};
 
 /// Why a producer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,10 +183,7 @@ impl Producer {
         };
         if self.publisher.settings().mode != NatsMode::Jetstream {
             // Refused before a `scheduled` record is written for a task never sent.
-            return Err(ProducerError::Publish(PublishError::Rejected {
-                subject: self.publisher.settings().subject.clone(),
-                reason: "delayed tasks need nats.mode = \"jetstream\" (core NATS keeps nothing)".to_owned(),
-            }));
+            return Err(ProducerError::Publish(PublishError::NeedsJetstream));
         }
         let envelope = digested(envelope)?;
         let mut scheduled = ResultRecord::new(envelope.task_name.clone(), TaskStatus::Scheduled, 0);

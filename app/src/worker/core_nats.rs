@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::{Runtime, sleep_or_shutdown};
+use crate::worker::jetstream::{Runtime, sleep_or_shutdown};
 
 /// How long a task waits before it is tried again while the store is down.
 const STORE_RETRY: Duration = Duration::from_secs(1);

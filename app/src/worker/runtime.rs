@@ -10,7 +10,7 @@ use di::{Delivery, Execution, Executor, Lane, ProcessError, ResultStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Topology;
-use crate::publish::Publisher;
+use crate::broker::publish::Publisher;
 
 /// When the result store is down: how long a message waits before it comes
 /// back, and how often the store is probed before pulling resumes.
@@ -30,7 +30,7 @@ pub struct Runtime {
     /// Progress-ack period (a third of `ack_wait`).
     pub progress_every: Duration,
     /// Counters and gauges for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::http::metrics::Metrics>,
     /// Re-creates the streams when a dead-letter copy finds none (JetStream mode).
     pub topology: Option<Topology>,
     /// Flood control, to pace the bulk lane (`None`: a log-only bot).
@@ -73,7 +73,7 @@ impl Runtime {
         publisher: Publisher,
         store: Arc<dyn ResultStore>,
         progress_every: Duration,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::http::metrics::Metrics>,
         topology: Option<Topology>,
     ) -> Self {
         Self {
@@ -163,7 +163,7 @@ impl Runtime {
         execution: &Execution,
         reason: &str,
         dedup: &str,
-    ) -> Result<(), crate::publish::PublishError> {
+    ) -> Result<(), crate::broker::publish::PublishError> {
         let mut pause = Duration::from_millis(100);
         let mut tries = 0;
         loop {

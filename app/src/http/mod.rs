@@ -4,6 +4,8 @@
 //! connections and a header-read timeout, so idle clients cannot exhaust
 //! the process' file descriptors.
 
+pub mod metrics;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::http::metrics::Metrics;
 
 /// What the endpoints look at.
 #[derive(Clone)]
@@ -37,7 +39,7 @@ pub struct Health {
     /// The database.
     pub db: Arc<dyn Db>,
     /// Whether the worker can pull from its consumer.
-    pub pulling: Arc<crate::pull::PullHealth>,
+    pub pulling: Arc<crate::worker::pull::PullHealth>,
 }
 
 impl std::fmt::Debug for Health {

@@ -1,22 +1,30 @@
 //! The worker process' life: start-up, serving, graceful shutdown.
 
+pub mod check;
+pub mod core_nats;
+pub mod jetstream;
+pub mod lifecycle;
+pub mod presence;
+pub mod pull;
+pub mod runtime;
+pub mod shutdown;
+
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::jetstream;
 use di::registry::HookKind;
 use di::{AppContainer, Container, Db, Executor, Registry, ResultStore};
 use settings::{NatsMode, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::advisories;
+use crate::broker::advisories;
+use crate::broker::publish::{NatsEnqueuer, Publisher};
 use crate::broker::{self, BrokerError, Topology};
+use crate::http::metrics::Metrics;
 use crate::http::{self, Health};
-use crate::lifecycle::{self, LifecycleError};
-use crate::metrics::Metrics;
-use crate::publish::{NatsEnqueuer, Publisher};
-use crate::pull::{PullHealth, Puller};
-use crate::serve::{self, Runtime};
+use jetstream::Runtime;
+use lifecycle::LifecycleError;
+use pull::{PullHealth, Puller};
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -33,16 +41,19 @@ pub enum WorkerError {
     /// A cron schedule is wrong (the message names it and where it was declared).
     #[error(transparent)]
     Schedule(#[from] crate::schedule::cron::ScheduleError),
-    /// The Redis client for delayed tasks could not be made.
+    /// The Redis client for delayed tasks could not be made. The client's
+    /// error is kept as text with the URL's secrets removed: its own text
+    /// can carry the URL.
     #[error("redis.url: {0}")]
     Redis(String),
     /// The metrics and health server could not listen.
-    #[error("worker.http_addr {addr}: cannot listen: {reason}")]
+    #[error("worker.http_addr {addr}: cannot listen: {source}")]
     Http {
         /// The address.
         addr: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -85,7 +96,8 @@ async fn with_nats(
         NatsMode::Jetstream => {
             broker::check_jetstream(nats, &settings.nats).await?;
             let most_attempts = registry.tasks().map(|t| i64::from(t.options.retry.max_attempts)).max().unwrap_or(1);
-            let topology = Topology::new(jetstream::new(nats.clone()), settings.nats.clone(), most_attempts);
+            let topology =
+                Topology::new(async_nats::jetstream::new(nats.clone()), settings.nats.clone(), most_attempts);
             let consumers = topology.ensure().await?;
             (Some(topology), Some(consumers))
         }
@@ -133,7 +145,7 @@ async fn serve_container(
     nats: &async_nats::Client,
     publisher: Publisher,
     topology: Option<Topology>,
-    consumers: Option<Vec<(di::Lane, jetstream::consumer::PullConsumer)>>,
+    consumers: Option<Vec<(di::Lane, async_nats::jetstream::consumer::PullConsumer)>>,
     module: &Arc<dyn Container>,
     token: &CancellationToken,
     started: std::time::Instant,
@@ -156,7 +168,7 @@ async fn serve_container(
         governor.observe(Arc::new(metrics.flood.clone()));
         tokio::spawn(metrics.flood.clone().watch(governor.clone()));
     }
-    let worker_name = crate::presence::worker_name();
+    let worker_name = presence::worker_name();
     let index_stop = CancellationToken::new();
     let index = settings.index.enabled.then(|| {
         let postgres = settings.database.url.expose().starts_with("postgres");
@@ -210,7 +222,7 @@ async fn serve_container(
         };
         let bound = http::serve(addr, http::HttpLimits::from_settings(&settings.worker), health, token.clone())
             .await
-            .map_err(|err| WorkerError::Http { addr: addr.to_owned(), reason: err.to_string() })?;
+            .map_err(|source| WorkerError::Http { addr: addr.to_owned(), source })?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     }
     tracing::info!(
@@ -232,18 +244,12 @@ async fn serve_container(
                         Puller::new(topology.clone(), lane, consumer, nats.clone(), pulling.clone())
                     })
                     .collect();
-                serve::serve(pullers, runtime, concurrency, token.clone(), grace).await;
+                jetstream::serve(pullers, runtime, concurrency, token.clone(), grace).await;
                 let _ = advisories.await;
             }
             _ => {
-                let core = crate::serve_core::serve_core(
-                    nats.clone(),
-                    &settings.nats,
-                    runtime,
-                    concurrency,
-                    token.clone(),
-                    grace,
-                );
+                let core =
+                    core_nats::serve_core(nats.clone(), &settings.nats, runtime, concurrency, token.clone(), grace);
                 if let Err(err) = core.await {
                     tracing::error!(%err, "cannot subscribe to the task subjects");
                 }
@@ -276,8 +282,8 @@ fn spawn_presence(
     token: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let redis = di::components::result_store::redis_client(&settings.redis)
-        .map_err(|err| WorkerError::Redis(err.to_string()))?;
-    let info = crate::presence::WorkerInfo {
+        .map_err(|err| WorkerError::Redis(settings::redact_url(&err.to_string())))?;
+    let info = presence::WorkerInfo {
         name,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         in_flight: 0,
@@ -285,7 +291,7 @@ fn spawn_presence(
         rate_limited: Default::default(),
         started_at: di::unix_now() as i64,
     };
-    let announce = crate::presence::announce(redis, settings.redis.key_prefix.clone(), info, metrics, token.clone());
+    let announce = presence::announce(redis, settings.redis.key_prefix.clone(), info, metrics, token.clone());
     tokio::spawn(announce);
     Ok(())
 }
@@ -301,7 +307,7 @@ fn spawn_time_keepers(
     token: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let redis = di::components::result_store::redis_client(&settings.redis)
-        .map_err(|err| WorkerError::Redis(err.to_string()))?;
+        .map_err(|err| WorkerError::Redis(settings::redact_url(&err.to_string())))?;
     let mover = Arc::new(crate::schedule::delayed::DelayedMover::new(
         publisher.clone(),
         store.clone(),

@@ -35,13 +35,17 @@ pub enum PublishError {
     #[error("the message id {0:?} cannot be sent as a NATS header")]
     InvalidMessageId(String),
     /// The server did not accept or confirm the message.
-    #[error("nats did not accept the message on {subject}: {reason}")]
+    #[error("nats did not accept the message on {subject}: {source}")]
     Rejected {
         /// Where it was sent.
         subject: String,
-        /// What went wrong.
-        reason: String,
+        /// The client's error (or a timeout's description).
+        #[source]
+        source: async_nats::Error,
     },
+    /// A delayed task on core NATS, which keeps nothing until its due time.
+    #[error("delayed tasks need nats.mode = \"jetstream\" (core NATS keeps nothing)")]
+    NeedsJetstream,
 }
 
 /// What a publish achieved.
@@ -99,10 +103,7 @@ impl Publisher {
         due_ms: u64,
     ) -> Result<Published, PublishError> {
         if self.settings.mode != NatsMode::Jetstream {
-            return Err(PublishError::Rejected {
-                subject: self.settings.subject.clone(),
-                reason: "delayed tasks need nats.mode = \"jetstream\" (core NATS keeps nothing)".to_owned(),
-            });
+            return Err(PublishError::NeedsJetstream);
         }
         let (target, mut headers, bytes) = self.prepare(envelope, lane)?;
         try_insert(&mut headers, crate::schedule::DUE_HEADER, &due_ms.to_string());
@@ -179,7 +180,7 @@ impl Publisher {
         mut headers: HeaderMap,
         payload: Bytes,
     ) -> Result<Published, PublishError> {
-        let rejected = |reason: String| PublishError::Rejected { subject: subject.clone(), reason };
+        let rejected = |source: async_nats::Error| PublishError::Rejected { subject: subject.clone(), source };
         match self.settings.mode {
             NatsMode::Jetstream => {
                 if !try_insert(&mut headers, "Nats-Msg-Id", message_id) {
@@ -190,17 +191,17 @@ impl Publisher {
                     .js
                     .send_publish(subject.clone(), message)
                     .await
-                    .map_err(|e| rejected(e.to_string()))?
+                    .map_err(|e| rejected(e.into()))?
                     .await
-                    .map_err(|e| rejected(e.to_string()))?;
+                    .map_err(|e| rejected(e.into()))?;
                 Ok(if ack.duplicate { Published::Duplicate } else { Published::Stored })
             }
             NatsMode::Core => {
                 self.client
                     .publish_with_headers(subject.clone(), headers, payload)
                     .await
-                    .map_err(|e| rejected(e.to_string()))?;
-                self.client.flush().await.map_err(|e| rejected(e.to_string()))?;
+                    .map_err(|e| rejected(e.into()))?;
+                self.client.flush().await.map_err(|e| rejected(e.into()))?;
                 Ok(Published::Stored)
             }
         }

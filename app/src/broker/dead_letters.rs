@@ -10,9 +10,9 @@ use di::Envelope;
 use serde::Serialize;
 use settings::NatsSettings;
 
+use crate::broker::publish::{ATTEMPT_HEADER, REASON_HEADER, SUBJECT_HEADER, TASK_ID_HEADER, TASK_NAME_HEADER};
 use crate::broker::{self, BrokerError};
 use crate::producer::{Producer, ProducerError};
-use crate::publish::{ATTEMPT_HEADER, REASON_HEADER, SUBJECT_HEADER, TASK_ID_HEADER, TASK_NAME_HEADER};
 
 /// One stored dead letter (its payload stays in the stream).
 #[derive(Debug, Clone, Serialize)]
@@ -92,8 +92,8 @@ pub enum DeadLetterError {
     NotFound(String),
 }
 
-fn topology(err: impl std::fmt::Display) -> DeadLetterError {
-    DeadLetterError::Broker(BrokerError::Topology { what: "dead-letter stream".into(), reason: err.to_string() })
+fn topology<E: std::error::Error + Send + Sync + 'static>(err: E) -> DeadLetterError {
+    DeadLetterError::Broker(BrokerError::Topology { what: "dead-letter stream".into(), source: Box::new(err) })
 }
 
 /// The dead-letter stream and its first and last sequence, if it exists.

@@ -14,22 +14,26 @@ pub enum LifecycleError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The schema could not be brought up to date.
-    #[error("migrations failed on {backend}: {reason}")]
+    #[error("migrations failed on {backend} ({which}): {source}")]
     Migrations {
         /// `PostgreSQL` or `SQLite`.
         backend: &'static str,
+        /// Whose: `the tasks'` or `courier's own`.
+        which: &'static str,
         /// sqlx's error.
-        reason: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
     },
     /// A start-up hook returned an error.
-    #[error("start-up hook {hook} (registered at {location}) failed: {reason}")]
+    #[error("start-up hook {hook} (registered at {location}) failed: {source}")]
     Hook {
         /// The hook's path.
         hook: &'static str,
         /// Its `register_hook!` line.
         location: String,
-        /// What it said.
-        reason: String,
+        /// What it returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -41,15 +45,17 @@ pub fn load_registry() -> Result<Registry, LifecycleError> {
 /// Brings the database schema of the shipped tasks, and Courier's own
 /// tables (campaigns, in `_courier_migrations`), up to date.
 pub async fn migrate(db: &dyn Db) -> Result<(), LifecycleError> {
-    tasks::MIGRATOR
-        .run(db.pool())
-        .await
-        .map_err(|e| LifecycleError::Migrations { backend: db.backend(), reason: e.to_string() })?;
+    tasks::MIGRATOR.run(db.pool()).await.map_err(|source| LifecycleError::Migrations {
+        backend: db.backend(),
+        which: "the tasks'",
+        source,
+    })?;
     let framework = crate::campaign::migrator();
-    framework
-        .run(db.pool())
-        .await
-        .map_err(|e| LifecycleError::Migrations { backend: db.backend(), reason: format!("courier's own: {e}") })?;
+    framework.run(db.pool()).await.map_err(|source| LifecycleError::Migrations {
+        backend: db.backend(),
+        which: "courier's own",
+        source,
+    })?;
     let migrations = tasks::MIGRATOR.iter().count() + framework.iter().count();
     tracing::info!(backend = db.backend(), migrations, "schema up to date");
     Ok(())
@@ -81,7 +87,7 @@ pub async fn run_startup_hooks(
         hook.run(HookContext::new(container.clone())).await.map_err(|e| LifecycleError::Hook {
             hook: hook.name,
             location: format!("{}:{}", hook.file, hook.line),
-            reason: e.to_string(),
+            source: e,
         })?;
         tracing::info!(hook = hook.name, "start-up hook done");
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, Topology};
-use crate::serve::{Runtime, sleep_or_shutdown};
+use crate::worker::jetstream::{Runtime, sleep_or_shutdown};
 
 /// How long a failed advisory waits before it is handled again.
 const RETRY: Duration = Duration::from_secs(2);

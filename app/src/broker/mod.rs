@@ -1,6 +1,10 @@
 //! The NATS side: connecting, checking JetStream, and the topology (task
 //! stream, dead-letter stream, durable consumer) built from settings.
 
+pub mod advisories;
+pub mod dead_letters;
+pub mod publish;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -15,7 +19,9 @@ pub enum BrokerError {
     Unreachable {
         /// The URL, redacted.
         url: String,
-        /// The client's error.
+        /// The client's error as text, with the URLs' secrets removed (its
+        /// own text can carry a URL with its password, so it is not kept as
+        /// a source).
         reason: String,
     },
     /// The server answers but has no JetStream.
@@ -27,12 +33,13 @@ pub enum BrokerError {
         reason: String,
     },
     /// A stream or consumer could not be created or read.
-    #[error("nats {what}: {reason}")]
+    #[error("nats {what}: {source}")]
     Topology {
         /// Which object (`stream COURIER`, `consumer courier-worker`).
         what: String,
-        /// The server's error.
-        reason: String,
+        /// The client's or the server's error.
+        #[source]
+        source: async_nats::Error,
     },
     /// An existing stream cannot serve these settings.
     #[error(
@@ -46,6 +53,11 @@ pub enum BrokerError {
         /// What settings need.
         wanted: String,
     },
+}
+
+/// Wraps a client error about the object `what` (a stream, a consumer).
+fn topology<E: std::error::Error + Send + Sync + 'static>(what: String) -> impl FnOnce(E) -> BrokerError {
+    move |err| BrokerError::Topology { what, source: Box::new(err) }
 }
 
 /// Connects to one of the servers in `settings` (`nats.url`: one URL or
@@ -178,14 +190,9 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
         num_replicas: settings.stream_replicas,
         ..Default::default()
     };
-    let topology =
-        |what: String| move |err: &dyn std::fmt::Display| BrokerError::Topology { what, reason: err.to_string() };
-    let mut task_stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|e| topology(format!("stream {}", settings.stream))(&e))?;
-    let found =
-        task_stream.info().await.map_err(|e| topology(format!("stream {}", settings.stream))(&e))?.config.clone();
+    let mut task_stream =
+        js.get_or_create_stream(wanted.clone()).await.map_err(topology(format!("stream {}", settings.stream)))?;
+    let found = task_stream.info().await.map_err(topology(format!("stream {}", settings.stream)))?.config.clone();
     if found.retention != wanted.retention || found.storage != wanted.storage {
         return Err(BrokerError::StreamMismatch {
             stream: settings.stream.clone(),
@@ -217,9 +224,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
         num_replicas: settings.stream_replicas,
         ..Default::default()
     };
-    js.get_or_create_stream(dead)
-        .await
-        .map_err(|e| topology(format!("stream {}", dead_letter_stream(settings)))(&e))?;
+    js.get_or_create_stream(dead).await.map_err(topology(format!("stream {}", dead_letter_stream(settings))))?;
     let advisories = stream::Config {
         name: advisory_stream(settings),
         subjects: vec![max_deliveries_subject(settings)],
@@ -229,9 +234,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) ->
         num_replicas: settings.stream_replicas,
         ..Default::default()
     };
-    js.get_or_create_stream(advisories)
-        .await
-        .map_err(|e| topology(format!("stream {}", advisory_stream(settings)))(&e))?;
+    js.get_or_create_stream(advisories).await.map_err(topology(format!("stream {}", advisory_stream(settings))))?;
     crate::schedule::delayed::ensure_stream(js, settings).await?;
     Ok(task_stream)
 }
@@ -266,17 +269,14 @@ pub async fn ensure_consumer(
 ) -> Result<consumer::PullConsumer, BrokerError> {
     let wanted = consumer_config(settings, most_attempts, lane);
     let durable = lane_durable(settings, lane);
-    let topology = |e: &dyn std::fmt::Display| BrokerError::Topology {
-        what: format!("consumer {durable}"),
-        reason: e.to_string(),
-    };
+    let what = format!("consumer {durable}");
     let mut consumer: consumer::PullConsumer =
-        task_stream.get_or_create_consumer(&durable, wanted.clone()).await.map_err(|e| topology(&e))?;
-    let mut found = consumer.info().await.map_err(|e| topology(&e))?.config.clone();
+        task_stream.get_or_create_consumer(&durable, wanted.clone()).await.map_err(topology(what.clone()))?;
+    let mut found = consumer.info().await.map_err(topology(what.clone()))?.config.clone();
     // Looked at again just before deleting: another worker starting at the
     // same moment may have replaced it already.
     if found.filter_subject != wanted.filter_subject
-        && task_stream.consumer_info(&durable).await.map_err(|e| topology(&e))?.config.filter_subject
+        && task_stream.consumer_info(&durable).await.map_err(topology(what.clone()))?.config.filter_subject
             != wanted.filter_subject
     {
         tracing::warn!(
@@ -286,9 +286,9 @@ pub async fn ensure_consumer(
             "the consumer filters another subject (created before lanes, or rewritten by a taskiq producer); \
              re-creating it (unacknowledged messages are delivered again)"
         );
-        task_stream.delete_consumer(&durable).await.map_err(|e| topology(&e))?;
-        consumer = task_stream.create_consumer(wanted.clone()).await.map_err(|e| topology(&e))?;
-        found = consumer.info().await.map_err(|e| topology(&e))?.config.clone();
+        task_stream.delete_consumer(&durable).await.map_err(topology(what.clone()))?;
+        consumer = task_stream.create_consumer(wanted.clone()).await.map_err(topology(what.clone()))?;
+        found = consumer.info().await.map_err(topology(what.clone()))?.config.clone();
     }
     let differences = consumer_differences(&found, &wanted);
     if !differences.is_empty() {

@@ -12,7 +12,7 @@ use bb8_redis::redis::{self, AsyncCommands};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::metrics::Metrics;
+use crate::http::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 

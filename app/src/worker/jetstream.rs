@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::campaign::worker::CampaignGate;
-use crate::pull::{Pulled, Puller};
-pub use crate::runtime::Runtime;
-use crate::runtime::STORE_RETRY;
+use crate::worker::pull::{Pulled, Puller};
+pub use crate::worker::runtime::Runtime;
+use crate::worker::runtime::STORE_RETRY;
 
 /// How long one pull request waits for messages before it is renewed.
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);

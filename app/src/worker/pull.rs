@@ -23,7 +23,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Topology;
-use crate::serve::{PULL_EXPIRES, sleep_or_shutdown};
+use crate::worker::jetstream::{PULL_EXPIRES, sleep_or_shutdown};
 
 /// The first pause after a failed pull; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
