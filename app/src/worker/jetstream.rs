@@ -21,6 +21,13 @@ use crate::worker::runtime::STORE_RETRY;
 
 /// How long one pull request waits for messages before it is renewed.
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long a pull waits when it holds the last free slot: other lanes
+/// wait for that slot meanwhile. With fewer slots than lanes
+/// (`worker.concurrency = 1`), 2 s pulls of idle lanes took turns with the
+/// only slot, and a task waited up to 6 s for its lane's turn. Now it
+/// waits at most a tenth of a second per other lane; an idle worker with
+/// one slot sends about ten pulls a second.
+const SCARCE_PULL_EXPIRES: Duration = Duration::from_millis(100);
 /// The most messages one pull asks for (also bounded by the free slots).
 const MAX_BATCH: usize = 256;
 /// How long the server has to confirm an ack (async-nats' JetStream default).
@@ -268,7 +275,8 @@ async fn request(
         }
         taken.truncate(budget);
     }
-    match puller.request(taken.len()).await {
+    let expires = if slots.all.available_permits() == 0 { SCARCE_PULL_EXPIRES } else { PULL_EXPIRES };
+    match puller.request(taken.len(), expires).await {
         Ok(()) => Requested::Slots(taken),
         Err(why) => {
             drop(taken);

@@ -120,6 +120,9 @@ pub struct Puller {
     request: Option<Request>,
     /// When the request in flight is taken as lost.
     deadline: Pin<Box<Sleep>>,
+    /// When the consumer was last found to exist (empty pulls check it at
+    /// most once per `PULL_EXPIRES`, however short the pulls).
+    verified: Option<Instant>,
 }
 
 impl Puller {
@@ -146,14 +149,15 @@ impl Puller {
             inbox: None,
             request: None,
             deadline,
+            verified: None,
         }
     }
 
     /// Asks the consumer for `wanted` messages, answered on this lane's
     /// inbox. Only one request is in flight at a time: call it again once
     /// [`Puller::next`] has brought every message asked for, or said the
-    /// request ended.
-    pub async fn request(&mut self, wanted: usize) -> Result<(), String> {
+    /// request ended. The server ends it after `expires` if fewer came.
+    pub async fn request(&mut self, wanted: usize, expires: Duration) -> Result<(), String> {
         debug_assert!(self.request.is_none(), "one pull request at a time");
         let inbox = match &self.inbox {
             Some((inbox, _)) => inbox.clone(),
@@ -168,10 +172,10 @@ impl Puller {
                 inbox
             }
         };
-        let config = BatchConfig { batch: wanted, expires: Some(PULL_EXPIRES), ..Default::default() };
+        let config = BatchConfig { batch: wanted, expires: Some(expires), ..Default::default() };
         self.consumer.request_batch(config, inbox.into()).await.map_err(|err| format!("pull request failed: {err}"))?;
         self.request = Some(Request { wanted, remaining: wanted });
-        self.deadline.as_mut().reset(Instant::now() + PULL_EXPIRES + ANSWER_MARGIN);
+        self.deadline.as_mut().reset(Instant::now() + expires + ANSWER_MARGIN);
         Ok(())
     }
 
@@ -291,9 +295,13 @@ impl Puller {
     /// A pull brought nothing: checks that the consumer still exists
     /// (repairing it if not). False if shutdown came.
     pub async fn verify(&mut self, shutdown: &CancellationToken) -> bool {
+        if self.verified.is_some_and(|at| at.elapsed() < PULL_EXPIRES) {
+            return true;
+        }
         let mut consumer = self.consumer.clone();
         match consumer.info().await {
             Ok(_) => {
+                self.verified = Some(Instant::now());
                 self.succeeded();
                 true
             }
