@@ -20,6 +20,7 @@ pub mod report;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use serde::Serialize;
 use settings::Settings;
 
 use self::ceiling::{Ceiling, Work};
@@ -156,19 +157,66 @@ pub async fn run(settings: &Settings, options: &BenchOptions) -> Result<Report, 
 pub async fn prefill(settings: &Settings, n: usize, in_flight: usize) -> Result<Duration, BenchError> {
     let producer = Producer::connect(settings).await?;
     let started = Instant::now();
+    enqueue_noops(&producer, n, in_flight).await?;
+    Ok(started.elapsed())
+}
+
+/// Enqueues `n` `noop` tasks, `in_flight` at once; returns their ids.
+async fn enqueue_noops(producer: &Producer, n: usize, in_flight: usize) -> Result<Vec<String>, BenchError> {
     let mut pending = FuturesUnordered::new();
-    let (mut issued, mut done) = (0, 0);
-    while done < n {
+    let mut ids = Vec::with_capacity(n);
+    let mut issued = 0;
+    while ids.len() < n {
         while issued < n && pending.len() < in_flight {
             pending.push(producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}));
             issued += 1;
         }
         if let Some(handle) = pending.next().await {
-            handle?;
-            done += 1;
+            ids.push(handle?.task_id);
         }
     }
-    Ok(started.elapsed())
+    Ok(ids)
+}
+
+/// What a drain measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drained {
+    /// Tasks queued before the worker started.
+    pub n: usize,
+    /// Every record read back and checked.
+    pub checked: Checked,
+    /// From the first task's start to the last one's end, by the
+    /// worker's records (seconds); its start-up is not in it.
+    pub span_s: f64,
+    /// `n / span_s`.
+    pub per_second: f64,
+}
+
+/// A pre-filled queue drained: enqueues `n` `noop` tasks with no worker
+/// taking them, calls `queued` (start the worker then), reads every record
+/// back and checks it, and times the drain by the records: from the
+/// earliest start to the latest finish. As the BullMQ harness
+/// (`bench/bullmq`) times its worker by its jobs' `processedOn` and
+/// `finishedOn`.
+pub async fn drain(
+    settings: &Settings,
+    n: usize,
+    in_flight: usize,
+    stall: Duration,
+    queued: impl FnOnce(),
+) -> Result<Drained, BenchError> {
+    let producer = Producer::connect(settings).await?;
+    let readback = Readback::connect(settings, stall).await?;
+    let ids = enqueue_noops(&producer, n, in_flight).await?;
+    queued();
+    let progress = Progress::stderr();
+    let show = Show { progress: &progress, phase: "drain" };
+    let prefix = &settings.redis.key_prefix;
+    let (checked, span) = readback.read_all_spanned(prefix, &ids, &Task::Noop.expected(), &show).await?;
+    progress.clear();
+    let span_s = span.map_or(0.0, |(start, end)| end - start);
+    let per_second = if span_s > 0.0 { n as f64 / span_s } else { 0.0 };
+    Ok(Drained { n, checked, span_s, per_second })
 }
 
 impl Bench<'_> {

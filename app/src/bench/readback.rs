@@ -118,6 +118,20 @@ impl Readback {
         expected: &Expected,
         show: &Show<'_>,
     ) -> Result<Checked, BenchError> {
+        Ok(self.read_all_spanned(prefix, ids, expected, show).await?.0)
+    }
+
+    /// [`Readback::read_all`], and the span the expected records cover by
+    /// the worker's clock: the earliest `started_at` and the latest
+    /// `finished_at` (Unix seconds), if any record had them.
+    pub async fn read_all_spanned(
+        &self,
+        prefix: &str,
+        ids: &[String],
+        expected: &Expected,
+        show: &Show<'_>,
+    ) -> Result<(Checked, Option<(f64, f64)>), BenchError> {
+        let mut span: Option<(f64, f64)> = None;
         let mut conn = self.conn.clone();
         let mut pending: VecDeque<&str> = ids.iter().map(String::as_str).collect();
         let mut checked = Checked::default();
@@ -130,7 +144,12 @@ impl Readback {
             let mut unread = Vec::new();
             for (id, value) in chunk.into_iter().zip(values) {
                 match value.map(|bytes| ResultRecord::from_msgpack(&bytes)) {
-                    Some(Ok(record)) => checked.record(&record, expected),
+                    Some(Ok(record)) => {
+                        if let (Some(start), Some(end)) = (record.started_at, record.finished_at) {
+                            span = Some(span.map_or((start, end), |(a, b)| (a.min(start), b.max(end))));
+                        }
+                        checked.record(&record, expected);
+                    }
                     Some(Err(_)) => checked.wrong += 1,
                     None => unread.push(id),
                 }
@@ -147,7 +166,7 @@ impl Readback {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        Ok(checked)
+        Ok((checked, span))
     }
 }
 

@@ -61,8 +61,14 @@ struct Cli {
     /// Only enqueue N noop tasks and exit, without waiting for results (no
     /// worker needed): a pre-filled queue for a worker started afterwards,
     /// as scripts/profile.sh does.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "drain")]
     prefill: bool,
+    /// Enqueue N noop tasks, say "queued" on stderr, then wait for a worker
+    /// started afterwards to run them all; every record is read back and
+    /// checked, and the drain is timed by the records (first start to last
+    /// finish), as scripts/peers.sh compares with BullMQ. Prints JSON.
+    #[arg(long)]
+    drain: bool,
 }
 
 #[tokio::main]
@@ -81,6 +87,25 @@ async fn main() -> ExitCode {
             Ok(took) => {
                 eprintln!("bench: enqueued {} noop tasks in {}", cli.n, courier::telemetry::human(took));
                 Exit::Ok.into()
+            }
+            Err(err) => {
+                eprintln!("bench: {err}");
+                exit_of(&err).into()
+            }
+        };
+    }
+    if cli.drain {
+        let stall = Duration::from_secs(cli.stall_timeout.get() as u64);
+        let queued = || eprintln!("bench: queued {} noop tasks; start the worker", cli.n);
+        return match bench::drain(&settings, cli.n.get(), cli.in_flight.get(), stall, queued).await {
+            Ok(drained) => {
+                print_json(&drained);
+                if drained.checked.clean() {
+                    Exit::Ok.into()
+                } else {
+                    eprintln!("bench: not every result was the expected one: {}", drained.checked);
+                    Exit::Failed.into()
+                }
             }
             Err(err) => {
                 eprintln!("bench: {err}");
