@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
-# Courier's one test command: formatting, lints, and every test against the
+# Courier's test command: formatting, lints, and every test against the
 # real services. CI (.ci/run) calls exactly this.
+#   ./scripts/test.sh           everything, as CI runs it
+#   ./scripts/test.sh --quick   the same checks and tests, without the long
+#                               acceptance tests (nextest profile `quick` in
+#                               .config/nextest.toml: faults and restarts,
+#                               Telegram's limits, campaigns, the cluster,
+#                               floods, the browser; nextest names how many
+#                               it left out), and without the drop-in build
 set -euo pipefail
 cd "$(dirname "$0")/.."
+profile=default
+case "${1:-}" in
+  "") ;;
+  --quick) profile=quick ;;
+  *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+esac
 
 # Fail at once, saying how to start it, if a service the tests need is down.
 need() {
@@ -50,7 +63,9 @@ target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, 
 ./scripts/taskiq-venv.sh "$target/taskiq-venv"
 
 echo "== chromium and chromedriver for the browser tests (tests/src/browser.rs)"
-if ! command -v chromedriver >/dev/null 2>&1; then
+if [ "$profile" = quick ]; then
+  echo "not needed: --quick leaves the browser test out"
+elif ! command -v chromedriver >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
     || echo "test.sh: could not install chromium and chromium-driver; the browser tests will fail saying how to install them"
 fi
@@ -60,10 +75,17 @@ echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests (the typed-enqueue compile check is one).
   cargo test --workspace --doc --quiet
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast --profile "$profile"
+elif [ "$profile" = quick ]; then
+  echo "test.sh: --quick needs cargo-nextest (cargo install cargo-nextest --locked)" >&2
+  exit 2
 else
   cargo test --workspace --no-fail-fast
 fi
 
 echo "== drop-in: a new file in tasks/src is a new task"
-./scripts/check-dropin.sh
+if [ "$profile" = quick ]; then
+  echo "left out by --quick (two builds of a scratch copy, about 90 s); ./scripts/test.sh runs it"
+else
+  ./scripts/check-dropin.sh
+fi
