@@ -11,6 +11,8 @@
 # Needs the development profile's NATS, Redis and PostgreSQL, and Node
 # (npm installs bench/bullmq's pinned packages on the first run).
 set -euo pipefail
+# A failure inside $(...) stops the script too.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 RUNS=${RUNS:-3}
@@ -32,16 +34,21 @@ export COURIER_NATS__DEAD_LETTER_SUBJECT=courier_peers.dead
 export COURIER_NATS__DONE_SUBJECT=courier_peers.done
 export COURIER_REDIS__KEY_PREFIX=courier_peers:
 export COURIER_REDIS__RESULT_TTL=10m
-export COURIER_WORKER__CONCURRENCY=32
+# 43: a worker keeps a quarter of its slots for interactive tasks (10), and
+# the idle bulk and paid lanes' pulls hold one each, so the transactional
+# lane, where `noop` runs, gets 31 of the other 33: as BullMQ's 32.
+export COURIER_WORKER__CONCURRENCY=${CONCURRENCY:-43}
 export COURIER_WORKER__HTTP_ADDR=127.0.0.1:$PORT
 export COURIER_INDEX__ENABLED=false
 export RUST_LOG=${RUST_LOG:-warn}
 
-# Stops only the worker this script started.
+# Stops only the worker this script started (courier() runs in a subshell,
+# so it stops its own worker on failure too).
 trap 'if [ -n "${pid:-}" ]; then kill -TERM "$pid" 2>/dev/null || true; fi' EXIT
 
 # One Courier drain of $1 tasks; prints its rate (tasks/s by the records).
 courier() {
+  trap 'if [ -n "${pid:-}" ]; then kill -TERM "$pid" 2>/dev/null || true; fi' EXIT
   local n=$1 log="$OUT/bench.log" json="$OUT/drain.json"
   "$bin/bench" --drain --n "$n" >"$json" 2>"$log" &
   local bench=$!
@@ -62,7 +69,7 @@ courier() {
 # the jobs' processedOn/finishedOn, then by the wall clock.
 bullmq() {
   local json="$OUT/bullmq.json"
-  node bench/bullmq/bench.mjs --n "$N" --runs 1 --round-trips 300 --json >"$json"
+  node bench/bullmq/bench.mjs --n "$N" --runs 1 --round-trips 300 --json >"$json" || { echo "peers.sh: the BullMQ run failed" >&2; exit 1; }
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["drain_span_per_second"][0], r["drain_per_second"][0], r["round_trip_ms"]["p50"], r["round_trip_ms"]["p99"])' "$json"
 }
 
@@ -70,7 +77,9 @@ courier 1000 >/dev/null # warm-up: the stream, the consumer, the caches
 ours=() theirs=()
 for run in $(seq 1 "$RUNS"); do
   c=$(courier "$N")
-  read -r b wall p50 p99 <<<"$(bullmq)"
+  line=$(bullmq)
+  read -r b wall p50 p99 <<<"$line"
+  [ -n "$c" ] && [ -n "$b" ] || { echo "peers.sh: a run gave no figure" >&2; exit 1; }
   ours+=("$c") theirs+=("$b")
   echo "round $run: Courier $c/s, BullMQ $b/s (wall clock $wall/s; its round trip p50 $p50 ms, p99 $p99 ms)"
 done

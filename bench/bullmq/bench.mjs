@@ -36,9 +36,10 @@ for (const [name, value] of Object.entries({ n, runs, concurrency, warmup, round
     process.exit(2);
   }
 }
-const url = new URL(process.env.REDIS_URL ?? "redis://127.0.0.1:6379");
+// The whole URL goes to ioredis: a password or a database number in it counts.
+const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 // BullMQ 6 takes a client (ioredis is optional to it): one per queue, worker and events.
-const connect = () => new IORedis({ host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null });
+const connect = () => new IORedis(redisUrl, { maxRetriesPerRequest: null });
 
 const PAGE = 1000;
 

@@ -121,6 +121,13 @@ impl Readback {
         Ok(self.read_all_spanned(prefix, ids, expected, show).await?.0)
     }
 
+    /// How many of `ids` have a final record (one `EXISTS`).
+    pub async fn count_final(&self, prefix: &str, ids: &[String]) -> Result<usize, BenchError> {
+        let keys: Vec<String> = ids.iter().map(|id| format!("{prefix}{id}")).collect();
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS").arg(&keys).query_async(&mut conn).await.map_err(failed("Redis EXISTS"))
+    }
+
     /// [`Readback::read_all`], and the span the expected records cover by
     /// the worker's clock: the earliest `started_at` and the latest
     /// `finished_at` (Unix seconds), if any record had them.

@@ -7,6 +7,7 @@ use di::StartupError;
 
 use crate::bot::BotError;
 use crate::broker::BrokerError;
+use crate::broker::publish::PublishError;
 use crate::producer::ProducerError;
 use crate::worker::WorkerError;
 use crate::worker::lifecycle::LifecycleError;
@@ -110,6 +111,8 @@ impl From<&ProducerError> for Exit {
         match err {
             ProducerError::Broker(err) => err.into(),
             ProducerError::Startup(err) => err.into(),
+            // Configuration: core NATS cannot hold a task until a due time.
+            ProducerError::Publish(PublishError::NeedsJetstream) => Self::Usage,
             ProducerError::Publish(_) | ProducerError::Store(_) => Self::Unavailable,
             ProducerError::Invalid(_) | ProducerError::Encode(_) => Self::Usage,
             ProducerError::Conflict { .. } => Self::Conflict,

@@ -97,8 +97,9 @@ pub struct DelayedMover {
     index: DueIndex,
     /// The lane subjects a message may be moved to.
     targets: Vec<String>,
-    /// Told by this worker's rebuild: the indexer binds the new consumer at once.
-    rebuilt: tokio::sync::Notify,
+    /// How many rebuilds this worker made: the indexer binds the new
+    /// consumer at once when it moves past the one it bound after.
+    rebuilt: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for DelayedMover {
@@ -120,7 +121,7 @@ impl DelayedMover {
             publisher,
             store,
             targets,
-            rebuilt: tokio::sync::Notify::new(),
+            rebuilt: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -143,11 +144,19 @@ impl DelayedMover {
     /// a rebuild, NATS gone), this worker rebuilt the index (`Ok`: bind
     /// again at once), or `stop`.
     async fn index_until_broken(&self, stop: &CancellationToken) -> Result<(), String> {
+        // Rebuilds from now on are news; one before this binding is not.
+        let mut rebuilt = self.rebuilt.subscribe();
+        rebuilt.mark_unchanged();
         let stream = self.js.get_stream(delayed_stream(&self.settings)).await.map_err(|e| e.to_string())?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(&index_durable(&self.settings), index_config(&self.settings))
-            .await
-            .map_err(|e| e.to_string())?;
+        // Created, or updated to this configuration (a consumer from an
+        // older version keeps its 30 s ack wait otherwise).
+        let consumer: consumer::PullConsumer = match stream.create_consumer(index_config(&self.settings)).await {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                tracing::debug!(%err, "delayed tasks: the indexer consumer cannot be updated; using it as it is");
+                stream.get_consumer(&index_durable(&self.settings)).await.map_err(|e| e.to_string())?
+            }
+        };
         let messages = consumer
             .stream()
             .expires(INDEX_PULL_EXPIRES)
@@ -159,7 +168,7 @@ impl DelayedMover {
         loop {
             let batch = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                () = self.rebuilt.notified() => return Ok(()),
+                Ok(()) = rebuilt.changed() => return Ok(()),
                 batch = batches.next() => batch,
             };
             let Some(batch) = batch else { return Err("the consumer's message stream ended".to_owned()) };
@@ -179,7 +188,7 @@ impl DelayedMover {
     }
 
     /// Adds a batch to the index, then acks it; if Redis refuses, hands the
-    /// batch back to be delivered again in a second.
+    /// batch back to be delivered again after `RETRY`.
     async fn index_messages(&self, messages: Vec<jetstream::Message>) {
         if messages.is_empty() {
             return;
@@ -197,7 +206,7 @@ impl DelayedMover {
         let kind = match self.index.add(&entries).await {
             Ok(()) => AckKind::Ack,
             Err(err) => {
-                tracing::warn!(%err, "delayed tasks: cannot index (Redis); redelivering in a second");
+                tracing::warn!(%err, "delayed tasks: cannot index (Redis); redelivering shortly");
                 AckKind::Nak(Some(RETRY))
             }
         };
@@ -262,8 +271,7 @@ impl DelayedMover {
         }
         match result {
             Ok(waiting) => {
-                // A permit is kept if the indexer is not waiting right now.
-                self.rebuilt.notify_one();
+                self.rebuilt.send_modify(|count| *count += 1);
                 tracing::info!(waiting, "delayed tasks: index (re)built from the delayed stream");
                 Duration::ZERO
             }

@@ -69,6 +69,12 @@ impl Slots {
         Slot { _all: all, _other: other }
     }
 
+    /// Whether `lane` just took the last slot it may use: other lanes then
+    /// wait for this lane's pull to end.
+    fn scarce(&self, lane: Lane) -> bool {
+        self.all.available_permits() == 0 || (lane != Lane::Interactive && self.others.available_permits() == 0)
+    }
+
     /// Up to `most` more slots that are free right now (never waits).
     fn take_free(&self, lane: Lane, most: usize) -> Vec<Slot> {
         let mut taken = Vec::new();
@@ -275,7 +281,7 @@ async fn request(
         }
         taken.truncate(budget);
     }
-    let expires = if slots.all.available_permits() == 0 { SCARCE_PULL_EXPIRES } else { PULL_EXPIRES };
+    let expires = if slots.scarce(lane) { SCARCE_PULL_EXPIRES } else { PULL_EXPIRES };
     match puller.request(taken.len(), expires).await {
         Ok(()) => Requested::Slots(taken),
         Err(why) => {

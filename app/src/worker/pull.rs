@@ -123,6 +123,8 @@ pub struct Puller {
     /// When the consumer was last found to exist (empty pulls check it at
     /// most once per `PULL_EXPIRES`, however short the pulls).
     verified: Option<Instant>,
+    /// The expiry of the last request (what "unanswered" waited for).
+    expires: Duration,
 }
 
 impl Puller {
@@ -150,6 +152,7 @@ impl Puller {
             request: None,
             deadline,
             verified: None,
+            expires: PULL_EXPIRES,
         }
     }
 
@@ -176,6 +179,7 @@ impl Puller {
         self.consumer.request_batch(config, inbox.into()).await.map_err(|err| format!("pull request failed: {err}"))?;
         self.request = Some(Request { wanted, remaining: wanted });
         self.deadline.as_mut().reset(Instant::now() + expires + ANSWER_MARGIN);
+        self.expires = expires;
         Ok(())
     }
 
@@ -267,8 +271,8 @@ impl Puller {
     /// overloaded. `/readyz` says so until a pull is answered again.
     pub fn unanswered(&mut self) {
         let why = format!(
-            "the consumer did not answer a pull within {} s (a broker failover?)",
-            (PULL_EXPIRES + ANSWER_MARGIN).as_secs()
+            "the consumer did not answer a pull within {} (a broker failover?)",
+            crate::telemetry::human(self.expires + ANSWER_MARGIN)
         );
         if self.health.get(self.lane).as_deref() != Some(why.as_str()) {
             tracing::warn!(lane = self.lane.name(), "{why}; pulling again");
@@ -296,6 +300,9 @@ impl Puller {
     /// (repairing it if not). False if shutdown came.
     pub async fn verify(&mut self, shutdown: &CancellationToken) -> bool {
         if self.verified.is_some_and(|at| at.elapsed() < PULL_EXPIRES) {
+            // Checked a moment ago; the pull was answered (or is marked
+            // unanswered by the caller).
+            self.succeeded();
             return true;
         }
         let mut consumer = self.consumer.clone();
