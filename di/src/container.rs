@@ -56,7 +56,7 @@ impl AppContainer {
             db.close().await;
             tracing::info!(component = %Component::Database, "pool closed");
         }
-        // The Redis pool (bb8) and the HTTP client close when their last
+        // The Redis connection and the HTTP client close when their last
         // handle drops, which is here unless a task still holds the module.
         let holders = Arc::strong_count(&self.module);
         drop(self.module);
@@ -125,10 +125,9 @@ impl ContainerBuilder<'_> {
                 let store = RedisResultStore::connect(&settings.redis).await?;
                 tracing::info!(component = %Component::Redis, url = %settings.redis.url, ttl_seconds = settings.redis.result_ttl.as_secs(), "connected");
                 builder = builder.with_component_parameters::<RedisResultStore>(RedisResultStoreParameters {
-                    pool: store.pool,
+                    conn: store.conn,
                     ttl: store.ttl,
                     key_prefix: store.key_prefix,
-                    shared: store.shared,
                 });
             }
         }

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod outcome;
 pub mod progress;
 pub mod record;
+pub mod redis_conn;
 pub mod registry;
 pub mod schema;
 pub mod shape;

@@ -129,6 +129,13 @@ impl SecretUrls {
         self.0.iter().map(SecretUrl::expose).collect::<Vec<_>>().join(",")
     }
 
+    /// The password (or token) of the first URL that carries one: what must
+    /// be scrubbed from client error messages (settings validation makes
+    /// every URL carry the same).
+    pub fn password(&self) -> Option<String> {
+        self.0.iter().find_map(SecretUrl::password)
+    }
+
     /// Every URL with its password or token replaced by `***`, comma-separated.
     pub fn redacted(&self) -> String {
         self.0.iter().map(SecretUrl::redacted).collect::<Vec<_>>().join(",")

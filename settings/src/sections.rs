@@ -92,8 +92,13 @@ pub struct NatsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL; may carry a password.
-    pub url: SecretUrl,
+    /// `redis://` or `rediss://` URL; may carry a password. With `cluster`,
+    /// the seed nodes of a Redis Cluster (a list, or URLs separated by
+    /// commas): the client learns the other nodes from whichever it reaches.
+    pub url: SecretUrls,
+    /// Whether `url` names the nodes of a Redis Cluster (off: one server).
+    #[serde(default)]
+    pub cluster: bool,
     /// How long a result record lives after its last write.
     #[serde(with = "duration")]
     pub result_ttl: Duration,
@@ -102,7 +107,8 @@ pub struct RedisSettings {
     /// CA certificate (PEM) to trust for `rediss://` (else the system's roots).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
-    /// Connections in the pool (they are multiplexed, so few are needed).
+    /// Accepted and ignored: every caller shares one multiplexed connection
+    /// (per node on a cluster). Kept so settings files that name it load.
     pub pool_size: u32,
     /// How long to wait for a connection.
     #[serde(with = "duration")]

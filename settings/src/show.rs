@@ -17,7 +17,8 @@ pub(crate) fn masked(selected: &Figment, settings: &Settings) -> Result<Dict, Se
     let mut merged: Dict = selected.extract().map_err(Box::new)?;
     let mut secrets: Vec<String> =
         settings.telegram.token.iter().chain(&settings.board.password).map(|t| t.expose().to_owned()).collect();
-    let urls = [&settings.redis.url, &settings.database.url].into_iter().chain(settings.nats.url.servers());
+    let urls =
+        std::iter::once(&settings.database.url).chain(settings.redis.url.servers()).chain(settings.nats.url.servers());
     secrets.extend(urls.filter_map(|url| credential(url.expose())));
     secrets.retain(|s| s.len() >= 3);
     for (key, value) in &mut merged {

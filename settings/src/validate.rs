@@ -68,7 +68,16 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
     nats(&mut c, &settings.nats);
 
     let redis = &settings.redis;
-    c.url("redis.url", redis.url.expose(), &["redis", "rediss", "redis+unix", "unix"]);
+    c.check(!redis.url.servers().is_empty(), "redis.url", || "names no server".to_owned());
+    for server in redis.url.servers() {
+        c.url("redis.url", server.expose(), &["redis", "rediss", "redis+unix", "unix"]);
+    }
+    c.check(redis.cluster || redis.url.servers().len() <= 1, "redis.url", || {
+        "names several servers, which only a cluster has: set redis.cluster = true, or give one URL".to_owned()
+    });
+    c.check(same_credentials(redis.url.servers()), "redis.url", || {
+        "the nodes carry different credentials; one client uses one password for every node".to_owned()
+    });
     c.check(redis.result_ttl.as_secs() >= 1, "redis.result_ttl", || {
         "must be at least 1s; Redis expiry is in whole seconds and a TTL of zero would keep nothing".to_owned()
     });
@@ -76,7 +85,7 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
         c.check(std::path::Path::new(path).is_file(), "redis.tls_ca_file", || {
             format!("{path:?} is not a readable file")
         });
-        c.check(redis.url.expose().starts_with("rediss://"), "redis.tls_ca_file", || {
+        c.check(redis.url.servers().iter().all(|u| u.expose().starts_with("rediss://")), "redis.tls_ca_file", || {
             "is set, but redis.url is not rediss://".to_owned()
         });
     }
@@ -190,6 +199,19 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
     c.found
 }
 
+/// Whether every URL of `servers` that names a user or password names the
+/// same ones: one connection carries one set, whichever server it reaches.
+fn same_credentials(servers: &[crate::SecretUrl]) -> bool {
+    let mut credentials: Vec<(String, Option<String>)> = servers
+        .iter()
+        .filter_map(|server| url::Url::parse(server.expose()).ok())
+        .filter(|url| !url.username().is_empty() || url.password().is_some())
+        .map(|url| (percent_decode(url.username()), url.password().map(percent_decode)))
+        .collect();
+    credentials.dedup();
+    credentials.len() <= 1
+}
+
 fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     c.check(!nats.url.servers().is_empty(), "nats.url", || {
         "names no server; give a URL, a list of URLs, or URLs separated by commas".to_owned()
@@ -197,17 +219,7 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     for server in nats.url.servers() {
         c.url("nats.url", server.expose(), &["nats", "tls", "ws", "wss"]);
     }
-    // One connection carries one set of credentials, whichever server it reaches.
-    let mut credentials: Vec<(String, Option<String>)> = nats
-        .url
-        .servers()
-        .iter()
-        .filter_map(|server| url::Url::parse(server.expose()).ok())
-        .filter(|url| !url.username().is_empty())
-        .map(|url| (percent_decode(url.username()), url.password().map(percent_decode)))
-        .collect();
-    credentials.dedup();
-    c.check(credentials.len() <= 1, "nats.url", || {
+    c.check(same_credentials(nats.url.servers()), "nats.url", || {
         "the servers carry different credentials; one client uses one user and password (or token) \
          for every server: write the same ones in each URL, or in one only"
             .to_owned()

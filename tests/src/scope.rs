@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use bb8_redis::redis::{self, AsyncCommands};
 use courier::Producer;
 use futures_util::StreamExt;
+use redis::{self, AsyncCommands};
 use settings::{SecretUrl, SecretUrls, Settings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,7 +47,7 @@ impl Scope {
         settings.nats.done_subject = format!("{id}.done");
         settings.nats.durable = id.clone();
         settings.nats.ack_wait = Duration::from_secs(5);
-        settings.redis.url = SecretUrl::new(REDIS_URL);
+        settings.redis.url = SecretUrl::new(REDIS_URL).into();
         settings.redis.key_prefix = format!("{id}:");
         settings.redis.result_ttl = Duration::from_secs(120);
         settings.worker.concurrency = 8;
@@ -70,6 +70,7 @@ impl Scope {
             ("COURIER_NATS__DONE_SUBJECT", s.nats.done_subject.clone()),
             ("COURIER_NATS__ACK_WAIT", format!("{}ms", s.nats.ack_wait.as_millis())),
             ("COURIER_REDIS__URL", s.redis.url.expose().to_owned()),
+            ("COURIER_REDIS__CLUSTER", s.redis.cluster.to_string()),
             ("COURIER_REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
             ("COURIER_REDIS__RESULT_TTL", format!("{}s", s.redis.result_ttl.as_secs())),
             ("COURIER_DATABASE__URL", s.database.url.expose().to_owned()),

@@ -317,3 +317,120 @@ impl Drop for PrivateNatsCluster {
         }
     }
 }
+
+/// A private Redis Cluster on loopback: six `redis-server` processes,
+/// three primaries with one replica each (`redis-cli --cluster create`),
+/// a node timeout of 1 s so a killed primary's replica takes over within
+/// a few seconds; killed (and their folders removed) on drop.
+#[derive(Debug)]
+pub struct PrivateRedisCluster {
+    /// The nodes, in the order they were created.
+    pub nodes: Vec<ServerProcess>,
+    dirs: Vec<PathBuf>,
+}
+
+impl PrivateRedisCluster {
+    /// Starts six nodes, forms the cluster, and waits (up to 30 s) until
+    /// every node says `cluster_state:ok` and every replica is in sync.
+    pub fn start() -> Self {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(crate::unique("courier_redis_cluster"));
+            std::fs::create_dir_all(&dir).expect("redis cluster dir");
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec();
+            nodes.push(ServerProcess::start("redis-server", port, args));
+            dirs.push(dir);
+        }
+        let cluster = Self { nodes, dirs };
+        let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (Debian's redis-tools)");
+        assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
+        cluster.wait_healthy(&[]);
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (`redis.url` with `redis.cluster`).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(ServerProcess::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// What `redis-cli -p <port> <args>` printed, if the node answered.
+    pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The index in `nodes` of the primary that serves `slot` now, asked of
+    /// any node that answers (none of `down`).
+    pub fn primary_of(&self, slot: u16, down: &[usize]) -> Option<usize> {
+        let asked = self.nodes.iter().enumerate().filter(|(i, _)| !down.contains(i));
+        let listing = asked.map(|(_, n)| n.port).find_map(|port| Self::cli(port, &["cluster", "nodes"]))?;
+        let line = listing.lines().find(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 8
+                && fields[2].contains("master")
+                && !fields[2].contains("fail")
+                && fields[8..].iter().any(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                })
+        })?;
+        let port: u16 = line.split_whitespace().nth(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
+    /// Waits (up to 30 s) until every node but `down` says
+    /// `cluster_state:ok` and every replica among them has its link up.
+    pub fn wait_healthy(&self, down: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = self.nodes.iter().enumerate().filter(|(i, _)| !down.contains(i)).all(|(_, node)| {
+                let ok = Self::cli(node.port, &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"));
+                let replication = Self::cli(node.port, &["info", "replication"]).unwrap_or_default();
+                ok && (replication.contains("role:master") || replication.contains("master_link_status:up"))
+            });
+            if healthy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the redis cluster is not healthy after 30 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

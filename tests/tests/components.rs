@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bb8_redis::redis::{self, AsyncCommands};
 use di::shaku::HasComponent;
 use di::testing::{InMemoryResultStore, RecordingBot, mock_container};
 use di::{
@@ -13,6 +12,7 @@ use di::{
 };
 use it::fake_telegram::FakeTelegram;
 use it::{POSTGRES_URL, REDIS_URL, Service, require, test_settings, unique};
+use redis::{self, AsyncCommands};
 use settings::{Secret, SecretUrl, Settings};
 
 fn settings_with(edit: impl FnOnce(&mut Settings)) -> Settings {
@@ -75,7 +75,7 @@ async fn result_store_on_redis_writes_with_ttl() {
     require(Service::Redis);
     let prefix = format!("{}:", unique("courier_test"));
     let settings = settings_with(|s| {
-        s.redis.url = SecretUrl::new(REDIS_URL);
+        s.redis.url = SecretUrl::new(REDIS_URL).into();
         s.redis.key_prefix = prefix.clone();
         s.redis.result_ttl = Duration::from_secs(90);
     });
@@ -115,7 +115,7 @@ async fn result_store_on_redis_writes_with_ttl() {
 
 #[tokio::test]
 async fn unreachable_redis_is_named_without_password() {
-    let settings = settings_with(|s| s.redis.url = SecretUrl::new("redis://:redispass@127.0.0.1:1"));
+    let settings = settings_with(|s| s.redis.url = SecretUrl::new("redis://:redispass@127.0.0.1:1").into());
     let e = RedisResultStore::connect(&settings.redis).await.expect_err("port 1 is closed");
     assert_eq!(e.component(), Component::Redis);
     let text = e.to_string();
@@ -197,7 +197,7 @@ async fn container_connects_real_components_and_closes_pools() {
     let fake = FakeTelegram::start().await;
     let settings = settings_with(|s| {
         s.database.url = SecretUrl::new(POSTGRES_URL);
-        s.redis.url = SecretUrl::new(REDIS_URL);
+        s.redis.url = SecretUrl::new(REDIS_URL).into();
         s.redis.key_prefix = format!("{}:", unique("courier_container"));
         s.telegram.token = Some(Secret::new("123:SECRETTOKEN"));
         s.telegram.api_url = fake.url.clone();
@@ -225,7 +225,7 @@ async fn container_connects_real_components_and_closes_pools() {
 #[tokio::test]
 async fn container_build_names_the_failing_component() {
     let settings = settings_with(|s| {
-        s.redis.url = SecretUrl::new("redis://127.0.0.1:1");
+        s.redis.url = SecretUrl::new("redis://127.0.0.1:1").into();
         s.redis.connect_timeout = Duration::from_secs(1);
     });
     let e = AppContainer::builder(&settings).build().await.expect_err("redis is unreachable");
@@ -237,7 +237,7 @@ async fn overridden_components_are_not_connected() {
     // Every URL points at a closed port: only the overrides make this work.
     let settings = settings_with(|s| {
         s.database.url = SecretUrl::new("postgres://x@127.0.0.1:1/x");
-        s.redis.url = SecretUrl::new("redis://127.0.0.1:1");
+        s.redis.url = SecretUrl::new("redis://127.0.0.1:1").into();
         s.telegram.token = Some(Secret::new("1:x"));
         s.telegram.api_url = "http://127.0.0.1:1/".to_owned();
     });
@@ -267,7 +267,7 @@ async fn overridden_components_are_not_connected() {
 async fn one_component_swapped_the_others_real() {
     require(Service::Redis);
     let settings = settings_with(|s| {
-        s.redis.url = SecretUrl::new(REDIS_URL);
+        s.redis.url = SecretUrl::new(REDIS_URL).into();
         s.redis.key_prefix = format!("{}:", unique("courier_swap"));
     });
     let bot = RecordingBot::new();

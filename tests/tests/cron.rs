@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bb8_redis::redis;
 use it::PgSchema;
 use it::process::{ChildProcess, command};
 use it::scope::{Scope, scan_keys};

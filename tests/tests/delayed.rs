@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bb8_redis::redis;
 use di::TaskStatus;
 use futures_util::StreamExt;
 use it::PgSchema;
@@ -64,7 +63,7 @@ async fn thousand_delayed_tasks(restarts: bool) {
     let schema = PgSchema::create().await;
     let mut scope = Scope::new();
     scope.settings.nats.url = SecretUrls::new(nats.url());
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     let mut env = scope.env();
     env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
     env.push(("COURIER_WORKER__CONCURRENCY".into(), "16".into()));

@@ -5,13 +5,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use bb8_redis::redis::{self, AsyncCommands};
 use bytes::Bytes;
 use courier::broker::publish::Published;
 use di::{Envelope, TaskStatus};
 use futures_util as _;
 use it::REDIS_URL;
 use it::scope::{Counter, Scope};
+use redis::{self, AsyncCommands};
 
 static RUNS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
@@ -42,6 +42,27 @@ mod counted {
     }
 
     register_task!(run: Args => u32, TaskOptions::new().retry(super::FAST_RETRY));
+}
+
+/// Waits out a flood limit (`Failure::Throttled`, which spends no attempt)
+/// on its first `throttles` runs.
+mod waits_out_limits {
+    use di::prelude::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Args {
+        pub throttles: u32,
+    }
+
+    pub async fn run(ctx: TaskContext, args: Args) -> TaskResult<u32> {
+        let runs = super::RUNS.bump(ctx.task_id());
+        if runs <= args.throttles {
+            return Err(Failure::throttled("flood control: send again later", Duration::from_millis(5)));
+        }
+        Ok(runs)
+    }
+
+    register_task!(run: Args => u32, TaskOptions::new());
 }
 
 fn args(fail_until: u32, fatal: bool, sleep_ms: u64) -> counted::Args {
@@ -220,5 +241,21 @@ async fn a_final_record_is_announced_on_the_done_subject() {
     // Announced once, for the final record only (not for the retried attempt).
     assert_eq!(producer.result(&handle.task_id).await.unwrap().unwrap().attempt, 2);
     assert!(it::scope::next_with_timeout(&mut notices, Duration::from_millis(300)).await.is_none());
+    worker.stop().await.unwrap();
+}
+
+/// Deliveries that wait out Telegram's limits spend no attempt, and must
+/// not reach the consumer's `max_deliver` (the task's attempts plus 50)
+/// either: a task throttled 70 times (a long broadcast backlog, or a
+/// governor on its small fallback limit) still runs.
+#[tokio::test]
+async fn a_task_throttled_more_times_than_max_deliver_still_runs() {
+    let scope = Scope::new();
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let handle = producer.enqueue(waits_out_limits::TASK, &waits_out_limits::Args { throttles: 70 }).await.unwrap();
+    let record = producer.wait(&handle.task_id, Duration::from_secs(90)).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    assert_eq!(RUNS.get(&handle.task_id), 71, "ran until it was let through");
     worker.stop().await.unwrap();
 }

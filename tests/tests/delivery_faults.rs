@@ -156,7 +156,7 @@ async fn a_server_that_lost_its_streams_gets_them_back_from_the_worker() {
 async fn deliveries_while_redis_is_down_spend_no_attempt() {
     let mut redis = ServerProcess::redis();
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     scope.settings.redis.connect_timeout = Duration::from_millis(500);
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
@@ -310,7 +310,7 @@ async fn an_idle_worker_takes_messages_that_would_wait_behind_long_tasks() {
 async fn a_task_whose_body_finished_keeps_its_outcome_at_the_hard_stop() {
     let redis = ServerProcess::redis();
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     scope.settings.worker.concurrency = 4;
     scope.settings.worker.shutdown_timeout = Duration::from_millis(500);
     let worker = scope.start_worker().await;
@@ -326,9 +326,9 @@ async fn a_task_whose_body_finished_keeps_its_outcome_at_the_hard_stop() {
         .await;
     // Writes freeze for 3 s: the bodies return, but their records are still
     // being saved when the shutdown timeout interrupts what is running.
-    let client = bb8_redis::redis::Client::open(redis.url()).unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let () = bb8_redis::redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE").query_async(&mut conn).await.unwrap();
+    let () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE").query_async(&mut conn).await.unwrap();
     worker.stop().await.unwrap();
 
     let again = scope.start_worker().await;
@@ -347,7 +347,7 @@ async fn a_task_whose_body_finished_keeps_its_outcome_at_the_hard_stop() {
 async fn core_mode_retries_only_the_save_and_honours_shutdown() {
     let mut redis = ServerProcess::redis();
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     scope.settings.nats.mode = NatsMode::Core;
     let worker = scope.start_worker_core().await;
     let producer = scope.producer().await;
@@ -384,7 +384,7 @@ async fn core_mode_retries_only_the_save_and_honours_shutdown() {
 async fn after_redis_crashes_and_worker_restarts_every_task_is_final_or_deliverable() {
     let mut redis = ServerProcess::redis_persistent();
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     scope.settings.redis.connect_timeout = Duration::from_millis(500);
     scope.settings.worker.concurrency = 4;
     scope.settings.worker.shutdown_timeout = Duration::from_millis(100);

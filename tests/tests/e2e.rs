@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use bb8_redis::redis::{self, AsyncCommands};
 use di::TaskStatus;
 use it::fake_telegram::FakeTelegram;
 use it::process::ChildProcess;
 use it::scope::Scope;
 use it::{PgSchema, REDIS_URL};
+use redis::{self, AsyncCommands};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CHAT: i64 = 4242;

@@ -30,8 +30,8 @@ fn governors(n: usize, bot: i64, limits: &TelegramLimits) -> Vec<Arc<Governor>> 
     let prefix = format!("{}:", unique("gov"));
     (0..n)
         .map(|_| {
-            let client = bb8_redis::redis::Client::open(REDIS_URL).unwrap();
-            Arc::new(Governor::new(bot, &prefix, limits.clone(), Some(client)))
+            let client = redis::Client::open(REDIS_URL).unwrap();
+            Arc::new(Governor::new(bot, &prefix, limits.clone(), Some(client.into())))
         })
         .collect()
 }
@@ -203,8 +203,8 @@ async fn without_redis_each_process_falls_back_to_its_own_small_limit() {
     let mut limits = limits();
     limits.fallback_per_second = 5.0;
     let mut redis = ServerProcess::redis();
-    let client = bb8_redis::redis::Client::open(redis.url()).unwrap();
-    let governor = Governor::new(1006, "fallback:", limits, Some(client));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let governor = Governor::new(1006, "fallback:", limits, Some(client.into()));
     redis.stop();
     let mut admitted = 0;
     let started = Instant::now();

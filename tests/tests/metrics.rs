@@ -62,7 +62,7 @@ async fn metrics_count_tasks_and_readyz_follows_redis() {
     let mut scope = Scope::new();
     let addr = format!("127.0.0.1:{}", free_port());
     scope.settings.worker.http_addr = addr.clone();
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
 

@@ -13,7 +13,7 @@ async fn worker_and_producer_connect_with_credentials_from_settings() {
     let redis = PrivateRedis::redis_with(&["--requirepass", "redis-s3cret"]);
     let mut scope = Scope::new();
     scope.settings.nats.url = SecretUrls::new(format!("nats://courier:nats-s3cret@127.0.0.1:{}", nats.port));
-    scope.settings.redis.url = SecretUrl::new(format!("redis://:redis-s3cret@127.0.0.1:{}", redis.port));
+    scope.settings.redis.url = SecretUrl::new(format!("redis://:redis-s3cret@127.0.0.1:{}", redis.port)).into();
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
@@ -42,7 +42,7 @@ async fn wrong_credentials_fail_clearly_without_the_secret() {
     assert!(!err.contains("wrong-nats-pass"), "the password leaked: {err}");
 
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(format!("redis://:wrong-redis-pass@127.0.0.1:{}", redis.port));
+    scope.settings.redis.url = SecretUrl::new(format!("redis://:wrong-redis-pass@127.0.0.1:{}", redis.port)).into();
     let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
     assert!(err.contains("redis") && err.contains(&redis.port.to_string()), "{err}");
     assert!(!err.contains("wrong-redis-pass"), "the password leaked: {err}");
@@ -64,7 +64,7 @@ async fn redis_acl_user_from_settings() {
         "off",
     ]);
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(format!("redis://courier:acl-s3cret@127.0.0.1:{}", redis.port));
+    scope.settings.redis.url = SecretUrl::new(format!("redis://courier:acl-s3cret@127.0.0.1:{}", redis.port)).into();
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     let handle = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();
@@ -139,7 +139,7 @@ async fn redis_over_tls_with_a_ca_from_settings() {
     let file = |name: &str| dir.join(name).display().to_string();
     let redis = PrivateRedis::redis_tls(&file("server.pem"), &file("server.key"));
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(format!("rediss://127.0.0.1:{}", redis.port));
+    scope.settings.redis.url = SecretUrl::new(format!("rediss://127.0.0.1:{}", redis.port)).into();
     scope.settings.redis.tls_ca_file = Some(file("ca.pem"));
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
@@ -148,7 +148,7 @@ async fn redis_over_tls_with_a_ca_from_settings() {
     worker.stop().await.unwrap();
 
     // Plain text against the TLS port is refused at start-up, clearly.
-    scope.settings.redis.url = SecretUrl::new(format!("redis://127.0.0.1:{}", redis.port));
+    scope.settings.redis.url = SecretUrl::new(format!("redis://127.0.0.1:{}", redis.port)).into();
     scope.settings.redis.tls_ca_file = None;
     scope.settings.redis.connect_timeout = std::time::Duration::from_secs(2);
     let err = di::RedisResultStore::connect(&scope.settings.redis).await.unwrap_err();
@@ -221,8 +221,8 @@ async fn passwords_with_url_special_characters_connect_and_never_leak() {
         for form in forms {
             let mut scope = Scope::new();
             scope.settings.nats.url = nats_url(&form);
-            scope.settings.redis.url = redis_url(&form);
-            for url in [&scope.settings.nats.url.servers()[0], &scope.settings.redis.url] {
+            scope.settings.redis.url = redis_url(&form).into();
+            for url in [&scope.settings.nats.url.servers()[0], &scope.settings.redis.url.servers()[0]] {
                 assert_eq!(url.password().as_deref(), Some(password), "{form}: what the scrubber masks");
             }
             let producer = courier::Producer::connect(&scope.settings)
@@ -238,7 +238,7 @@ async fn passwords_with_url_special_characters_connect_and_never_leak() {
         for (nats_pw, redis_pw) in [(encode(&wrong), encode(password)), (encode(password), encode(&wrong))] {
             let mut scope = Scope::new();
             scope.settings.nats.url = nats_url(&nats_pw);
-            scope.settings.redis.url = redis_url(&redis_pw);
+            scope.settings.redis.url = redis_url(&redis_pw).into();
             let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err();
             let (code, log) = worker_output(scope.env()).await;
             assert_ne!(code, Some(0), "{log}");

@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn tasks_published_while_redis_is_down_complete_when_it_returns() {
     let mut redis = PrivateRedis::redis();
     let mut scope = Scope::new();
-    scope.settings.redis.url = SecretUrl::new(redis.url());
+    scope.settings.redis.url = SecretUrl::new(redis.url()).into();
     let worker = scope.start_worker().await;
     let producer = scope.producer().await;
     let before = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
-use bb8_redis::redis::{self, aio::MultiplexedConnection};
 use bytes::Bytes;
+use di::redis_conn::RedisConn;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use settings::Settings;
 
@@ -38,7 +38,7 @@ pub struct Ceiling {
     stream_name: String,
     subject: String,
     consumer: consumer::PullConsumer,
-    redis: MultiplexedConnection,
+    redis: RedisConn,
     db: Option<di::SqlxDb>,
     /// Keys under `<redis.key_prefix>bench:<pid>:`, deleted by exact name.
     prefix: String,
@@ -83,7 +83,7 @@ impl Ceiling {
             .await
             .map_err(failed("create the raw consumer"))?;
         let client = di::components::result_store::redis_client(&settings.redis).map_err(failed("Redis"))?;
-        let redis = client.get_multiplexed_async_connection().await.map_err(failed("Redis"))?;
+        let redis = client.connect().await.map_err(failed("Redis"))?;
         let envelope = tasks::noop::TASK.envelope_with_id(di::new_task_id(), &tasks::noop::Args {});
         let payload = envelope
             .and_then(|mut envelope| {

@@ -76,14 +76,14 @@ async fn per_send(
     options: &FloodBenchOptions,
 ) -> Result<((f64, f64), (f64, f64), f64), BenchError> {
     let client = di::components::result_store::redis_client(&settings.redis).map_err(raw)?;
-    let mut conn = client.get_multiplexed_async_connection().await.map_err(raw)?;
+    let mut conn = client.connect().await.map_err(raw)?;
     let prefix = format!("{}flood-bench-{}:", settings.redis.key_prefix, std::process::id());
     let governor = std::sync::Arc::new(di::Governor::new(1, &prefix, unreachable_limits(settings), Some(client)));
     let mut pings = Vec::with_capacity(options.n);
     let mut admits = Vec::with_capacity(options.n);
     for i in 0..options.n {
         let started = Instant::now();
-        let _: String = bb8_redis::redis::cmd("PING").query_async(&mut conn).await.map_err(raw)?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(raw)?;
         pings.push(started.elapsed().as_secs_f64() * 1e6);
         let started = Instant::now();
         match governor.admit(i as i64 + 1, di::Lane::Bulk).await {

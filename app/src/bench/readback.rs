@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bb8_redis::redis::{self, aio::MultiplexedConnection};
+use di::redis_conn::RedisConn;
 use di::{ResultRecord, TaskStatus};
 use serde::Serialize;
 use settings::Settings;
@@ -87,7 +87,7 @@ impl std::fmt::Display for Checked {
 /// batches of [`CHUNK`] on a connection of its own.
 #[derive(Clone)]
 pub struct Readback {
-    conn: MultiplexedConnection,
+    conn: RedisConn,
     /// How long without a new final record before the rest count as missing.
     stall: Duration,
 }
@@ -102,7 +102,7 @@ impl Readback {
     /// A connection to the configured Redis.
     pub async fn connect(settings: &Settings, stall: Duration) -> Result<Self, BenchError> {
         let client = di::components::result_store::redis_client(&settings.redis).map_err(failed("Redis"))?;
-        let conn = client.get_multiplexed_async_connection().await.map_err(failed("Redis"))?;
+        let conn = client.connect().await.map_err(failed("Redis"))?;
         Ok(Self { conn, stall })
     }
 

@@ -22,7 +22,7 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bb8_redis::redis;
+
 use di::Registry;
 use settings::Settings;
 use sqlx::AnyPool;
@@ -80,7 +80,7 @@ pub struct Board {
     pub(crate) producer: Producer,
     pub(crate) pool: AnyPool,
     pub(crate) campaigns: Campaigns,
-    pub(crate) redis: redis::Client,
+    pub(crate) redis: di::redis_conn::RedisClient,
     pub(crate) registry: Registry,
     pub(crate) sessions: Sessions,
 }
@@ -122,8 +122,8 @@ impl Board {
         self.settings.board.password.as_ref().is_some_and(|p| !p.expose().is_empty())
     }
 
-    pub(crate) async fn redis_conn(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        let connecting = self.redis.get_multiplexed_async_connection();
+    pub(crate) async fn redis_conn(&self) -> Result<di::redis_conn::RedisConn, String> {
+        let connecting = self.redis.connect();
         match tokio::time::timeout(std::time::Duration::from_secs(2), connecting).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => Err(err.to_string()),

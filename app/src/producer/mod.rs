@@ -259,7 +259,7 @@ impl Producer {
     /// whose record expired, or one sent by a producer that writes no
     /// record, is not found this way.
     pub async fn cancel_matching(&self, filter: &CancelFilter) -> Result<u64, ProducerError> {
-        let mut cursor = 0;
+        let mut cursor = di::components::result_store::ScanCursor::default();
         let mut cancelled = 0;
         loop {
             let (next, page) = self.store.unfinished_page(cursor).await?;
@@ -271,9 +271,7 @@ impl Producer {
                     cancelled += 1;
                 }
             }
-            if next == 0 {
-                return Ok(cancelled);
-            }
+            let Some(next) = next else { return Ok(cancelled) };
             cursor = next;
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, AckKind, ErrorCode, consumer, stream};
-use bb8_redis::redis;
+
 use di::ResultStore;
 use futures_util::StreamExt;
 use settings::NatsSettings;
@@ -111,7 +111,12 @@ impl std::fmt::Debug for DelayedMover {
 impl DelayedMover {
     /// A mover over the worker's publisher and result store, with its own
     /// Redis connection for the index.
-    pub fn new(publisher: Publisher, store: Arc<dyn ResultStore>, redis: redis::Client, key_prefix: &str) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        store: Arc<dyn ResultStore>,
+        redis: di::redis_conn::RedisClient,
+        key_prefix: &str,
+    ) -> Self {
         let settings = publisher.settings().clone();
         let targets = di::Lane::ALL.iter().map(|lane| broker::lane_subject(&settings, *lane)).collect();
         Self {

@@ -5,7 +5,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use bb8_redis::redis::{self, aio::MultiplexedConnection};
+use di::redis_conn::{RedisClient, RedisConn};
 
 /// Claims what is due. KEYS: index, marker. ARGV: most entries, lease
 /// (ms), the Redis server's run id. Answers `{-2, now, {}}` unless the
@@ -57,9 +57,9 @@ pub(crate) enum Claim {
 
 /// The index of one delayed stream.
 pub(crate) struct DueIndex {
-    client: redis::Client,
+    client: RedisClient,
     /// The connection, and the run id of the server it reached.
-    conn: Mutex<Option<(MultiplexedConnection, String)>>,
+    conn: Mutex<Option<(RedisConn, String)>>,
     claim: redis::Script,
     release: redis::Script,
     index: String,
@@ -76,7 +76,7 @@ impl std::fmt::Debug for DueIndex {
 impl DueIndex {
     /// The index of `stream` under `key_prefix` (the keys share the hash tag
     /// `{<stream>}`, so the claim script's two keys share a cluster slot).
-    pub(crate) fn new(client: redis::Client, key_prefix: &str, stream: &str) -> Self {
+    pub(crate) fn new(client: RedisClient, key_prefix: &str, stream: &str) -> Self {
         let base = format!("{key_prefix}delayed:{{{stream}}}");
         Self {
             client,
@@ -91,12 +91,13 @@ impl DueIndex {
 
     /// The connection and its server's run id (read with `INFO server` on
     /// each new connection: a restart or a failover breaks the connection).
-    async fn connection(&self) -> redis::RedisResult<(MultiplexedConnection, String)> {
+    async fn connection(&self) -> redis::RedisResult<(RedisConn, String)> {
         if let Some(found) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
             return Ok(found);
         }
-        let mut conn = self.client.get_multiplexed_async_connection().await?;
-        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+        let mut conn = self.client.connect().await?;
+        // On a cluster, the run id of the primary that holds the index.
+        let info: String = conn.query_at_key(redis::cmd("INFO").arg("server"), self.index.as_bytes()).await?;
         let run_id = info
             .lines()
             .find_map(|line| line.strip_prefix("run_id:"))
@@ -107,7 +108,7 @@ impl DueIndex {
         Ok(found)
     }
 
-    async fn conn(&self) -> redis::RedisResult<MultiplexedConnection> {
+    async fn conn(&self) -> redis::RedisResult<RedisConn> {
         Ok(self.connection().await?.0)
     }
 

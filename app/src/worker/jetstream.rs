@@ -506,7 +506,13 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
             }
         }
         Disposition::Retry { delay } => {
-            if !postponed(runtime, message, execution, *delay).await {
+            // A message delivered many times (a task that waited out the
+            // flood limits again and again) is republished, not nak'd: its
+            // copy starts its delivery count afresh, so waiting never
+            // reaches the consumer's max_deliver.
+            let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+            let worn = delivered >= crate::broker::MAX_DELIVER_HEADROOM / 2;
+            if !postponed(runtime, message, execution, *delay, worn).await {
                 let _ = message.ack_with(AckKind::Nak(Some(*delay))).await;
             }
             tracing::info!(elapsed_ms, retry_in = %crate::telemetry::human(*delay), error = %describe(&execution.outcome), "task failed; will retry");
@@ -534,14 +540,14 @@ async fn settle(runtime: &Runtime, message: &Message, execution: &Execution, seq
     }
 }
 
-/// A retry that waits longer than `nats.postpone_after`
-/// goes back through the delayed stream, and the message is acked, so it
-/// holds no ack-pending slot while it waits (a group's 429 backlog would
-/// otherwise stall its lane). True if it was postponed; on any failure the
-/// caller naks with the delay as before.
-async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, delay: Duration) -> bool {
+/// A retry that waits longer than `nats.postpone_after` (or any retry of a
+/// `worn` message) goes back through the delayed stream, and the message is
+/// acked, so it holds no ack-pending slot while it waits (a group's 429
+/// backlog would otherwise stall its lane). True if it was postponed; on
+/// any failure the caller naks with the delay as before.
+async fn postponed(runtime: &Runtime, message: &Message, execution: &Execution, delay: Duration, worn: bool) -> bool {
     let Some(task_id) = execution.task_id.as_deref() else { return false };
-    if delay <= runtime.publisher.settings().postpone_after || runtime.topology.is_none() {
+    if (delay <= runtime.publisher.settings().postpone_after && !worn) || runtime.topology.is_none() {
         return false;
     }
     let due_at = std::time::SystemTime::now() + delay;

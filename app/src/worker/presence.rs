@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use bb8_redis::redis::{self, AsyncCommands};
+use di::redis_conn::RedisClient;
+use redis::AsyncCommands;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -52,7 +53,9 @@ pub fn worker_name() -> String {
 }
 
 fn keys(prefix: &str) -> (String, String) {
-    (format!("{prefix}courier:workers"), format!("{prefix}courier:workers:info"))
+    // One hash tag: the announcement's pipeline writes both, and a cluster
+    // pipeline stays in one slot.
+    (format!("{prefix}courier:{{workers}}"), format!("{prefix}courier:{{workers}}:info"))
 }
 
 fn now_ms() -> i64 {
@@ -61,7 +64,7 @@ fn now_ms() -> i64 {
 
 /// Writes this worker's record every [`BEAT`] until `stop`, then deletes it.
 pub async fn announce(
-    client: redis::Client,
+    client: RedisClient,
     prefix: String,
     mut info: WorkerInfo,
     metrics: Arc<Metrics>,
@@ -73,7 +76,7 @@ pub async fn announce(
         info.in_flight = metrics.in_flight.get();
         info.rate_limited = metrics.flood.rate_limited_by_lane();
         if conn.is_none() {
-            conn = client.get_multiplexed_async_connection().await.ok();
+            conn = client.connect().await.ok();
         }
         if let Some(c) = conn.as_mut() {
             let body = serde_json::to_string(&info).unwrap_or_default();
@@ -105,7 +108,7 @@ pub async fn announce(
 }
 
 /// The workers alive now, by name (at most [`MAX_LISTED`]).
-pub async fn alive(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<Vec<WorkerInfo>> {
+pub async fn alive(conn: &mut di::redis_conn::RedisConn, prefix: &str) -> redis::RedisResult<Vec<WorkerInfo>> {
     let (live, records) = keys(prefix);
     let names: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(&live)

@@ -2,18 +2,20 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bb8_redis::RedisConnectionManager;
-use bb8_redis::bb8::{self, Pool};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use bb8_redis::redis::aio::MultiplexedConnection;
-use bb8_redis::redis::{self, AsyncCommands};
+use async_trait::async_trait;
+use redis::AsyncCommands;
 use settings::RedisSettings;
 use shaku::{Component, Interface};
 
 use crate::error::{Component as Part, StartupError};
 use crate::record::{ResultRecord, TaskStatus};
+pub use crate::redis_conn::ScanCursor;
+use crate::redis_conn::{RedisClient, RedisConn, SharedConn};
+
+/// Unfinished tasks' records, by task id: one page of a walk.
+pub type Page = Vec<(String, ResultRecord)>;
 
 /// A result-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -111,13 +113,14 @@ pub trait ResultStore: Interface {
     }
 
     /// One page of the records of unfinished tasks (queued, scheduled,
-    /// running, retrying), for cancelling by filter: start with cursor 0;
-    /// the next cursor is returned, 0 when the walk is done. A page holds a
-    /// few hundred records at most, so memory stays bounded however many
-    /// tasks there are. Stores that cannot list return nothing.
-    async fn unfinished_page(&self, cursor: u64) -> Result<(u64, Vec<(String, ResultRecord)>), StoreError> {
+    /// running, retrying), for cancelling by filter: start with
+    /// `ScanCursor::default()`; the next cursor is returned, `None` when the
+    /// walk is done. A page holds a few hundred records at most, so memory
+    /// stays bounded however many tasks there are. Stores that cannot list
+    /// return nothing.
+    async fn unfinished_page(&self, cursor: ScanCursor) -> Result<(Option<ScanCursor>, Page), StoreError> {
         let _ = cursor;
-        Ok((0, Vec::new()))
+        Ok((None, Vec::new()))
     }
 
     /// Checks that the store answers.
@@ -139,38 +142,30 @@ fn glob_escape(text: &str) -> String {
     escaped
 }
 
-/// A Redis client for `settings` (TLS with `redis.tls_ca_file` when set),
-/// for what talks to the same Redis outside the result store.
-pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, redis::RedisError> {
-    match &settings.tls_ca_file {
-        None => redis::Client::open(settings.url.expose()),
-        Some(ca) => {
-            let root_cert = std::fs::read(ca).map_err(|err| {
-                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "redis.tls_ca_file", err.to_string()))
-            })?;
-            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-            redis::Client::build_with_tls(settings.url.expose(), certificates)
-        }
-    }
+/// A Redis client for `settings` (one server or a cluster; TLS with
+/// `redis.tls_ca_file` when set), for what talks to the same Redis outside
+/// the result store.
+pub fn redis_client(settings: &RedisSettings) -> Result<RedisClient, redis::RedisError> {
+    RedisClient::new(settings)
 }
 
-/// The real [`ResultStore`]: Redis through a bb8 pool.
+/// The real [`ResultStore`]: Redis (one server or a cluster).
+///
+/// On a cluster, a task's records (`<id>` and `<id>:status`) may sit in
+/// different slots, since the final key is the one taskiq-redis reads and
+/// takes no hash tag: the two writes of `begin` and of a final `put` then
+/// go one after the other instead of in one pipeline.
 #[derive(Component, Clone)]
 #[shaku(interface = ResultStore)]
 pub struct RedisResultStore {
-    pub(crate) pool: Pool<RedisConnectionManager>,
+    /// The connection every call shares (multiplexed), opened on first use.
+    pub(crate) conn: Arc<SharedConn>,
     /// Record lifetime, whole seconds (Redis `EX`).
     #[shaku(default)]
     pub(crate) ttl: Duration,
     /// Prepended to task ids to form keys.
     #[shaku(default)]
     pub(crate) key_prefix: String,
-    /// The multiplexed connection in use, shared by every call. bb8 opens
-    /// and checks (PING) a new one only when there is none; a connection
-    /// error drops it. A checkout per command would add that PING to every
-    /// command, and bb8 cannot tell a broken multiplexed connection itself.
-    #[shaku(default)]
-    pub(crate) shared: Arc<Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl std::fmt::Debug for RedisResultStore {
@@ -180,38 +175,26 @@ impl std::fmt::Debug for RedisResultStore {
 }
 
 impl RedisResultStore {
-    /// Wraps a pool.
-    pub fn new(pool: Pool<RedisConnectionManager>, ttl: Duration, key_prefix: impl Into<String>) -> Self {
-        Self { pool, ttl, key_prefix: key_prefix.into(), shared: Arc::default() }
+    /// A store over `client`; connects on first use.
+    pub fn new(client: RedisClient, ttl: Duration, key_prefix: impl Into<String>) -> Self {
+        Self { conn: Arc::new(SharedConn::new(client)), ttl, key_prefix: key_prefix.into() }
     }
 
-    /// Opens the pool described by `settings` and checks it with `PING`.
+    /// Connects as `settings` describe and checks the store with `PING`
+    /// (every primary of a cluster).
     pub async fn connect(settings: &RedisSettings) -> Result<Self, StartupError> {
         let secret = settings.url.password().unwrap_or_default();
         let fail = |err: &dyn std::fmt::Display| {
             StartupError::unreachable(Part::Redis, settings.url.redacted(), err, &[&secret])
         };
-        let manager = match &settings.tls_ca_file {
-            None => RedisConnectionManager::new(settings.url.expose()),
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).map_err(|err| fail(&format!("redis.tls_ca_file {ca:?}: {err}")))?;
-                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-                redis::Client::build_with_tls(settings.url.expose(), certificates)
-                    .and_then(|client| RedisConnectionManager::new(client.get_connection_info().clone()))
-            }
-        }
-        .map_err(|err| fail(&err))?;
-        // One direct connection first: bb8 would hide the cause behind "timed out".
-        let mut probe = tokio::time::timeout(settings.connect_timeout, bb8::ManageConnection::connect(&manager))
+        let client = RedisClient::new(settings).map_err(|err| fail(&err))?;
+        let store = Self::new(client, settings.result_ttl, settings.key_prefix.clone());
+        let mut conn = tokio::time::timeout(settings.connect_timeout, store.conn.get())
             .await
             .map_err(|_| fail(&format!("no connection within {:?}", settings.connect_timeout)))?
             .map_err(|err| fail(&err))?;
-        let _: String = redis::cmd("PING").query_async(&mut probe).await.map_err(|err| fail(&err))?;
-        let pool = Pool::builder()
-            .max_size(settings.pool_size)
-            .connection_timeout(settings.connect_timeout)
-            .build_unchecked(manager);
-        Ok(Self::new(pool, settings.result_ttl, settings.key_prefix.clone()))
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|err| fail(&err))?;
+        Ok(store)
     }
 
     /// The Redis key of `task_id`'s final record (success or failed): the
@@ -247,23 +230,15 @@ impl RedisResultStore {
         command("SETEX", &[key.as_bytes(), ttl.as_bytes(), bytes])
     }
 
-    /// The shared connection, opened through the pool when there is none.
-    async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(conn) = self.shared.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Ok(conn);
-        }
-        let pooled = self.pool.get().await.map_err(|err| StoreError::Unavailable(err.to_string()))?;
-        let conn = (*pooled).clone();
-        *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+    /// The shared connection, opened when there is none.
+    async fn conn(&self) -> Result<RedisConn, StoreError> {
+        self.conn.get().await.map_err(|err| StoreError::Unavailable(err.to_string()))
     }
 
-    /// Maps a command error; a connection-level one drops the shared
-    /// connection so the next call opens a fresh one.
+    /// Maps a command error; a connection-level one drops a single
+    /// server's connection so the next call opens a fresh one.
     fn failed(&self, err: redis::RedisError) -> StoreError {
-        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
-            *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        }
+        self.conn.after_error(&err);
         StoreError::Unavailable(err.to_string())
     }
 }
@@ -297,15 +272,10 @@ impl ResultStore for RedisResultStore {
             // One round trip: the final record, then the status record goes.
             // Not atomic, and need not be: a reader that sees both prefers
             // the final one.
-            let status_key = self.status_key(task_id);
-            let () = redis::Pipeline::with_capacity(2)
-                .add_command(self.set_ex(&self.key(task_id), &bytes, &ttl))
-                .ignore()
-                .add_command(command("DEL", &[status_key.as_bytes()]))
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
+            let (key, status_key) = (self.key(task_id), self.status_key(task_id));
+            let commands = [self.set_ex(&key, &bytes, &ttl), command("DEL", &[status_key.as_bytes()])];
+            let _: (redis::Value, redis::Value) =
+                conn.in_order(&commands, &[key.as_bytes(), status_key.as_bytes()]).await.map_err(|e| self.failed(e))?;
         } else {
             let () = self
                 .set_ex(&self.status_key(task_id), &bytes, &ttl)
@@ -324,12 +294,9 @@ impl ResultStore for RedisResultStore {
         let (key, status_key) = (self.key(task_id), self.status_key(task_id));
         let ttl = self.ttl_arg();
         let set = command("SET", &[status_key.as_bytes(), &bytes, b"EX", ttl.as_bytes(), b"GET"]);
-        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::Pipeline::with_capacity(2)
-            .add_command(command("GET", &[key.as_bytes()]))
-            .add_command(set)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let commands = [command("GET", &[key.as_bytes()]), set];
+        let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) =
+            conn.in_order(&commands, &[key.as_bytes(), status_key.as_bytes()]).await.map_err(|e| self.failed(e))?;
         done.or(before)
             .map(|b| ResultRecord::from_msgpack(&b))
             .transpose()
@@ -405,12 +372,10 @@ impl ResultStore for RedisResultStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in task_ids {
-            pipe.get(self.key(id));
-        }
+        // MGET: a cluster client splits it by slot.
+        let keys: Vec<String> = task_ids.iter().map(|id| self.key(id)).collect();
         let mut conn = self.conn().await?;
-        let records: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        let records: Vec<Option<Vec<u8>>> = conn.mget(&keys).await.map_err(|e| self.failed(e))?;
         Ok(task_ids
             .iter()
             .zip(records)
@@ -424,18 +389,10 @@ impl ResultStore for RedisResultStore {
             .collect())
     }
 
-    async fn unfinished_page(&self, cursor: u64) -> Result<(u64, Vec<(String, ResultRecord)>), StoreError> {
+    async fn unfinished_page(&self, cursor: ScanCursor) -> Result<(Option<ScanCursor>, Page), StoreError> {
         let mut conn = self.conn().await?;
         let pattern = format!("{}*:status", glob_escape(&self.key_prefix));
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let (next, keys) = conn.scan_page(cursor, &pattern, 500).await.map_err(|e| self.failed(e))?;
         if keys.is_empty() {
             return Ok((next, Vec::new()));
         }

@@ -20,10 +20,10 @@
 //! Redis. Every key carries the hash tag `{<bot id>}`, so one script's keys
 //! share a Redis Cluster slot. The scripts are in `scripts.rs`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bb8_redis::redis::{self, aio::MultiplexedConnection};
+use crate::redis_conn::{RedisClient, RedisConn, SharedConn};
 use serde::{Deserialize, Serialize};
 use settings::TelegramLimits;
 
@@ -162,8 +162,7 @@ pub struct Governor {
     prefix: String,
     plan: Plan,
     limits: TelegramLimits,
-    redis: Option<redis::Client>,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    redis: Option<SharedConn>,
     admit: redis::Script,
     budget: redis::Script,
     freeze: redis::Script,
@@ -183,14 +182,13 @@ impl std::fmt::Debug for Governor {
 impl Governor {
     /// A governor for bot `bot_id` (from `getMe`, never the token) over
     /// `redis` (`None`: in-process only, for a bot with no Redis at hand).
-    pub fn new(bot_id: i64, key_prefix: &str, limits: TelegramLimits, redis: Option<redis::Client>) -> Self {
+    pub fn new(bot_id: i64, key_prefix: &str, limits: TelegramLimits, redis: Option<RedisClient>) -> Self {
         Self {
             prefix: format!("{key_prefix}tg:{{{bot_id}}}:"),
             plan: Plan::new(&limits),
             fallback: LocalLimiter::new(&limits),
             limits,
-            redis,
-            conn: Mutex::new(None),
+            redis: redis.map(SharedConn::new),
             admit: redis::Script::new(scripts::ADMIT),
             budget: redis::Script::new(scripts::BUDGET),
             freeze: redis::Script::new(scripts::FREEZE),
@@ -372,19 +370,14 @@ impl Governor {
         bot_wide
     }
 
-    async fn conn(&self) -> Result<MultiplexedConnection, GovernorError> {
-        if let Some(conn) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Ok(conn);
-        }
-        let client = self.redis.as_ref().ok_or_else(|| GovernorError("no Redis configured".to_owned()))?;
-        let conn = client.get_multiplexed_async_connection().await.map_err(|e| GovernorError(e.to_string()))?;
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+    async fn conn(&self) -> Result<RedisConn, GovernorError> {
+        let shared = self.redis.as_ref().ok_or_else(|| GovernorError("no Redis configured".to_owned()))?;
+        shared.get().await.map_err(|e| GovernorError(e.to_string()))
     }
 
     fn failed(&self, err: redis::RedisError) -> GovernorError {
-        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
-            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        if let Some(shared) = &self.redis {
+            shared.after_error(&err);
         }
         GovernorError(err.to_string())
     }
