@@ -91,6 +91,15 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
+/// Whether `text` (blanks first allowed) begins with a URL scheme and `://`.
+fn starts_with_scheme(text: &str) -> bool {
+    let text = text.trim_start();
+    let Some((scheme, _)) = text.split_once("://") else { return false };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 /// One or more server URLs, each of which may carry credentials (`nats.url`).
 ///
 /// Written as a list in a settings file (`url = ["nats://a:4222",
@@ -102,9 +111,22 @@ impl<'de> Deserialize<'de> for SecretUrl {
 pub struct SecretUrls(Vec<SecretUrl>);
 
 impl SecretUrls {
-    /// Parses one URL or several separated by commas.
+    /// Parses one URL or several separated by commas. A comma starts a new
+    /// URL only where a scheme (`xyz://`) follows it, so a password with a
+    /// comma in it stays whole.
     pub fn new(value: impl AsRef<str>) -> Self {
-        Self::from_list(value.as_ref().split(','))
+        let value = value.as_ref();
+        let mut urls = Vec::new();
+        let mut start = 0;
+        for (at, _) in value.match_indices(',') {
+            let rest = value[at + 1..].trim_start();
+            if rest.is_empty() || rest.starts_with(',') || starts_with_scheme(rest) {
+                urls.push(&value[start..at]);
+                start = at + 1;
+            }
+        }
+        urls.push(&value[start..]);
+        Self::from_list(urls)
     }
 
     /// Takes a list of URLs (each trimmed; empty ones dropped).
@@ -131,7 +153,7 @@ impl SecretUrls {
 
     /// The password (or token) of the first URL that carries one: what must
     /// be scrubbed from client error messages (settings validation makes
-    /// every URL carry the same).
+    /// every URL that carries one carry the same).
     pub fn password(&self) -> Option<String> {
         self.0.iter().find_map(SecretUrl::password)
     }
@@ -272,6 +294,9 @@ mod tests {
 
     #[test]
     fn every_server_is_redacted() {
+        let comma = SecretUrls::new("redis://:pa,ss@a:6379,redis://:pa,ss@b:6379");
+        assert_eq!(comma.servers().len(), 2, "a comma in a password stays in it");
+        assert_eq!(comma.password().as_deref(), Some("pa,ss"));
         let urls = SecretUrls::new("nats://tok1@a:4222,nats://u:pw2@b:4222,nats://c:4222");
         assert_eq!(urls.redacted(), "nats://***@a:4222,nats://u:***@b:4222,nats://c:4222");
         let shown = format!("{urls:?} {urls}");

@@ -75,8 +75,13 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
     c.check(redis.cluster || redis.url.servers().len() <= 1, "redis.url", || {
         "names several servers, which only a cluster has: set redis.cluster = true, or give one URL".to_owned()
     });
-    c.check(same_credentials(redis.url.servers()), "redis.url", || {
-        "the nodes carry different credentials; one client uses one password for every node".to_owned()
+    c.check(same_credentials(redis.url.servers(), true), "redis.url", || {
+        "the nodes carry different credentials; a cluster client uses one user and password for every \
+         node: write the same ones in each URL"
+            .to_owned()
+    });
+    c.check(!redis.cluster || !redis.key_prefix.contains(['{', '}']), "redis.key_prefix", || {
+        "must not contain { or } on a cluster: Courier's keys carry their own hash tags".to_owned()
     });
     c.check(redis.result_ttl.as_secs() >= 1, "redis.result_ttl", || {
         "must be at least 1s; Redis expiry is in whole seconds and a TTL of zero would keep nothing".to_owned()
@@ -200,12 +205,13 @@ pub(crate) fn validate(settings: &Settings, figment: &Figment) -> Vec<Invalid> {
 }
 
 /// Whether every URL of `servers` that names a user or password names the
-/// same ones: one connection carries one set, whichever server it reaches.
-fn same_credentials(servers: &[crate::SecretUrl]) -> bool {
+/// same ones (`every`: and so does every other URL): one connection carries
+/// one set, whichever server it reaches.
+fn same_credentials(servers: &[crate::SecretUrl], every: bool) -> bool {
     let mut credentials: Vec<(String, Option<String>)> = servers
         .iter()
         .filter_map(|server| url::Url::parse(server.expose()).ok())
-        .filter(|url| !url.username().is_empty() || url.password().is_some())
+        .filter(|url| every || !url.username().is_empty() || url.password().is_some())
         .map(|url| (percent_decode(url.username()), url.password().map(percent_decode)))
         .collect();
     credentials.dedup();
@@ -219,7 +225,7 @@ fn nats(c: &mut Checker<'_>, nats: &NatsSettings) {
     for server in nats.url.servers() {
         c.url("nats.url", server.expose(), &["nats", "tls", "ws", "wss"]);
     }
-    c.check(same_credentials(nats.url.servers()), "nats.url", || {
+    c.check(same_credentials(nats.url.servers(), false), "nats.url", || {
         "the servers carry different credentials; one client uses one user and password (or token) \
          for every server: write the same ones in each URL, or in one only"
             .to_owned()

@@ -124,6 +124,7 @@ async fn the_governors_primary_killed_mid_run_loses_no_task() {
         ("COURIER_DATABASE__MAX_CONNECTIONS".to_owned(), "16".to_owned()),
         ("COURIER_WORKER__CONCURRENCY".to_owned(), "16".to_owned()),
         ("COURIER_TELEGRAM__LIMITS__GLOBAL_PER_SECOND".to_owned(), "200".to_owned()),
+        ("RUST_LOG".to_owned(), "info,async_nats=warn,di::governor=debug".to_owned()),
     ]);
     let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let workers: Vec<ChildProcess> = {
@@ -219,8 +220,20 @@ async fn the_governors_primary_killed_mid_run_loses_no_task() {
             .await;
     }
     for worker in &workers {
-        assert!(worker.log().contains("worker ready"), "{}", worker.log());
-        assert!(!worker.log().contains("panicked"), "{}", worker.log());
+        let log = worker.log();
+        assert!(log.contains("worker ready"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        // A governor that fell back to its per-process limit while the
+        // primary was gone is shared again once a replica took over.
+        if let Some(fell) = log.rfind("flood control falls back") {
+            let unavailable: Vec<&str> =
+                log.lines().filter(|l| l.contains("flood-control store unavailable")).take(5).collect();
+            assert!(
+                log[fell..].contains("flood control is shared again"),
+                "the governor stayed on its fallback limit; its errors:\n{}",
+                unavailable.join("\n")
+            );
+        }
     }
     eprintln!(
         "{N} reports over a 6-node Redis Cluster; node {victim} (the governor's primary) killed after \

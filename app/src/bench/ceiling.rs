@@ -40,7 +40,7 @@ pub struct Ceiling {
     consumer: consumer::PullConsumer,
     redis: RedisConn,
     db: Option<di::SqlxDb>,
-    /// Keys under `<redis.key_prefix>bench:<pid>:`, deleted by exact name.
+    /// Keys under `<redis.key_prefix>bench:{<pid>}:`, deleted by exact name.
     prefix: String,
     /// The bytes of a Courier `noop` envelope: the raw pipeline's messages
     /// are as large as Courier's.
@@ -99,7 +99,8 @@ impl Ceiling {
             consumer,
             redis,
             db: None,
-            prefix: format!("{}bench:{pid}:", settings.redis.key_prefix),
+            // One hash tag: the pipelined SET EX stays in one cluster slot.
+            prefix: format!("{}bench:{{{pid}}}:", settings.redis.key_prefix),
             payload: Bytes::from(payload),
             readback,
             batch: 0,

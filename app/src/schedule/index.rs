@@ -55,11 +55,14 @@ pub(crate) enum Claim {
     Due { entries: Vec<(u64, u64)>, next: Option<Duration>, now: u64 },
 }
 
+/// How often the run id of the index's server is read again.
+const RUN_ID_CHECK: Duration = Duration::from_secs(2);
+
 /// The index of one delayed stream.
 pub(crate) struct DueIndex {
     client: RedisClient,
     /// The connection, and the run id of the server it reached.
-    conn: Mutex<Option<(RedisConn, String)>>,
+    conn: Mutex<Option<(RedisConn, String, std::time::Instant)>>,
     claim: redis::Script,
     release: redis::Script,
     index: String,
@@ -89,23 +92,30 @@ impl DueIndex {
         }
     }
 
-    /// The connection and its server's run id (read with `INFO server` on
-    /// each new connection: a restart or a failover breaks the connection).
+    /// The connection and its server's run id, read with `INFO server` on
+    /// each new connection and again every [`RUN_ID_CHECK`]: a restart
+    /// breaks a connection to one server, but a cluster connection lives
+    /// through a failover, after which the slot's new primary (whose copy
+    /// may lack the last writes) has a run id of its own.
     async fn connection(&self) -> redis::RedisResult<(RedisConn, String)> {
-        if let Some(found) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Ok(found);
-        }
-        let mut conn = self.client.connect().await?;
+        let cached = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut conn = match cached {
+            Some((conn, run_id, read_at)) if read_at.elapsed() < RUN_ID_CHECK => return Ok((conn, run_id)),
+            Some((conn, ..)) => conn,
+            None => self.client.connect().await?,
+        };
         // On a cluster, the run id of the primary that holds the index.
-        let info: String = conn.query_at_key(redis::cmd("INFO").arg("server"), self.index.as_bytes()).await?;
+        let info: redis::RedisResult<String> =
+            conn.query_at_key(redis::cmd("INFO").arg("server"), self.index.as_bytes()).await;
+        let info = self.check(info)?;
         let run_id = info
             .lines()
             .find_map(|line| line.strip_prefix("run_id:"))
             .map(|id| id.trim().to_owned())
             .unwrap_or_default();
-        let found = (conn, run_id);
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(found.clone());
-        Ok(found)
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((conn.clone(), run_id.clone(), std::time::Instant::now()));
+        Ok((conn, run_id))
     }
 
     async fn conn(&self) -> redis::RedisResult<RedisConn> {
