@@ -1,6 +1,6 @@
 //! Which workers are alive: every few seconds each worker writes its record
-//! into a hash (`<prefix>courier:workers:info`, field = its name) and its
-//! deadline (now + `TTL`) into a sorted set (`<prefix>courier:workers`), and
+//! into a hash (`<prefix>courier:{workers}:info`, field = its name) and its
+//! deadline (now + `TTL`) into a sorted set (`<prefix>courier:{workers}`), and
 //! drops the entries whose deadline passed. The board reads the live names
 //! from the sorted set and their records with one HMGET: no keyspace scan,
 //! however many result records share the Redis. A worker killed with
