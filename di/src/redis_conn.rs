@@ -153,16 +153,22 @@ impl RedisConn {
     /// trip on one server, or on a cluster when every key is in one slot;
     /// otherwise one command after the other (a cluster pipeline must not
     /// cross slots). Not atomic either way, like any pipeline.
-    pub async fn in_order<T: FromRedisValue>(&mut self, commands: &[Cmd], keys: &[&[u8]]) -> RedisResult<T> {
-        let one_slot = keys.windows(2).all(|pair| key_slot(pair[0]) == key_slot(pair[1]));
-        if matches!(self, Self::Single(_)) || one_slot {
-            let mut pipe = Pipeline::with_capacity(commands.len());
+    pub async fn in_order<T: FromRedisValue, const N: usize>(
+        &mut self,
+        commands: [Cmd; N],
+        keys: [&[u8]; N],
+    ) -> RedisResult<T> {
+        // One server: no slot to compute, no command copied (the per-task path).
+        let one_round_trip =
+            matches!(self, Self::Single(_)) || keys.windows(2).all(|pair| key_slot(pair[0]) == key_slot(pair[1]));
+        if one_round_trip {
+            let mut pipe = Pipeline::with_capacity(N);
             for command in commands {
-                pipe.add_command(command.clone());
+                pipe.add_command(command);
             }
             return pipe.query_async(self).await;
         }
-        let mut replies = Vec::with_capacity(commands.len());
+        let mut replies = Vec::with_capacity(N);
         for command in commands {
             replies.push(command.query_async::<Value>(self).await?);
         }

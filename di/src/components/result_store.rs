@@ -275,7 +275,7 @@ impl ResultStore for RedisResultStore {
             let (key, status_key) = (self.key(task_id), self.status_key(task_id));
             let commands = [self.set_ex(&key, &bytes, &ttl), command("DEL", &[status_key.as_bytes()])];
             let _: (redis::Value, redis::Value) =
-                conn.in_order(&commands, &[key.as_bytes(), status_key.as_bytes()]).await.map_err(|e| self.failed(e))?;
+                conn.in_order(commands, [key.as_bytes(), status_key.as_bytes()]).await.map_err(|e| self.failed(e))?;
         } else {
             let () = self
                 .set_ex(&self.status_key(task_id), &bytes, &ttl)
@@ -296,7 +296,7 @@ impl ResultStore for RedisResultStore {
         let set = command("SET", &[status_key.as_bytes(), &bytes, b"EX", ttl.as_bytes(), b"GET"]);
         let commands = [command("GET", &[key.as_bytes()]), set];
         let (done, before): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            conn.in_order(&commands, &[key.as_bytes(), status_key.as_bytes()]).await.map_err(|e| self.failed(e))?;
+            conn.in_order(commands, [key.as_bytes(), status_key.as_bytes()]).await.map_err(|e| self.failed(e))?;
         done.or(before)
             .map(|b| ResultRecord::from_msgpack(&b))
             .transpose()
