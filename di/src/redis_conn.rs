@@ -275,16 +275,25 @@ fn crc16(bytes: &[u8]) -> u16 {
 
 /// A connection kept and shared by every call of one user (the result
 /// store, the governor, the delayed index), opened on first use.
+///
+/// One caller at a time opens it (the others wait for that connection
+/// rather than each opening its own: on a cluster, one connection is one
+/// per node), and a failed open is the answer for [`RETRY_OPEN`] to those
+/// who waited for it.
 #[derive(Debug)]
 pub struct SharedConn {
     client: RedisClient,
     conn: Mutex<Option<RedisConn>>,
+    opening: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a failed open answers for the callers that waited for it.
+const RETRY_OPEN: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl SharedConn {
     /// Nothing opened yet.
     pub fn new(client: RedisClient) -> Self {
-        Self { client, conn: Mutex::new(None) }
+        Self { client, conn: Mutex::new(None), opening: tokio::sync::Mutex::new(None) }
     }
 
     /// The client.
@@ -294,12 +303,34 @@ impl SharedConn {
 
     /// The connection in use, opened when there is none.
     pub async fn get(&self) -> RedisResult<RedisConn> {
-        if let Some(conn) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let conn = self.client.connect().await?;
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+        let mut opening = self.opening.lock().await;
+        // Opened, or failed, while this caller waited.
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        if let Some((at, err)) = opening.as_ref()
+            && at.elapsed() < RETRY_OPEN
+        {
+            return Err(RedisError::from(std::io::Error::other(err.clone())));
+        }
+        match self.client.connect().await {
+            Ok(conn) => {
+                *opening = None;
+                *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(err) => {
+                *opening = Some((std::time::Instant::now(), err.to_string()));
+                Err(err)
+            }
+        }
+    }
+
+    fn current(&self) -> Option<RedisConn> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// After `err`: a connection-level error drops the connection, so the

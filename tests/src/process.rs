@@ -101,6 +101,27 @@ impl ChildProcess {
         Self::spawn("worker", env, "worker ready")
     }
 
+    /// Starts `n` workers with `env`, each with its own `/readyz` address
+    /// (`worker.http_addr` on a free loopback port), off the async runtime;
+    /// returns them with their addresses, in the same order.
+    pub async fn start_many(env: &[(String, String)], n: usize) -> (Vec<Self>, Vec<String>) {
+        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", crate::servers::free_port())).collect();
+        let (env, wanted) = (env.to_vec(), addrs.clone());
+        let workers = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|addr| {
+                    let mut env = env.clone();
+                    env.push(("COURIER_WORKER__HTTP_ADDR".to_owned(), addr.clone()));
+                    Self::start(&env)
+                })
+                .collect()
+        })
+        .await
+        .expect("the workers start");
+        (workers, addrs)
+    }
+
     /// Starts binary `name` with `env` and waits (up to 30 s) until its
     /// log contains `ready`.
     pub fn spawn(name: &str, env: &[(String, String)], ready: &str) -> Self {

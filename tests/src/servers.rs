@@ -288,33 +288,42 @@ impl PrivateNatsCluster {
     /// the meta leader: a cluster answers JetStream requests only then).
     pub fn wait_ready(&self, n: usize) {
         use std::io::{Read, Write};
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = std::net::TcpStream::connect(("127.0.0.1", self.monitors[n])).ok().is_some_and(|mut s| {
+        wait_for(&format!("nats node {n} is not ready"), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.monitors[n])).ok().is_some_and(|mut s| {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
                 let mut answer = String::new();
                 s.write_all(request.as_bytes()).is_ok()
                     && s.read_to_string(&mut answer).is_ok()
                     && answer.starts_with("HTTP/1.1 200")
-            });
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < deadline, "nats node {n} is not ready after 30 s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            })
+        });
     }
 }
 
 impl Drop for PrivateNatsCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.stop();
-        }
-        for store in &self.stores {
-            let _ = std::fs::remove_dir_all(store);
-        }
+        stop_and_remove(&mut self.nodes, &self.stores);
+    }
+}
+
+/// Kills every node of a private cluster and removes their folders.
+fn stop_and_remove(nodes: &mut [ServerProcess], dirs: &[PathBuf]) {
+    for node in nodes {
+        node.stop();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Asks `ready` every 200 ms until it says yes; panics saying `what` is not
+/// so after 30 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} after 30 s");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -408,29 +417,18 @@ impl PrivateRedisCluster {
     /// Waits (up to 30 s) until every node but `down` says
     /// `cluster_state:ok` and every replica among them has its link up.
     pub fn wait_healthy(&self, down: &[usize]) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let healthy = self.nodes.iter().enumerate().filter(|(i, _)| !down.contains(i)).all(|(_, node)| {
+        wait_for("the redis cluster is not healthy", || {
+            self.nodes.iter().enumerate().filter(|(i, _)| !down.contains(i)).all(|(_, node)| {
                 let ok = Self::cli(node.port, &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"));
                 let replication = Self::cli(node.port, &["info", "replication"]).unwrap_or_default();
                 ok && (replication.contains("role:master") || replication.contains("master_link_status:up"))
-            });
-            if healthy {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the redis cluster is not healthy after 30 s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            })
+        });
     }
 }
 
 impl Drop for PrivateRedisCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.stop();
-        }
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        stop_and_remove(&mut self.nodes, &self.dirs);
     }
 }

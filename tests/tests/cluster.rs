@@ -17,7 +17,7 @@ use it::PgSchema;
 use it::fake_telegram::FakeTelegram;
 use it::process::ChildProcess;
 use it::scope::Scope;
-use it::servers::{PrivateNatsCluster, free_port};
+use it::servers::PrivateNatsCluster;
 use settings::SecretUrls;
 
 const N: i64 = 5_000;
@@ -42,22 +42,7 @@ async fn the_stream_leader_killed_mid_run_loses_no_task_and_sends_no_report_twic
         // The fake has no limits here: this test is about the broker.
         ("COURIER_TELEGRAM__LIMITS__ENFORCE".to_owned(), "false".to_owned()),
     ]);
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let workers: Vec<ChildProcess> = {
-        let (env, addrs) = (env.clone(), addrs.clone());
-        tokio::task::spawn_blocking(move || {
-            addrs
-                .iter()
-                .map(|addr| {
-                    let mut env = env.clone();
-                    env.push(("COURIER_WORKER__HTTP_ADDR".to_owned(), addr.clone()));
-                    ChildProcess::start(&env)
-                })
-                .collect()
-        })
-        .await
-        .unwrap()
-    };
+    let (workers, addrs) = ChildProcess::start_many(&env, 3).await;
     let producer = scope.producer().await;
     let js = scope.jetstream().await;
     let stream = scope.settings.nats.stream.clone();

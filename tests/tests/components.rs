@@ -291,3 +291,32 @@ async fn mock_container_is_all_doubles() {
     let db: Arc<dyn Db> = module.resolve();
     db.ping().await.unwrap();
 }
+
+/// Fifty callers asking a fresh shared connection at once open one, not
+/// fifty (on a cluster each would be a connection to every node); with
+/// nothing listening, they all get the error.
+#[tokio::test]
+async fn callers_of_a_shared_connection_open_it_once() {
+    use di::redis_conn::{RedisClient, SharedConn};
+    let redis = it::servers::PrivateRedis::redis();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let clients = || async {
+        let mut probe = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("clients").query_async(&mut probe).await.unwrap();
+        let n: u32 = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).unwrap().trim().parse().unwrap();
+        n - 1
+    };
+    let before = clients().await;
+    let shared = Arc::new(SharedConn::new(RedisClient::from(client.clone())));
+    let opened = futures_util::future::join_all((0..50).map(|_| {
+        let shared = shared.clone();
+        async move { shared.get().await.is_ok() }
+    }))
+    .await;
+    assert!(opened.iter().all(|ok| *ok), "every caller got the connection");
+    assert_eq!(clients().await - before, 1, "one connection opened for fifty callers");
+
+    let nowhere = SharedConn::new(RedisClient::from(redis::Client::open("redis://127.0.0.1:1").unwrap()));
+    let failed = futures_util::future::join_all((0..50).map(|_| nowhere.get())).await;
+    assert!(failed.iter().all(Result::is_err), "nothing listens there");
+}

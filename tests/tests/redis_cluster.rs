@@ -22,7 +22,7 @@ use it::PgSchema;
 use it::fake_telegram::FakeTelegram;
 use it::process::ChildProcess;
 use it::scope::Scope;
-use it::servers::{PrivateRedisCluster, free_port};
+use it::servers::PrivateRedisCluster;
 use settings::SecretUrls;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -126,22 +126,7 @@ async fn the_governors_primary_killed_mid_run_loses_no_task() {
         ("COURIER_TELEGRAM__LIMITS__GLOBAL_PER_SECOND".to_owned(), "200".to_owned()),
         ("RUST_LOG".to_owned(), "info,async_nats=warn,di::governor=debug".to_owned()),
     ]);
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let workers: Vec<ChildProcess> = {
-        let (env, addrs) = (env.clone(), addrs.clone());
-        tokio::task::spawn_blocking(move || {
-            addrs
-                .iter()
-                .map(|addr| {
-                    let mut env = env.clone();
-                    env.push(("COURIER_WORKER__HTTP_ADDR".to_owned(), addr.clone()));
-                    ChildProcess::start(&env)
-                })
-                .collect()
-        })
-        .await
-        .unwrap()
-    };
+    let (workers, addrs) = ChildProcess::start_many(&env, 3).await;
     let producer = scope.producer().await;
     let ids: Vec<String> = futures_util::stream::iter(1..=N)
         .map(|chat_id| {

@@ -80,7 +80,8 @@ pub struct Board {
     pub(crate) producer: Producer,
     pub(crate) pool: AnyPool,
     pub(crate) campaigns: Campaigns,
-    pub(crate) redis: di::redis_conn::RedisClient,
+    /// Presence's Redis: one connection, kept between page loads.
+    pub(crate) redis: di::redis_conn::SharedConn,
     pub(crate) registry: Registry,
     pub(crate) sessions: Sessions,
 }
@@ -105,6 +106,7 @@ impl Board {
             .map_err(|e| BoardError::Registry(format!("redis.url: {e}")))?;
         let registry = Registry::from_inventory().map_err(|e| BoardError::Registry(e.to_string()))?;
         let sessions = Sessions::new(settings.board.session_ttl);
+        let redis = di::redis_conn::SharedConn::new(redis);
         Ok(Arc::new(Self { settings, producer, pool, campaigns, redis, registry, sessions }))
     }
 
@@ -123,12 +125,16 @@ impl Board {
     }
 
     pub(crate) async fn redis_conn(&self) -> Result<di::redis_conn::RedisConn, String> {
-        let connecting = self.redis.connect();
-        match tokio::time::timeout(std::time::Duration::from_secs(2), connecting).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.redis.get()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err("no answer in 2 s".into()),
         }
+    }
+
+    /// After a Redis error on the presence connection (dropped if broken).
+    pub(crate) fn redis_failed(&self, err: &redis::RedisError) {
+        self.redis.after_error(err);
     }
 }
 

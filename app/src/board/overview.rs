@@ -67,7 +67,10 @@ async fn overview_body(board: &Board) -> Markup {
         within(index::counts_since(&board.pool, hour_ago)),
         within(async {
             let mut conn = board.redis_conn().await?;
-            crate::worker::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| e.to_string())
+            crate::worker::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| {
+                board.redis_failed(&e);
+                e.to_string()
+            })
         }),
     );
     let mut by_lane: BTreeMap<&str, u64> = BTreeMap::new();
