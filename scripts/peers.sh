@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Courier beside BullMQ in one sitting: a pre-filled queue of N no-op tasks
-# drained by one worker process. Courier: a release `worker` (concurrency
-# 32) started after `bench --drain` has queued the tasks; BullMQ: one
-# Worker at concurrency 32 on the same Redis (bench/bullmq). Rounds
-# alternate Courier and BullMQ, so both see the same machine; each side
+# Courier beside BullMQ and apalis in one sitting: a pre-filled queue of N
+# no-op tasks drained by one worker process. Courier: a release `worker`
+# started after `bench --drain` has queued the tasks; BullMQ: one Worker at
+# concurrency 32 on the same Redis (bench/bullmq); apalis 1.0 with
+# apalis-redis, concurrency 32 (bench/apalis), at APALIS_N (default 7000:
+# apalis-redis 1.0.0 cannot drain a pre-filled queue of more than about
+# 8,000, see its main.rs), beside a Courier drain of the same N. Rounds
+# alternate Courier and its peers, so all see the same machine; each side
 # warms up first; every result is read back and checked (a run with a
 # failed, wrong or missing result stops the script); both drains are timed
 # by their own records, from the first task's start to the last one's end.
-#   N=20000 RUNS=5 ./scripts/peers.sh
+#   N=20000 RUNS=5 ./scripts/peers.sh        (PEERS="bullmq" or "apalis" for one)
 # Needs the development profile's NATS, Redis and PostgreSQL, and Node
 # (npm installs bench/bullmq's pinned packages on the first run).
 set -euo pipefail
@@ -15,12 +18,18 @@ set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 N=${N:-20000}
+APALIS_N=${APALIS_N:-7000}
+PEERS=${PEERS:-bullmq apalis}
 RUNS=${RUNS:-3}
 PORT=${PORT:-9478}
 OUT=${OUT:-/tmp/courier-peers}
 mkdir -p "$OUT"
 cargo build --release --quiet --bin worker --bin bench
 bin="${CARGO_TARGET_DIR:-target}/release"
+apalis_bin="$HOME/.cache/courier/apalis-target/release/courier-bench-apalis"
+if [[ " $PEERS " == *" apalis "* ]]; then
+  (cd bench/apalis && CARGO_TARGET_DIR="$HOME/.cache/courier/apalis-target" cargo build --release --quiet --locked)
+fi
 if [ ! -d bench/bullmq/node_modules ]; then
   (cd bench/bullmq && npm ci --no-audit --no-fund >/dev/null)
 fi
@@ -73,21 +82,47 @@ bullmq() {
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["drain_span_per_second"][0], r["drain_per_second"][0], r["round_trip_ms"]["p50"], r["round_trip_ms"]["p99"])' "$json"
 }
 
-courier 1000 >/dev/null # warm-up: the stream, the consumer, the caches
-ours=() theirs=()
-for run in $(seq 1 "$RUNS"); do
-  c=$(courier "$N")
-  line=$(bullmq)
-  read -r b wall p50 p99 <<<"$line"
-  [ -n "$c" ] && [ -n "$b" ] || { echo "peers.sh: a run gave no figure" >&2; exit 1; }
-  ours+=("$c") theirs+=("$b")
-  echo "round $run: Courier $c/s, BullMQ $b/s (wall clock $wall/s; its round trip p50 $p50 ms, p99 $p99 ms)"
-done
-python3 - "${ours[*]}" "${theirs[*]}" <<'EOF'
+# One apalis drain of $APALIS_N jobs; prints its rate (first job's start to
+# the last one's end), then by the wall clock.
+apalis() {
+  local json="$OUT/apalis.json"
+  N="$APALIS_N" CONCURRENCY=32 REDIS_URL="${COURIER_REDIS__URL:-redis://127.0.0.1:6379}" "$apalis_bin" \
+    >"$json" 2>"$OUT/apalis.log" || { cat "$OUT/apalis.log" >&2; echo "peers.sh: the apalis run failed" >&2; exit 1; }
+  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["per_second"], r["wall_per_second"])' "$json"
+}
+
+# The medians and their ratio: $1 the peer's name, $2 Courier's figures,
+# $3 the peer's.
+ratio() {
+  python3 - "$1" "$2" "$3" <<'EOF'
 import statistics, sys
-ours = [float(x) for x in sys.argv[1].split()]
-theirs = [float(x) for x in sys.argv[2].split()]
+name = sys.argv[1]
+ours = [float(x) for x in sys.argv[2].split()]
+theirs = [float(x) for x in sys.argv[3].split()]
 mo, mt = statistics.median(ours), statistics.median(theirs)
-print(f"median: Courier {mo:.0f}/s, BullMQ {mt:.0f}/s; Courier / BullMQ = {mo / mt:.2f}"
+print(f"median: Courier {mo:.0f}/s, {name} {mt:.0f}/s; Courier / {name} = {mo / mt:.2f}"
       f" (per round: {', '.join(f'{o / t:.2f}' for o, t in zip(ours, theirs))})")
 EOF
+}
+
+courier 1000 >/dev/null # warm-up: the stream, the consumer, the caches
+ours=() theirs=() ours_small=() apalis_figures=()
+for run in $(seq 1 "$RUNS"); do
+  if [[ " $PEERS " == *" bullmq "* ]]; then
+    c=$(courier "$N")
+    line=$(bullmq)
+    read -r b wall p50 p99 <<<"$line"
+    [ -n "$c" ] && [ -n "$b" ] || { echo "peers.sh: a run gave no figure" >&2; exit 1; }
+    ours+=("$c") theirs+=("$b")
+    echo "round $run: Courier $c/s, BullMQ $b/s (wall clock $wall/s; its round trip p50 $p50 ms, p99 $p99 ms)"
+  fi
+  if [[ " $PEERS " == *" apalis "* ]]; then
+    c=$(courier "$APALIS_N")
+    read -r a wall <<<"$(apalis)"
+    [ -n "$c" ] && [ -n "$a" ] || { echo "peers.sh: a run gave no figure" >&2; exit 1; }
+    ours_small+=("$c") apalis_figures+=("$a")
+    echo "round $run, N=$APALIS_N: Courier $c/s, apalis $a/s (wall clock $wall/s)"
+  fi
+done
+if [ ${#theirs[@]} -gt 0 ]; then ratio BullMQ "${ours[*]}" "${theirs[*]}"; fi
+if [ ${#apalis_figures[@]} -gt 0 ]; then ratio apalis "${ours_small[*]}" "${apalis_figures[*]}"; fi
