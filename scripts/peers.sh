@@ -6,7 +6,8 @@
 # apalis-redis, concurrency 32 (bench/apalis), at APALIS_N (default 7000:
 # apalis-redis 1.0.0 cannot drain a pre-filled queue of more than about
 # 8,000, see its main.rs), beside a Courier drain of the same N. Rounds
-# alternate Courier and its peers, so all see the same machine; each side
+# alternate Courier and its peers, so all see the same machine; Courier
+# and BullMQ
 # warms up first; every result is read back and checked (a run with a
 # failed, wrong or missing result stops the script); both drains are timed
 # by their own records, from the first task's start to the last one's end.
@@ -14,12 +15,17 @@
 # Needs the development profile's NATS, Redis and PostgreSQL, and Node
 # (npm installs bench/bullmq's pinned packages on the first run).
 set -euo pipefail
-# A failure inside $(...) stops the script too.
+# A failure inside $(...) stops the script too where its output is
+# assigned; a `read` from one is followed by a check that it gave a figure.
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 APALIS_N=${APALIS_N:-7000}
 PEERS=${PEERS:-bullmq apalis}
+case " $PEERS " in
+  *" bullmq "* | *" apalis "*) ;;
+  *) echo "peers.sh: PEERS names no peer (bullmq, apalis): $PEERS" >&2; exit 2 ;;
+esac
 RUNS=${RUNS:-3}
 PORT=${PORT:-9478}
 OUT=${OUT:-/tmp/courier-peers}
@@ -30,7 +36,7 @@ apalis_bin="$HOME/.cache/courier/apalis-target/release/courier-bench-apalis"
 if [[ " $PEERS " == *" apalis "* ]]; then
   (cd bench/apalis && CARGO_TARGET_DIR="$HOME/.cache/courier/apalis-target" cargo build --release --quiet --locked)
 fi
-if [ ! -d bench/bullmq/node_modules ]; then
+if [[ " $PEERS " == *" bullmq "* ]] && [ ! -d bench/bullmq/node_modules ]; then
   (cd bench/bullmq && npm ci --no-audit --no-fund >/dev/null)
 fi
 

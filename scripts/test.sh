@@ -44,6 +44,12 @@ else
   echo "NOT CHECKED: cargo-machete is not installed (cargo install cargo-machete; .ci/run does)"
 fi
 
+echo "== the apalis peer (bench/apalis, a cargo project of its own)"
+# Not in the workspace: formatted and linted here so it does not rot.
+apalis_target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/apalis"
+cargo fmt --manifest-path bench/apalis/Cargo.toml --check
+CARGO_TARGET_DIR="$apalis_target" cargo clippy --manifest-path bench/apalis/Cargo.toml --locked --quiet -- -D warnings
+
 echo "== compose files"
 for file in docker/compose.yml docker/compose.cluster.yml; do
   if command -v docker-compose >/dev/null 2>&1; then

@@ -278,8 +278,8 @@ fn crc16(bytes: &[u8]) -> u16 {
 ///
 /// One caller at a time opens it (the others wait for that connection
 /// rather than each opening its own: on a cluster, one connection is one
-/// per node), and a failed open is the answer for [`RETRY_OPEN`] to those
-/// who waited for it.
+/// per node), and a failed open is the answer to every caller for
+/// [`RETRY_OPEN`] after it (as an I/O error carrying its message).
 #[derive(Debug)]
 pub struct SharedConn {
     client: RedisClient,
