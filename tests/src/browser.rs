@@ -101,13 +101,25 @@ impl Browser {
     /// `needle`, and returns that text; panics after `timeout` with the last
     /// text seen and the page source's first 2,000 characters.
     pub async fn wait_for_text(&self, css: &str, needle: &str, timeout: Duration) -> String {
+        self.wait_until_text(css, &format!("{needle:?}"), timeout, |text| text.contains(needle)).await
+    }
+
+    /// Waits until the text of `css` satisfies `wanted` (described as
+    /// `what` if it never does: the test fails with the page's source).
+    pub async fn wait_until_text(
+        &self,
+        css: &str,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
             if let Ok(element) = self.client.find(Locator::Css(css)).await
                 && let Ok(text) = element.text().await
             {
-                if text.contains(needle) {
+                if wanted(&text) {
                     return text;
                 }
                 last = Some(text);
@@ -115,7 +127,7 @@ impl Browser {
             if Instant::now() >= deadline {
                 let seen = last.map_or_else(|| "no such element".to_owned(), |text| format!("{text:?}"));
                 panic!(
-                    "{css:?} did not show {needle:?} within {timeout:?} (last: {seen}); page source:\n{}",
+                    "{css:?} did not show {what} within {timeout:?} (last: {seen}); page source:\n{}",
                     self.source_start().await
                 );
             }
