@@ -16,5 +16,5 @@ pub mod telemetry;
 pub mod testing;
 pub mod worker;
 
-pub use producer::{CancelFilter, Producer, ProducerError, TaskHandle};
+pub use producer::{CancelFilter, Producer, ProducerError, TaskHandle, TaskState};
 pub use worker::{WorkerError, run_worker};

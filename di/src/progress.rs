@@ -77,3 +77,70 @@ impl Reporter {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::components::result_store::StoreError;
+    use crate::record::ResultRecord;
+
+    /// Counts progress writes and keeps the last one.
+    #[derive(Default)]
+    struct Counting {
+        writes: AtomicUsize,
+        last: Mutex<Option<TaskProgress>>,
+    }
+
+    #[async_trait]
+    impl ResultStore for Counting {
+        async fn put(&self, _: &str, _: &ResultRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn put_if_absent(&self, _: &str, _: &ResultRecord) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn get(&self, _: &str) -> Result<Option<ResultRecord>, StoreError> {
+            Ok(None)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn ttl(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+        async fn set_progress(&self, _: &str, progress: &TaskProgress) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            *self.last.lock().unwrap() = Some(progress.clone());
+            Ok(())
+        }
+    }
+
+    /// A task reporting every 5 ms for a second costs at most one write per
+    /// `MIN_GAP` (plus the first), and the last report is the one stored.
+    #[tokio::test]
+    async fn reports_are_coalesced_and_the_last_one_is_written() {
+        let store = Arc::new(Counting::default());
+        let reporter = Reporter { state: Arc::default() };
+        let started = Instant::now();
+        let mut reports = 0;
+        while started.elapsed() < Duration::from_secs(1) {
+            reports += 1;
+            reporter.report(store.clone(), "t", f64::from(reports) / 1000.0, &format!("step {reports}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(MIN_GAP * 2).await;
+        let took = started.elapsed();
+        let writes = store.writes.load(Ordering::SeqCst);
+        let most = usize::try_from(took.as_millis() / MIN_GAP.as_millis()).unwrap() + 1;
+        assert!(writes >= 2 && writes <= most, "{reports} reports in {took:?} made {writes} writes (at most {most})");
+        let last = store.last.lock().unwrap().clone().unwrap();
+        assert_eq!(last.message, format!("step {reports}"), "the latest report is written");
+    }
+}

@@ -316,7 +316,7 @@ async fn a_pause_during_the_fan_out_strands_no_recipient_and_sends_none_twice() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_campaign_from_a_query_on_sqlite_can_be_cancelled() {
+async fn a_campaign_from_a_query_on_sqlite_can_be_cancelled_and_its_tasks_end_cancelled() {
     let limits = limits(50.0);
     let scope = Scope::new();
     let fake = FakeTelegram::start_with_limits(limits.clone()).await;
@@ -341,9 +341,25 @@ async fn a_campaign_from_a_query_on_sqlite_can_be_cancelled() {
     let (code, out, err) = producer(&env, &args).await;
     assert_eq!((code, out.trim()), (0, "from-sql"), "{err}");
     scope.eventually(WAIT, "some sent", || async { (received(&fake).len() >= 20).then_some(()) }).await;
-    let (code, _, err) = producer(&env, &["broadcast", "cancel", "from-sql"]).await;
+    let (code, _, err) = producer(&env, &["cancel", "--campaign", "from-sql"]).await;
     assert_eq!(code, 0, "{err}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(err.contains("running task(s) told to stop"), "{err}");
+    // Every subscriber's task ends: sent, or `cancelled` in its record (the
+    // queued ones as a worker drops their messages).
+    let store = scope.producer().await;
+    let records = scope
+        .eventually(WAIT, "every subscriber's task ended", || async {
+            let mut records = HashMap::new();
+            for chat in (2..=600_i64).step_by(2) {
+                let record = store.result(&courier::campaign::task_id("from-sql", chat)).await.unwrap()?;
+                if !record.status.is_final() {
+                    return None;
+                }
+                records.insert(chat, record.status);
+            }
+            Some(records)
+        })
+        .await;
     let status = status(&env, "from-sql").await;
     assert_eq!((status["status"].as_str(), status["total"].as_u64()), (Some("cancelled"), Some(300)), "{status}");
     let counters = &status["counters"];
@@ -353,6 +369,10 @@ async fn a_campaign_from_a_query_on_sqlite_can_be_cancelled() {
     let seen = received(&fake);
     assert_eq!(seen.len() as u64, sent, "the rows say what the fake received");
     assert!(seen.keys().all(|chat| chat % 2 == 0), "only subscribers");
+    for (chat, record) in &records {
+        let expected = if seen.contains_key(chat) { di::TaskStatus::Success } else { di::TaskStatus::Cancelled };
+        assert_eq!(*record, expected, "chat {chat}'s task");
+    }
     drop(db);
     let _ = std::fs::remove_file(db_path);
 }

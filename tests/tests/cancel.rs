@@ -127,6 +127,64 @@ async fn a_running_task_stops_within_a_second_and_its_transaction_leaves_no_rows
     worker.stop().await.unwrap();
 }
 
+/// The acceptance test: `sleep` tasks running on two worker processes are
+/// cancelled through the API; each one's worker tells it within a second,
+/// it stops, and its record ends `cancelled` (timed from the cancel's
+/// write, by reading the record every 20 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_sleep_tasks_on_two_workers_stop_within_a_second_of_the_cancel() {
+    const N: usize = 6;
+    let scope = Scope::new();
+    let mut env = scope.env();
+    env.push(("COURIER_WORKER__CONCURRENCY".into(), "4".into()));
+    let mut workers = it::flood::workers(2, &env).await;
+    let producer = scope.producer().await;
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        ids.push(producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 60_000 }).await.unwrap().task_id);
+    }
+    scope
+        .eventually(WAIT, "every task running", || async {
+            for id in &ids {
+                (producer.result(id).await.unwrap()?.status == TaskStatus::Running).then_some(())?;
+            }
+            Some(())
+        })
+        .await;
+    let log = |workers: &[ChildProcess]| workers.iter().map(ChildProcess::log).collect::<Vec<_>>().join("\n----\n");
+    let mut took = Vec::new();
+    for id in &ids {
+        assert_eq!(producer.cancel(id).await.unwrap(), None, "the cancel is recorded");
+        let asked = Instant::now();
+        loop {
+            let record = producer.result(id).await.unwrap().unwrap();
+            // The cancel is final at once; the task's own end (its finish
+            // time) says when it stopped.
+            if record.finished_at.is_some() && record.started_at.is_some() {
+                assert_eq!(record.status, TaskStatus::Cancelled, "{record:?}");
+                break;
+            }
+            assert!(asked.elapsed() < WAIT, "{id} never stopped:\n{}", log(&workers));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.push(asked.elapsed());
+    }
+    // Three slots a worker for this lane: each runs three (its log names
+    // the tasks it ended).
+    let ran_on = |worker: &ChildProcess| ids.iter().filter(|id| worker.log().contains(id.as_str())).count();
+    scope
+        .eventually(Duration::from_secs(10), "both workers ran some", || async {
+            (ran_on(&workers[0]) > 0 && ran_on(&workers[1]) > 0).then_some(())
+        })
+        .await;
+    let slowest = took.iter().max().unwrap();
+    assert!(*slowest < Duration::from_secs(1), "stopped {took:?} after their cancels:\n{}", log(&workers));
+    eprintln!("{N} running sleep tasks on 2 workers stopped {took:?} after their cancels");
+    for worker in &mut workers {
+        worker.terminate(Duration::from_secs(10));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_written_by_a_running_task_is_readable_from_another_process() {
     let scope = Scope::new();
@@ -136,14 +194,15 @@ async fn progress_written_by_a_running_task_is_readable_from_another_process() {
     let producer = scope.producer().await;
     let handle = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 3_000 }).await.unwrap();
     let task_id = handle.task_id.clone();
-    let seen = scope
+    let (seen, status) = scope
         .eventually(WAIT, "progress past a third", || async {
-            let progress = producer.progress(&task_id).await.unwrap()?;
-            (progress.fraction > 0.3 && progress.fraction < 1.0).then_some(progress)
+            let state = producer.status(&task_id).await.unwrap()?;
+            let progress = state.progress?;
+            (progress.fraction > 0.3 && progress.fraction < 1.0).then_some((progress, state.record.status))
         })
         .await;
     assert!(seen.message.starts_with("slept "), "{seen:?}");
-    assert_eq!(producer.result(&task_id).await.unwrap().unwrap().status, TaskStatus::Running);
+    assert_eq!(status, TaskStatus::Running, "read beside the record while it runs");
     // The CLI follows it to the end.
     let env = scope.env();
     let out = tokio::task::spawn_blocking(move || {

@@ -210,6 +210,23 @@ async fn scheduled_records_cancel_and_the_cli() {
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(producer.result(&id).await.unwrap().unwrap().status, TaskStatus::Scheduled);
     assert_eq!(producer.wait(&id, WAIT).await.unwrap().status, TaskStatus::Success);
+    // --at: an RFC 3339 time, kept in the record to the millisecond.
+    let at = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() + Duration::from_millis(1_500));
+    let at_text = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let out = it::process::command("producer")
+        .args(["send", "noop", "--at", &at_text])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let scheduled = producer.result(&id).await.unwrap().unwrap();
+    assert_eq!(scheduled.status, TaskStatus::Scheduled);
+    let due = scheduled.due_at.unwrap();
+    assert!((due - at.timestamp_millis() as f64 / 1000.0).abs() < 0.002, "due {due}, asked {at_text}");
+    let done = producer.wait(&id, WAIT).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Success);
+    assert!(done.started_at.unwrap() >= due, "started {} before due {due}", done.started_at.unwrap());
     let both = it::process::command("producer")
         .args(["send", "noop", "--in", "1s", "--at", "2030-01-01T00:00:00Z"])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -219,12 +236,45 @@ async fn scheduled_records_cancel_and_the_cli() {
     worker.stop().await.unwrap();
 }
 
-/// Waiting tasks live in the broker and Redis, not in a worker: 20,000
+/// Delayed tasks outlive every worker: the only worker is killed (SIGKILL)
+/// while they wait, they come due with no worker running and run none the
+/// less when one starts again, never before their due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_tasks_outlive_every_worker() {
+    const N: usize = 50;
+    let scope = Scope::new();
+    let env = scope.env();
+    let mut first = it::flood::workers(1, &env).await.remove(0);
+    let producer = scope.producer().await;
+    let due = SystemTime::now() + Duration::from_millis(2_000);
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        ids.push(producer.enqueue_at(tasks::noop::TASK, &tasks::noop::Args {}, due).await.unwrap().task_id);
+    }
+    tokio::task::block_in_place(|| {
+        first.signal("KILL");
+        first.wait(Duration::from_secs(10));
+    });
+    tokio::time::sleep(until(due) + Duration::from_secs(2)).await;
+    for id in &ids {
+        let record = producer.result(id).await.unwrap().unwrap();
+        assert_eq!(record.status, TaskStatus::Scheduled, "nothing ran with no worker: {record:?}");
+    }
+    let second = it::flood::workers(1, &env).await.remove(0);
+    let due = unix_ms(due) as f64 / 1000.0;
+    for id in &ids {
+        let record = producer.wait(id, WAIT).await.unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+        assert_eq!(record.status, TaskStatus::Success);
+        assert!(record.started_at.unwrap() >= due, "{id} started {} before due {due}", record.started_at.unwrap());
+    }
+}
+
+/// Waiting tasks live in the broker and Redis, not in a worker: 100,000
 /// tasks due in an hour leave the worker's resident memory where it was,
 /// and all of them are indexed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_tasks_cost_the_worker_no_memory() {
-    const N: usize = 20_000;
+    const N: usize = 100_000;
     let scope = Scope::new();
     let worker = it::flood::workers(1, &scope.env()).await.remove(0);
     let producer = scope.producer().await;

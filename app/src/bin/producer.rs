@@ -429,7 +429,7 @@ async fn cancel(task_id: &str) -> Outcome {
 
 async fn cancel_matching(task_name: Option<String>, labels: Vec<(String, String)>) -> Outcome {
     let (_, producer) = connect().await?;
-    match producer.cancel_matching(&courier::CancelFilter { task_name, labels }).await {
+    match producer.cancel_matching(&courier::CancelFilter { task_name, labels, campaign: None }).await {
         Ok(n) => {
             println!("{n}");
             eprintln!("cancelled {n} unfinished task(s) (running ones are told to stop)");

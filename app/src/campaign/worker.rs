@@ -17,15 +17,23 @@ use super::{CAMPAIGN_HEADER, CAMPAIGN_LABEL, RECIPIENT_HEADER, RECIPIENT_LABEL, 
 use crate::broker::publish::Publisher;
 
 /// What to do with a campaign message before it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Run it.
     Run,
     /// The campaign is paused: its row is `pending` again; acknowledge the
     /// message (a resume publishes the recipient again).
     Parked,
-    /// The campaign or the recipient is cancelled: acknowledge, do not run.
+    /// A stale copy of a recipient's message: acknowledge, do not run.
     Dropped,
+    /// The campaign or the recipient is cancelled: acknowledge, do not run,
+    /// and give the task (its id and name) a final `cancelled` record.
+    Cancelled {
+        /// The recipient's task id.
+        task_id: String,
+        /// The campaign's task.
+        task_name: String,
+    },
 }
 
 /// The worker's campaign bookkeeping, over the application database.
@@ -67,7 +75,7 @@ impl CampaignGate {
     /// (one indexed lookup): a pause holds from the next message on.
     pub async fn check(&self, campaign: &str, seq: i64, message_id: &str) -> Result<Verdict, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT r.status AS recipient, r.chat_id, r.generation, c.status AS campaign \
+            "SELECT r.status AS recipient, r.chat_id, r.generation, c.status AS campaign, c.task_name \
              FROM courier_campaign_recipients r JOIN courier_campaigns c ON c.id = r.campaign_id \
              WHERE r.campaign_id = $1 AND r.seq = $2",
         )
@@ -87,7 +95,7 @@ impl CampaignGate {
             return Ok(if stale { Verdict::Dropped } else { Verdict::Run });
         }
         Ok(match (recipient.as_str(), status.as_str()) {
-            (_, "cancelled") | ("cancelled", _) => Verdict::Dropped,
+            (_, "cancelled") | ("cancelled", _) => Verdict::Cancelled { task_id, task_name: row.try_get("task_name")? },
             ("queued", "paused") => {
                 // Only while still paused: a resume that raced this must not
                 // lose the recipient.

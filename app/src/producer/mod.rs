@@ -281,6 +281,14 @@ impl Producer {
         Ok(self.store.progress(task_id).await?)
     }
 
+    /// Where `task_id` stands: its record and, while it runs (or after),
+    /// what it last said of its progress. `None` when it has no record.
+    pub async fn status(&self, task_id: &str) -> Result<Option<TaskState>, ProducerError> {
+        let Some(record) = self.store.get(task_id).await? else { return Ok(None) };
+        let progress = self.store.progress(task_id).await?;
+        Ok(Some(TaskState { record, progress }))
+    }
+
     /// The record of `task_id`, if any.
     pub async fn result(&self, task_id: &str) -> Result<Option<ResultRecord>, ProducerError> {
         Ok(self.store.get(task_id).await?)
@@ -332,6 +340,15 @@ impl Producer {
     }
 }
 
+/// A task's record and its progress ([`Producer::status`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskState {
+    /// The record: status, attempt, times, result or error.
+    pub record: ResultRecord,
+    /// What the task last said of its progress (`ctx.progress`), if it did.
+    pub progress: Option<di::TaskProgress>,
+}
+
 /// Which unfinished tasks [`Producer::cancel_matching`] cancels: every
 /// condition given must hold (an empty filter matches nothing).
 #[derive(Debug, Clone, Default)]
@@ -340,18 +357,23 @@ pub struct CancelFilter {
     pub task_name: Option<String>,
     /// Labels the task was sent with (`key`, value as text).
     pub labels: Vec<(String, String)>,
+    /// A broadcast campaign's tasks (its `campaign` label). Cancelling the
+    /// campaign itself (`Campaigns::cancel`) is what stops its recipients
+    /// not reached yet; this finds its tasks that have a record.
+    pub campaign: Option<String>,
 }
 
 impl CancelFilter {
     fn matches(&self, record: &ResultRecord) -> bool {
-        if self.task_name.is_none() && self.labels.is_empty() {
+        if self.task_name.is_none() && self.labels.is_empty() && self.campaign.is_none() {
             return false;
         }
         let name_ok = self.task_name.as_ref().is_none_or(|name| *name == record.task_name);
-        let labels_ok = self.labels.iter().all(|(key, wanted)| {
-            record.labels.get(key).is_some_and(|value| match value.as_str() {
+        let campaign = self.campaign.iter().map(|id| (crate::campaign::CAMPAIGN_LABEL.to_owned(), id.clone()));
+        let labels_ok = self.labels.iter().cloned().chain(campaign).all(|(key, wanted)| {
+            record.labels.get(&key).is_some_and(|value| match value.as_str() {
                 Some(text) => text == wanted,
-                None => value.to_string() == *wanted,
+                None => value.to_string() == wanted,
             })
         });
         name_ok && labels_ok && !record.status.is_final()

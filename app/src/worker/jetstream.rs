@@ -444,6 +444,22 @@ async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
     let Some((campaign, seq, id)) = CampaignGate::recipient_of(message.headers.as_ref()) else { return true };
     match Box::pin(gate.check(&campaign, seq, &id)).await {
         Ok(Verdict::Run) => true,
+        Ok(Verdict::Cancelled { task_id, task_name }) => {
+            // Its record says so, as a cancel by id would (a record already
+            // final stays); if Redis is down the message comes back for it.
+            match cancel_record(runtime, &task_id, task_name).await {
+                Ok(()) => {
+                    let _ = double_ack(message).await;
+                    tracing::info!(campaign, seq, task.id = task_id, "campaign cancelled: its task not run");
+                }
+                Err(err) => {
+                    runtime.store_failed();
+                    tracing::warn!(%err, campaign, "cancelled campaign task: record not written; the message comes back");
+                    let _ = message.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
+                }
+            }
+            false
+        }
         Ok(verdict) => {
             let _ = double_ack(message).await;
             tracing::info!(campaign, seq, ?verdict, "campaign message not run");
@@ -453,6 +469,19 @@ async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
             tracing::warn!(%err, campaign, "campaign state unreadable; the message runs");
             true
         }
+    }
+}
+
+/// Gives a task of a cancelled campaign a final `cancelled` record, unless
+/// it has a final one (a delivery that ran and died left `running`).
+async fn cancel_record(runtime: &Runtime, task_id: &str, task_name: String) -> Result<(), di::StoreError> {
+    let record = di::ResultRecord::cancelled(task_name, 0);
+    if runtime.store.put_if_absent(task_id, &record).await? {
+        return Ok(());
+    }
+    match runtime.store.get(task_id).await? {
+        Some(current) if current.status.is_final() => Ok(()),
+        _ => runtime.store.put(task_id, &record).await,
     }
 }
 

@@ -1,0 +1,62 @@
+//! A cron schedule declared in the task's own registration
+//! (`TaskOptions::cron(..).tz(..)`): loaded with its origin and time zone,
+//! and kept by a worker with nothing in settings, once per tick.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use di::TaskStatus;
+use it::PgSchema;
+use it::scope::{Scope, scan_keys};
+
+/// Declares its own schedule: every second, read in Tokyo's time zone.
+mod pulse {
+    use di::prelude::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    pub struct Args {}
+
+    pub async fn run(_ctx: TaskContext, _args: Args) -> TaskResult<()> {
+        Ok(())
+    }
+
+    register_task!(run: Args => (), TaskOptions::new().cron("* * * * * *").tz("Asia/Tokyo"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_declared_in_the_task_file_ticks_once_a_second() {
+    let name = pulse::TASK.name();
+    let schema = PgSchema::create().await;
+    let mut scope = Scope::new();
+    scope.settings.database.url = settings::SecretUrl::new(schema.url.clone());
+    assert!(scope.settings.schedules.is_empty(), "nothing in settings");
+
+    let registry = di::Registry::from_inventory().unwrap();
+    let schedules = courier::schedule::cron::load(&registry, &scope.settings).unwrap();
+    let declared = schedules.iter().find(|s| s.name == name).expect("the task's own schedule is loaded");
+    assert_eq!((declared.task.as_str(), declared.expression.as_str()), (name, "* * * * * *"));
+    assert_eq!(declared.tz.name(), "Asia/Tokyo");
+    assert!(declared.origin.contains("cron_declared.rs"), "declared where the task is: {}", declared.origin);
+
+    let worker = scope.start_worker().await;
+    let first = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    worker.stop().await.unwrap();
+
+    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{}cron:{name}:", scope.settings.redis.key_prefix);
+    let mut ticks: Vec<u64> = scan_keys(&mut conn, &prefix)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|key| key.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    ticks.sort_unstable();
+    let window: Vec<u64> = ticks.iter().copied().filter(|t| (first..first + 3).contains(t)).collect();
+    assert_eq!(window, vec![first, first + 1, first + 2], "one run per second: {ticks:?}");
+    let producer = scope.producer().await;
+    for tick in &window {
+        let record = producer.result(&format!("cron:{name}:{tick}")).await.unwrap().unwrap();
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    }
+}
