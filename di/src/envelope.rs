@@ -72,6 +72,17 @@ impl std::fmt::Write for Capped {
     }
 }
 
+/// An envelope's arguments alone ([`Envelope::arguments_from_msgpack`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct EnvelopeArguments {
+    /// Positional arguments.
+    #[serde(default)]
+    pub args: Vec<rmpv::Value>,
+    /// Keyword arguments.
+    #[serde(default)]
+    pub kwargs: BTreeMap<String, rmpv::Value>,
+}
+
 impl Envelope {
     /// An envelope for `task_name` with `args` encoded by field name.
     pub fn new<A: Serialize>(task_id: String, task_name: &str, args: &A) -> Result<Self, CodecError> {
@@ -88,6 +99,14 @@ impl Envelope {
     /// Encodes the envelope as a MessagePack map.
     pub fn to_msgpack(&self) -> Result<Vec<u8>, CodecError> {
         rmp_serde::to_vec_named(self).map_err(|e| CodecError(format!("cannot encode envelope: {e}")))
+    }
+
+    /// Only the arguments of an encoded envelope (positional, then by
+    /// name), the rest skipped: cheaper than a whole decode for a reader of
+    /// bytes already decoded once within limits (the task index). Bytes
+    /// that were not checked must go through [`Envelope::from_msgpack`].
+    pub fn arguments_from_msgpack(bytes: &[u8]) -> Result<EnvelopeArguments, CodecError> {
+        rmp_serde::from_slice(bytes).map_err(|e| CodecError::capped("not a task envelope", e))
     }
 
     /// Decodes an envelope within the default [`DecodeLimits`]; any

@@ -35,7 +35,7 @@ pub use container::{
 };
 pub use context::{DbSession, TaskContext};
 pub use enqueue::{EnqueueError, Enqueuer, InMemoryEnqueuer, NoEnqueuer};
-pub use envelope::{ARGS_DIGEST_LABEL, CodecError, Envelope};
+pub use envelope::{ARGS_DIGEST_LABEL, CodecError, Envelope, EnvelopeArguments};
 pub use error::{Component, StartupError};
 pub use execute::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError};
 pub use governor::{Admission, FloodObserver, FrozenKey, Governor, GovernorStatus, Lane};

@@ -130,6 +130,6 @@ async fn handle(topology: &Topology, runtime: &Runtime, payload: &[u8]) -> Resul
             {}
         Err(err) => return Err(err.into()),
     }
-    runtime.finished(&message.payload, &execution).await;
+    runtime.finished(&message.payload, execution).await;
     Ok(())
 }

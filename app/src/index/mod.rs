@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use di::{Envelope, Registry, ResultRecord};
+use di::{Envelope, EnvelopeArguments, Registry, ResultRecord};
 use settings::IndexSettings;
 use sqlx::AnyPool;
 use tokio::sync::mpsc;
@@ -66,9 +66,12 @@ impl std::fmt::Debug for Indexer {
 impl Indexer {
     /// Starts the writer (it ends with `stop`, after writing what is queued)
     /// and returns the queue's sending side.
+    /// On PostgreSQL, `postgres` is a pool of the writer's own (one
+    /// connection is plenty): rows go in as arrays through one prepared
+    /// statement, where the portable path binds every value of a batch.
     pub fn start(
         pool: AnyPool,
-        postgres: bool,
+        postgres: Option<sqlx::PgPool>,
         registry: &Registry,
         settings: &IndexSettings,
         worker: String,
@@ -90,8 +93,8 @@ impl Indexer {
     }
 
     /// Queues a finished task; never waits (a full queue drops it).
-    pub fn add(&self, task_id: &str, payload: &Bytes, record: &ResultRecord) {
-        let pending = Pending { payload: payload.clone(), record: record.clone(), task_id: task_id.to_owned() };
+    pub fn add(&self, task_id: String, payload: &Bytes, record: ResultRecord) {
+        let pending = Pending { payload: payload.clone(), record, task_id };
         if let Err(err) = self.queue.try_send(pending) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
@@ -120,7 +123,7 @@ struct Writer {
     batch: usize,
     retention: Duration,
     worker: String,
-    postgres: bool,
+    postgres: Option<sqlx::PgPool>,
 }
 
 impl Writer {
@@ -146,7 +149,12 @@ impl Writer {
                     () = &mut linger => break,
                 }
             }
-            let built: Vec<Row> = buffer.drain(..).filter_map(|p| self.build(p)).collect();
+            // One row per task id in a batch (a statement may not update a
+            // row twice): the last one queued wins.
+            let mut seen = std::collections::HashSet::with_capacity(buffer.len());
+            let mut built: Vec<Row> = buffer.drain(..).rev().filter_map(|p| self.build(p)).collect();
+            built.retain(|row| seen.insert(row.task_id.clone()));
+            built.reverse();
             self.write(&built).await;
             if tokio::time::Instant::now() >= next_prune {
                 next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
@@ -161,10 +169,12 @@ impl Writer {
         if !record.status.is_final() {
             return None;
         }
-        let envelope = Envelope::from_msgpack(&pending.payload).ok();
+        // The worker decoded these bytes within its limits before running
+        // the task: the arguments alone are read again here.
+        let decoded = Envelope::arguments_from_msgpack(&pending.payload).ok();
         let secret: &[&str] = self.secrets.get(record.task_name.as_str()).copied().unwrap_or_default();
-        let (arguments, mut keys) = match &envelope {
-            Some(envelope) => arguments(envelope, secret),
+        let (arguments, mut keys) = match &decoded {
+            Some(decoded) => arguments(decoded, secret),
             None => ("{}".to_owned(), Vec::new()),
         };
         for (name, value) in &record.labels {
@@ -206,7 +216,11 @@ impl Writer {
         if rows.is_empty() {
             return;
         }
-        if let Err(err) = write_rows(&self.pool, rows, &self.worker, self.postgres).await {
+        let written = match &self.postgres {
+            Some(pg) => write_rows_pg(pg, rows, &self.worker).await,
+            None => write_rows(&self.pool, rows, &self.worker).await,
+        };
+        if let Err(err) = written {
             tracing::warn!(%err, rows = rows.len(), "task index: a batch was not written");
         }
     }
@@ -232,14 +246,10 @@ pub struct Row {
 /// The columns bound per row.
 const COLUMNS: usize = 12;
 
-async fn write_rows(pool: &AnyPool, rows: &[Row], worker: &str, postgres: bool) -> Result<(), sqlx::Error> {
+/// Writes rows in one transaction (rows, then their keys), every value
+/// bound: the portable path (SQLite).
+async fn write_rows(pool: &AnyPool, rows: &[Row], worker: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if postgres {
-        // History, not the source of truth: a database crash may lose the
-        // last few hundred milliseconds of it, and the commit waits for no
-        // disk flush (this transaction only).
-        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    }
     // SQLite allows 32,766 bound values, PostgreSQL 65,535: chunks stay under both.
     for chunk in rows.chunks(2_000) {
         let mut sql = String::from(
@@ -306,6 +316,89 @@ async fn write_rows(pool: &AnyPool, rows: &[Row], worker: &str, postgres: bool) 
     tx.commit().await
 }
 
+/// The writer's own PostgreSQL pool (one connection, opened at the first
+/// batch) when the database is PostgreSQL; `None` for SQLite or a URL this
+/// cannot read (the portable path then writes).
+pub fn writer_pool(settings: &settings::DatabaseSettings) -> Option<sqlx::PgPool> {
+    let url = settings.url.expose();
+    if !url.starts_with("postgres") {
+        return None;
+    }
+    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    Some(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.connect_timeout)
+            .connect_lazy_with(options.application_name("courier-index")),
+    )
+}
+
+/// [`write_rows`] on PostgreSQL: each column bound as one array, so the
+/// statement is the same for every batch (prepared once, planned once) and
+/// costs a dozen bound values, not a dozen per row.
+async fn write_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Result<(), sqlx::Error> {
+    // A task id is indexed once, nearly always: a plain insert first (an
+    // upsert checks every row for a conflict first, which costs the server
+    // more than the insert); a batch holding a task indexed before (a
+    // record written again) is written again as upserts.
+    match write_rows_pg_as(pool, rows, worker, false).await {
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+            write_rows_pg_as(pool, rows, worker, true).await
+        }
+        done => done,
+    }
+}
+
+async fn write_rows_pg_as(pool: &sqlx::PgPool, rows: &[Row], worker: &str, upsert: bool) -> Result<(), sqlx::Error> {
+    fn column<'a, T>(rows: &'a [Row], value: impl Fn(&'a Row) -> T) -> Vec<T> {
+        rows.iter().map(value).collect()
+    }
+    const INSERT_ROWS: &str = "INSERT INTO courier_task_index (task_id, task_name, status, attempt, labels, \
+         arguments, result, error, started_at, finished_at, elapsed_ms, worker) \
+         SELECT t.*, $12 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[]) AS t";
+    const UPSERT_ROWS: &str = " ON CONFLICT (task_id) DO UPDATE SET task_name = excluded.task_name, \
+         status = excluded.status, attempt = excluded.attempt, labels = excluded.labels, \
+         arguments = excluded.arguments, result = excluded.result, error = excluded.error, \
+         started_at = excluded.started_at, finished_at = excluded.finished_at, elapsed_ms = excluded.elapsed_ms, \
+         worker = excluded.worker";
+    const INSERT_KEYS: &str = "INSERT INTO courier_task_keys (name, value, task_id, finished_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])";
+    const UPSERT_KEYS: &str = " ON CONFLICT (name, value, task_id) DO UPDATE SET finished_at = excluded.finished_at";
+    let mut tx = pool.begin().await?;
+    // History, not the source of truth: see `write_rows`.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    let sql = if upsert { [INSERT_ROWS, UPSERT_ROWS].concat() } else { INSERT_ROWS.to_owned() };
+    // Constant text: every value is bound.
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(column(rows, |r| r.task_id.as_str()))
+        .bind(column(rows, |r| r.task_name.as_str()))
+        .bind(column(rows, |r| r.status))
+        .bind(column(rows, |r| r.attempt))
+        .bind(column(rows, |r| r.labels.as_str()))
+        .bind(column(rows, |r| r.arguments.as_str()))
+        .bind(column(rows, |r| r.result.as_deref()))
+        .bind(column(rows, |r| r.error.as_deref()))
+        .bind(column(rows, |r| r.started_at))
+        .bind(column(rows, |r| r.finished_at))
+        .bind(column(rows, |r| r.elapsed_ms))
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+    let keys: Vec<(&Row, &(String, String))> = rows.iter().flat_map(|r| r.keys.iter().map(move |k| (r, k))).collect();
+    if !keys.is_empty() {
+        let sql = if upsert { [INSERT_KEYS, UPSERT_KEYS].concat() } else { INSERT_KEYS.to_owned() };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(keys.iter().map(|(_, (name, _))| name.as_str()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|(_, (_, value))| value.as_str()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|(row, _)| row.task_id.as_str()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|(row, _)| row.finished_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
 /// Deletes rows past the retention, a chunk at a time.
 async fn prune(pool: &AnyPool, retention: Duration) {
     let before = ms(di::unix_now()) - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
@@ -328,43 +421,89 @@ async fn prune(pool: &AnyPool, retention: Duration) {
     }
 }
 
+/// An argument as stored: its value, or the mask.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Shown<'a> {
+    Value(Json<'a>),
+    Masked(&'static str),
+}
+
+/// A MessagePack value written as JSON whatever it holds: a map key that is
+/// not text is written as its text form (JSON keys are strings), so one odd
+/// value never costs the row its other arguments.
+struct Json<'a>(&'a rmpv::Value);
+
+impl serde::Serialize for Json<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use rmpv::Value;
+        use serde::ser::SerializeMap;
+        match self.0 {
+            Value::Nil => s.serialize_unit(),
+            Value::Boolean(b) => s.serialize_bool(*b),
+            Value::Integer(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => s.serialize_i64(i),
+                (None, Some(u)) => s.serialize_u64(u),
+                (None, None) => s.serialize_unit(),
+            },
+            Value::F32(f) => s.serialize_f32(*f),
+            Value::F64(f) => s.serialize_f64(*f),
+            Value::String(text) => match text.as_str() {
+                Some(text) => s.serialize_str(text),
+                None => s.serialize_str(&String::from_utf8_lossy(text.as_bytes())),
+            },
+            Value::Binary(bytes) => s.serialize_bytes(bytes),
+            Value::Array(items) => s.collect_seq(items.iter().map(Json)),
+            Value::Map(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    match key.as_str() {
+                        Some(key) => map.serialize_entry(key, &Json(value))?,
+                        None => map.serialize_entry(&key.to_string(), &Json(value))?,
+                    }
+                }
+                map.end()
+            }
+            Value::Ext(kind, bytes) => s.collect_seq([Json(&Value::from(*kind)), Json(&Value::Binary(bytes.clone()))]),
+        }
+    }
+}
+
+/// The stored arguments' JSON shape.
+#[derive(serde::Serialize)]
+struct Stored<'a> {
+    args: Vec<Shown<'a>>,
+    kwargs: BTreeMap<&'a str, Shown<'a>>,
+}
+
 /// The arguments as stored (JSON, secret fields masked, cut) and the
-/// searchable keyword values.
-fn arguments(envelope: &Envelope, secret: &[&str]) -> (String, Vec<(String, String)>) {
+/// searchable keyword values. Serialized straight from the decoded values.
+fn arguments(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<(String, String)>) {
     let mut keys = Vec::new();
-    let kwargs: BTreeMap<&String, serde_json::Value> = envelope
+    let kwargs = decoded
         .kwargs
         .iter()
         .map(|(name, value)| {
             if secret.contains(&name.as_str()) {
-                return (name, serde_json::Value::String(MASK.into()));
+                return (name.as_str(), Shown::Masked(MASK));
             }
             if keys.len() < MAX_KEYS
                 && let Some(text) = scalar(value)
             {
                 keys.push((name.clone(), text));
             }
-            (name, serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+            (name.as_str(), Shown::Value(Json(value)))
         })
         .collect();
     // Positional arguments (Python producers) are the fields in order: a
     // task with secret fields has them all masked, having no names to match.
-    let args: Vec<serde_json::Value> = envelope
+    let args = decoded
         .args
         .iter()
-        .map(|value| {
-            if secret.is_empty() {
-                serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-            } else {
-                serde_json::Value::String(MASK.into())
-            }
-        })
+        .map(|value| if secret.is_empty() { Shown::Value(Json(value)) } else { Shown::Masked(MASK) })
         .collect();
-    let mut all = serde_json::Map::new();
-    all.insert("args".into(), serde_json::Value::Array(args));
-    all.insert("kwargs".into(), serde_json::to_value(&kwargs).unwrap_or(serde_json::Value::Null));
-    let all = serde_json::Value::Object(all);
-    (cut(&all.to_string(), MAX_JSON), keys)
+    let json = serde_json::to_string(&Stored { args, kwargs }).unwrap_or_else(|_| "{}".to_owned());
+    (cut(&json, MAX_JSON), keys)
 }
 
 /// A short scalar as searchable text (numbers, strings, booleans).
@@ -408,11 +547,7 @@ mod tests {
 
     #[test]
     fn secret_fields_are_masked_and_not_searchable() {
-        let envelope = Envelope {
-            task_id: "t".into(),
-            task_name: "send".into(),
-            labels: BTreeMap::new(),
-            labels_types: None,
+        let envelope = EnvelopeArguments {
             args: vec![],
             kwargs: BTreeMap::from([
                 ("chat_id".into(), rmpv::Value::from(42)),
@@ -430,10 +565,23 @@ mod tests {
     fn positional_arguments_of_a_task_with_secrets_are_masked_and_odd_keys_do_not_panic() {
         let mut envelope = Envelope::new("t".into(), "send", &()).unwrap();
         envelope.args = vec![rmpv::Value::from("s3cr3t"), rmpv::Value::Map(vec![(rmpv::Value::Nil, 1.into())])];
+        let envelope = Envelope::arguments_from_msgpack(&envelope.to_msgpack().unwrap()).unwrap();
         let (json, _) = arguments(&envelope, &["token"]);
         assert!(!json.contains("s3cr3t"), "{json}");
         let (json, _) = arguments(&envelope, &[]);
         assert!(json.contains("s3cr3t"), "no secrets declared: shown as sent: {json}");
+    }
+
+    #[test]
+    fn odd_values_keep_the_other_arguments() {
+        let odd = rmpv::Value::Map(vec![(rmpv::Value::Nil, 1.into()), (rmpv::Value::from(7), "x".into())]);
+        let decoded = EnvelopeArguments {
+            args: vec![],
+            kwargs: BTreeMap::from([("odd".into(), odd), ("chat_id".into(), rmpv::Value::from(42))]),
+        };
+        let (json, keys) = arguments(&decoded, &[]);
+        assert_eq!(json, r#"{"args":[],"kwargs":{"chat_id":42,"odd":{"nil":1,"7":"x"}}}"#);
+        assert_eq!(keys, vec![("chat_id".to_owned(), "42".to_owned())]);
     }
 
     #[test]

@@ -98,7 +98,7 @@ async fn run_in_process(
                 *execution
             }
         };
-        runtime.finished(&message.payload, &execution).await;
+        runtime.finished(&message.payload, execution.clone()).await;
         match &execution.disposition {
             Disposition::Ack => return,
             Disposition::HandBack => {

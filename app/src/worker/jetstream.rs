@@ -376,7 +376,7 @@ async fn handle(
             drop(slot);
         }
         settle(&runtime, &message, &execution, sequence).await;
-        runtime.finished(&message.payload, &execution).await;
+        runtime.finished(&message.payload, execution).await;
     });
     let heartbeat = async {
         let mut every = tokio::time::interval(runtime.progress_every);

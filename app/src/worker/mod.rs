@@ -171,7 +171,7 @@ async fn serve_container(
     let worker_name = presence::worker_name();
     let index_stop = CancellationToken::new();
     let index = settings.index.enabled.then(|| {
-        let postgres = settings.database.url.expose().starts_with("postgres");
+        let postgres = crate::index::writer_pool(&settings.database);
         crate::index::Indexer::start(
             pool.clone(),
             postgres,

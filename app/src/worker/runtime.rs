@@ -116,17 +116,16 @@ impl Runtime {
 
     /// After a message is settled: counts it, and when its record is final
     /// wakes the producers waiting for it.
-    pub async fn finished(&self, payload: &bytes::Bytes, execution: &Execution) {
-        self.metrics.observe(execution);
-        if let (Some(id), Some(record)) = (&execution.task_id, &execution.record)
+    pub async fn finished(&self, payload: &bytes::Bytes, execution: Execution) {
+        self.metrics.observe(&execution);
+        let already = matches!(execution.outcome, di::Outcome::AlreadyFinished(_));
+        if let (Some(id), Some(record)) = (execution.task_id, execution.record)
             && record.status.is_final()
         {
-            if let Some(index) = &self.index
-                && !matches!(execution.outcome, di::Outcome::AlreadyFinished(_))
-            {
+            self.publisher.notify_done(&id).await;
+            if let Some(index) = self.index.as_ref().filter(|_| !already) {
                 index.add(id, payload, record);
             }
-            self.publisher.notify_done(id).await;
         }
     }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# What the task index costs: rounds of a pre-filled queue of N no-op tasks
+# drained by one release worker, alternating the index off and on (the
+# development profile's PostgreSQL), every result read back and checked by
+# `bench --drain`. For each drain it prints the rate (tasks/s by the
+# records) and the CPU time the worker and PostgreSQL used per 1,000 tasks
+# (from /proc, user + system, until the worker has stopped and written what
+# it had queued): rates swing by 20-30 % between runs on a shared machine,
+# CPU time per task much less.
+#   N=20000 RUNS=4 ./scripts/index_cost.sh
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+N=${N:-20000}
+RUNS=${RUNS:-4}
+OUT=${OUT:-/tmp/courier-index-cost}
+mkdir -p "$OUT"
+cargo build --release --quiet --bin worker --bin bench
+bin="${CARGO_TARGET_DIR:-target}/release"
+
+# Names of its own, so a running development worker is not disturbed.
+export COURIER_ENV=${COURIER_ENV:-development}
+export COURIER_NATS__STREAM=COURIER_INDEX_COST
+export COURIER_NATS__SUBJECT=courier_index_cost.tasks
+export COURIER_NATS__DURABLE=courier-index-cost
+export COURIER_NATS__DEAD_LETTER_SUBJECT=courier_index_cost.dead
+export COURIER_NATS__DONE_SUBJECT=courier_index_cost.done
+export COURIER_REDIS__KEY_PREFIX=courier_index_cost:
+export COURIER_REDIS__RESULT_TTL=10m
+export COURIER_WORKER__CONCURRENCY=${CONCURRENCY:-43}
+export COURIER_WORKER__HTTP_ADDR=
+export RUST_LOG=${RUST_LOG:-warn}
+
+# CPU ticks (user + system) of the processes whose command starts with $1:
+# PostgreSQL's (server and backends), or one pid with cpu_of_pid.
+cpu_of_name() {
+  python3 - "$1" <<'EOF'
+import os, sys
+total = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        comm = open(f"/proc/{pid}/comm").read().strip()
+        if comm.startswith(sys.argv[1]):
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            # cutime + cstime: the CPU of backends that exited (the worker's own).
+            total += sum(int(f) for f in fields[11:15])
+    except OSError:
+        pass
+print(total)
+EOF
+}
+cpu_of_pid() {
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+hz=$(getconf CLK_TCK)
+
+trap 'if [ -n "${pid:-}" ]; then kill -TERM "$pid" 2>/dev/null || true; fi' EXIT
+
+# One drain with the index $1 (true/false): prints rate and CPU ms per 1,000 tasks.
+drain() {
+  export COURIER_INDEX__ENABLED=$1
+  local log="$OUT/bench.log" json="$OUT/drain.json"
+  "$bin/bench" --drain --n "$N" >"$json" 2>"$log" &
+  local bench=$!
+  until grep -q "queued" "$log"; do
+    kill -0 "$bench" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  local pg_before worker_cpu pg_after
+  pg_before=$(cpu_of_name postgres)
+  "$bin/worker" >"$OUT/worker.log" 2>&1 &
+  pid=$!
+  wait "$bench" || { cat "$log" "$json" "$OUT/worker.log" >&2; exit 1; }
+  kill -TERM "$pid"
+  # The worker's CPU just before it is reaped (its writer has flushed by then).
+  while kill -0 "$pid" 2>/dev/null && [ "$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+    worker_cpu=$(cpu_of_pid "$pid" 2>/dev/null || echo "${worker_cpu:-0}")
+    sleep 0.05
+  done
+  worker_cpu=$(cpu_of_pid "$pid" 2>/dev/null || echo "${worker_cpu:-0}")
+  wait "$pid" || true
+  pid=
+  pg_after=$(cpu_of_name postgres)
+  python3 - "$json" "$worker_cpu" "$((pg_after - pg_before))" "$hz" "$N" <<'EOF'
+import json, sys
+rate = json.load(open(sys.argv[1]))["per_second"]
+worker, pg, hz, n = (int(x) for x in sys.argv[2:])
+per = lambda ticks: ticks * 1000 / hz / n * 1000
+print(f"{rate:.0f} {per(worker):.1f} {per(pg):.1f}")
+EOF
+}
+
+echo "round index rate/s worker_cpu_ms_per_1000 postgres_cpu_ms_per_1000"
+for round in $(seq 1 "$RUNS"); do
+  for index in false true; do
+    echo "$round $index $(drain "$index")"
+  done
+done
