@@ -99,6 +99,15 @@ async fn request_with(
     Answer { status, headers, body: body.to_owned() }
 }
 
+/// A login form: its pre-session cookie (`name=value`) and its token.
+async fn login_form(addr: &str) -> (String, String) {
+    let form = request(addr, "GET", "/login", None, None).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    let set = form.header("set-cookie").unwrap_or_default().to_owned();
+    assert!(set.starts_with("courier_login=") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    (form.cookie().unwrap(), form.csrf().expect("a token in the login form"))
+}
+
 fn board_env(scope: &Scope, schema: &PgSchema, addr: &str, password: Option<&str>) -> Vec<(String, String)> {
     let mut env = scope.env();
     env.push(("COURIER_DATABASE__URL".into(), schema.url.clone()));
@@ -133,14 +142,40 @@ async fn requests_without_a_session_or_a_csrf_token_are_refused() {
         assert_eq!(answer.header("x-frame-options"), Some("DENY"));
     }
 
+    // The login form carries a token of its own, tied to a short-lived
+    // pre-session cookie; a login POST without both is refused before the
+    // password is looked at, even the right password.
+    let right = format!("password={}", urlencode(PASSWORD));
+    let bare = request(&addr, "POST", "/login", None, Some(&right)).await;
+    assert_eq!(bare.status, 403, "no login form token: {}", bare.body);
+    assert!(!bare.headers.iter().any(|(n, v)| n == "set-cookie" && v.starts_with("courier_board=")));
+    let (form_cookie, form_token) = login_form(&addr).await;
+    let no_cookie = request(&addr, "POST", "/login", None, Some(&format!("csrf={form_token}&{right}"))).await;
+    assert_eq!(no_cookie.status, 403, "the token without its cookie: {}", no_cookie.body);
+    let (other_cookie, _) = login_form(&addr).await;
+    let mixed =
+        request(&addr, "POST", "/login", Some(&other_cookie), Some(&format!("csrf={form_token}&{right}"))).await;
+    assert_eq!(mixed.status, 403, "another form's cookie: {}", mixed.body);
+    let cross = request_with(
+        &addr,
+        "POST",
+        "/login",
+        Some(&form_cookie),
+        Some(&format!("csrf={form_token}&{right}")),
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(cross.status, 403, "another site: {}", cross.body);
+
     // A wrong password is refused, slowly; the right one opens a session.
-    let wrong = request(&addr, "POST", "/login", None, Some("password=nope")).await;
+    let wrong =
+        request(&addr, "POST", "/login", Some(&form_cookie), Some(&format!("csrf={form_token}&password=nope"))).await;
     assert_eq!(wrong.status, 401);
-    assert!(wrong.cookie().is_none());
-    let login = request(&addr, "POST", "/login", None, Some(&format!("password={}", urlencode(PASSWORD)))).await;
+    assert!(!wrong.headers.iter().any(|(n, v)| n == "set-cookie" && v.starts_with("courier_board=")));
+    let login = request(&addr, "POST", "/login", Some(&form_cookie), Some(&format!("csrf={form_token}&{right}"))).await;
     assert_eq!(login.status, 303, "{}", login.body);
     let set = login.header("set-cookie").unwrap().to_owned();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(set.starts_with("courier_board=") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
     let cookie = login.cookie().unwrap();
 
     // With the session: pages render, each with the session's token.
@@ -184,6 +219,7 @@ async fn requests_without_a_session_or_a_csrf_token_are_refused() {
     let log = board.log();
     assert!(log.contains("courier::board::audit"), "audit lines:\n{log}");
     assert!(log.contains("missing or wrong CSRF token") && log.contains("wrong password"), "{log}");
+    assert!(log.contains("wrong login form token"), "{log}");
     assert!(!log.contains(PASSWORD), "the password is never logged:\n{log}");
     assert!(!page.body.contains(PASSWORD));
     board.terminate(Duration::from_secs(5));
