@@ -326,3 +326,47 @@ fn urlencode(text: &str) -> String {
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
+
+/// A board process without a password (loopback) over `env`.
+async fn start_board(env: Vec<(String, String)>) -> ChildProcess {
+    tokio::task::spawn_blocking(move || ChildProcess::spawn("board", &env, "board ready")).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_flood_page_counts_429s_by_lane_over_the_workers_alive() {
+    use redis::AsyncCommands;
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    // Two workers' presence records, as workers write them (presence.rs).
+    let prefix = scope.settings.redis.key_prefix.clone();
+    let mut conn = redis::Client::open(it::REDIS_URL).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let now_ms = (di::unix_now() * 1000.0) as i64;
+    for (name, rate_limited) in
+        [("w-one:1", [("bulk", 5_u64), ("transactional", 2)]), ("w-two:2", [("bulk", 7), ("paid", 1)])]
+    {
+        let info = courier::worker::presence::WorkerInfo {
+            name: name.into(),
+            version: "test".into(),
+            in_flight: 0,
+            concurrency: 1,
+            rate_limited: rate_limited.iter().map(|(lane, n)| ((*lane).to_owned(), *n)).collect(),
+            started_at: now_ms / 1000,
+        };
+        let _: () = conn.zadd(format!("{prefix}courier:{{workers}}"), name, now_ms + 60_000).await.unwrap();
+        let _: () = conn
+            .hset(format!("{prefix}courier:{{workers}}:info"), name, serde_json::to_string(&info).unwrap())
+            .await
+            .unwrap();
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut board = start_board(board_env(&scope, &schema, &addr, None)).await;
+    let page = request(&addr, "GET", "/flood", None, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"rate-limited-by-lane\""), "{}", page.body);
+    for (lane, n) in [("transactional", 2), ("interactive", 0), ("bulk", 12), ("paid", 1)] {
+        let row = format!("<tr data-lane=\"{lane}\"><td>{lane}</td><td class=\"n\">{n}</td></tr>");
+        assert!(page.body.contains(&row), "{row} in {}", page.body);
+    }
+    assert!(page.body.contains("to the 2 workers alive"), "{}", page.body);
+    board.terminate(Duration::from_secs(5));
+}

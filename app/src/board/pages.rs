@@ -382,11 +382,32 @@ pub async fn schedules(
 
 /// `GET /flood`: the shared flood-control state.
 pub async fn flood(State(board): State<Arc<Board>>, Extension(session): Extension<Session>) -> Markup {
-    let state = within(crate::producer::flood_status::read(&board.settings)).await;
+    let (state, workers) = tokio::join!(
+        within(crate::producer::flood_status::read(&board.settings)),
+        within(super::overview::workers_alive(&board)),
+    );
     let body = html! {
         @match &state {
             Ok((bot, status)) => pre #flood { (crate::producer::flood_status::render(*bot, &board.settings.telegram.limits, status)) },
             Err(err) => p #flood { "No flood-control state: " (err) },
+        }
+        h2 { "429s by lane" }
+        @match &workers {
+            Ok(workers) => {
+                @let by_lane = super::overview::rate_limited_by_lane(workers);
+                table #rate-limited-by-lane {
+                    tr { th { "Lane" } th { "429s" } }
+                    @for lane in di::Lane::ALL {
+                        tr data-lane=(lane.name()) {
+                            td { (lane.name()) }
+                            td.n { (by_lane.get(lane.name()).copied().unwrap_or(0)) }
+                        }
+                    }
+                }
+                p.muted { "Telegram's 429 answers to the " (workers.len()) " workers alive, since each started \
+                    (a restarted worker starts again at 0; the worker's /metrics has courier_telegram_rate_limited_total)." }
+            }
+            Err(err) => (unavailable("Redis (the workers' presence)", err)),
         }
     };
     page("Flood control", &session, "/flood", None, body)
