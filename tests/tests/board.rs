@@ -11,6 +11,7 @@ use it::servers::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "board-pass-7Qx!";
+const WAIT: Duration = Duration::from_secs(30);
 
 /// An argument the index must never store.
 mod with_secret {
@@ -332,6 +333,18 @@ async fn start_board(env: Vec<(String, String)>) -> ChildProcess {
     tokio::task::spawn_blocking(move || ChildProcess::spawn("board", &env, "board ready")).await.unwrap()
 }
 
+/// A password-less board's session: its cookie and its CSRF token.
+async fn local_session(addr: &str) -> (String, String) {
+    let page = request(addr, "GET", "/dead-letters", None, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    (page.cookie().expect("a session cookie"), page.csrf().expect("a CSRF token"))
+}
+
+/// The audit lines of a board's log.
+fn audit_lines(board: &ChildProcess) -> Vec<String> {
+    board.log().lines().filter(|l| l.contains("courier::board::audit")).map(str::to_owned).collect()
+}
+
 #[tokio::test]
 async fn the_flood_page_counts_429s_by_lane_over_the_workers_alive() {
     use redis::AsyncCommands;
@@ -369,4 +382,184 @@ async fn the_flood_page_counts_429s_by_lane_over_the_workers_alive() {
     }
     assert!(page.body.contains("to the 2 workers alive"), "{}", page.body);
     board.terminate(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_shows_its_progress_live_and_cancel_and_retry_work() {
+    let mut scope = Scope::new();
+    let schema = PgSchema::create().await;
+    scope.settings.database.url = settings::SecretUrl::new(&schema.url);
+    let worker = scope.start_worker().await;
+    let producer = scope.producer().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut board = start_board(board_env(&scope, &schema, &addr, None)).await;
+    let (cookie, csrf) = local_session(&addr).await;
+    let form = format!("csrf={csrf}");
+
+    // A long task writes its progress; its page shows it, and asks for it again.
+    let long = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 60_000 }).await.unwrap().task_id;
+    let path = format!("/tasks/{long}");
+    let page = scope
+        .eventually(WAIT, "the task page showing progress", || async {
+            let page = request(&addr, "GET", &path, Some(&cookie), None).await;
+            (page.status == 200 && page.body.contains("<progress")).then_some(page)
+        })
+        .await;
+    assert!(page.body.contains(">running<"), "{}", page.body);
+    assert!(page.body.contains("% slept "), "{}", page.body);
+    let live = format!("data-refresh=\"/fragment/tasks/{long}\"");
+    assert!(page.body.contains(&live), "an unfinished task's part refreshes: {}", page.body);
+    // The fragment moves on with the task.
+    let first = request(&addr, "GET", &format!("/fragment/tasks/{long}"), Some(&cookie), None).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("<progress") && !first.body.contains("data-final"), "{}", first.body);
+    let caption = |body: &str| body.split("% slept ").nth(1).and_then(|r| r.split(" ms").next()).map(str::to_owned);
+    let before = caption(&first.body).expect("a progress caption");
+    scope
+        .eventually(WAIT, "the fragment's progress moving on", || async {
+            let next = request(&addr, "GET", &format!("/fragment/tasks/{long}"), Some(&cookie), None).await;
+            (caption(&next.body).is_some_and(|c| c != before)).then_some(())
+        })
+        .await;
+
+    // Cancel it from the board.
+    let cancelled = request(&addr, "POST", &format!("{path}/cancel"), Some(&cookie), Some(&form)).await;
+    let expected = format!("{path}?note=cancelled");
+    let location = cancelled.header("location").map(percent_decode);
+    assert_eq!((cancelled.status, location.as_deref()), (303, Some(expected.as_str())), "{}", cancelled.body);
+    assert_eq!(producer.wait(&long, WAIT).await.unwrap().status, di::TaskStatus::Cancelled);
+    let done = request(&addr, "GET", &format!("/fragment/tasks/{long}"), Some(&cookie), None).await;
+    assert!(done.body.contains("data-final") && done.body.contains(">cancelled<"), "{}", done.body);
+    let page = request(&addr, "GET", &path, Some(&cookie), None).await;
+    assert!(!page.body.contains("data-refresh"), "a finished task's page stops: {}", page.body);
+
+    // Retry a finished task: the same arguments again, as a new task.
+    let short = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 1 }).await.unwrap().task_id;
+    assert_eq!(producer.wait(&short, WAIT).await.unwrap().status, di::TaskStatus::Success);
+    di::sqlx::any::install_default_drivers();
+    let pool = di::sqlx::AnyPool::connect(&schema.url).await.unwrap();
+    scope
+        .eventually(WAIT, "the finished task indexed", || async {
+            courier::index::get(&pool, &short).await.unwrap().map(drop)
+        })
+        .await;
+    let retried = request(&addr, "POST", &format!("/tasks/{short}/retry"), Some(&cookie), Some(&form)).await;
+    assert_eq!(retried.status, 303, "{}", retried.body);
+    let location = percent_decode(retried.header("location").unwrap_or_default());
+    let new_id = location
+        .strip_prefix("/tasks/")
+        .and_then(|rest| rest.strip_suffix("?note=retried"))
+        .unwrap_or_else(|| panic!("sent to the new task's page: {location}"))
+        .to_owned();
+    assert!(new_id.starts_with(&format!("{short}.retry.")), "{new_id}");
+    let record = producer.wait(&new_id, WAIT).await.unwrap();
+    assert_eq!((record.status, record.task_name.as_str()), (di::TaskStatus::Success, "sleep"));
+    // An unknown task cannot be retried (its arguments are unknown).
+    let unknown = request(&addr, "POST", "/tasks/no-such-task/retry", Some(&cookie), Some(&form)).await;
+    assert_eq!(unknown.status, 404);
+
+    let audit = audit_lines(&board).join("\n");
+    assert!(audit.contains("cancel task") && audit.contains(&long), "{audit}");
+    assert!(audit.contains("retry task") && audit.contains(&format!("enqueued as {new_id}")), "{audit}");
+    board.terminate(Duration::from_secs(5));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_campaign_is_shown_live_cancelled_and_its_report_downloaded() {
+    let mut scope = Scope::new();
+    let schema = PgSchema::create().await;
+    scope.settings.database.url = settings::SecretUrl::new(&schema.url);
+    // A running campaign of three recipients, not fanned out: nothing sends.
+    let campaigns = courier::campaign::Campaigns::connect(&scope.settings).await.unwrap();
+    let id = it::unique("board_campaign").to_ascii_lowercase();
+    let spec = courier::campaign::CampaignSpec {
+        id: Some(id.clone()),
+        task_name: "send_message".into(),
+        kwargs: serde_json::json!({ "text": "news" }).as_object().unwrap().clone(),
+        lane: di::Lane::Bulk,
+        follow_up: None,
+    };
+    campaigns.create(spec, &courier::campaign::recipients::Recipients::List(vec![901, 902, 903])).await.unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut board = start_board(board_env(&scope, &schema, &addr, None)).await;
+    let (cookie, csrf) = local_session(&addr).await;
+
+    let page = request(&addr, "GET", "/campaigns", Some(&cookie), None).await;
+    assert!(page.body.contains("data-refresh=\"/fragment/campaigns\""), "the list refreshes: {}", page.body);
+    let live = request(&addr, "GET", "/fragment/campaigns", Some(&cookie), None).await;
+    assert_eq!(live.status, 200);
+    let row = format!("id=\"campaign-{id}\"");
+    assert!(
+        live.body.contains(&row) && live.body.contains("<progress") && live.body.contains("0/3 done: sent 0"),
+        "{}",
+        live.body
+    );
+    assert!(!live.body.contains("<html"), "a fragment, not a page");
+
+    let cancel =
+        request(&addr, "POST", &format!("/campaigns/{id}/cancel"), Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    assert_eq!(
+        (cancel.status, cancel.header("location")),
+        (303, Some("/campaigns?note=campaign-cancelled&n=3")),
+        "{}",
+        cancel.body
+    );
+    let (campaign, _) = campaigns.status(&id).await.unwrap();
+    assert_eq!(campaign.status.name(), "cancelled");
+    let live = request(&addr, "GET", "/fragment/campaigns", Some(&cookie), None).await;
+    assert!(live.body.contains("<td class=\"status cancelled\">cancelled</td>"), "{}", live.body);
+    assert!(live.body.contains("3/3 done: sent 0, dead 0, failed 0, cancelled 3"), "{}", live.body);
+
+    let report = request(&addr, "GET", &format!("/campaigns/{id}/report.csv"), Some(&cookie), None).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.header("content-type").unwrap_or_default().starts_with("text/csv"));
+    assert_eq!(
+        report.header("content-disposition"),
+        Some(format!("attachment; filename=\"campaign-{id}.csv\"").as_str())
+    );
+    let lines: Vec<&str> = report.body.lines().collect();
+    assert_eq!(lines.first(), Some(&"seq,chat_id,status,message_id,reason"), "{}", report.body);
+    let rows: Vec<(String, String)> = lines[1..]
+        .iter()
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells[1].to_owned(), cells[2].to_owned())
+        })
+        .collect();
+    let expected: Vec<(String, String)> =
+        ["901", "902", "903"].iter().map(|c| ((*c).to_owned(), "cancelled".to_owned())).collect();
+    assert_eq!(rows, expected, "{}", report.body);
+    let missing = request(&addr, "GET", "/campaigns/no-such-campaign/report.csv", Some(&cookie), None).await;
+    assert_eq!(missing.status, 404);
+
+    let audit = audit_lines(&board).join("\n");
+    assert!(
+        audit.contains("cancel campaign") && audit.contains("download campaign report") && audit.contains(&id),
+        "{audit}"
+    );
+    board.terminate(Duration::from_secs(5));
+}
+
+/// `%XX` sequences decoded (the board percent-encodes task ids in paths).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match hex {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

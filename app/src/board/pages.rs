@@ -143,13 +143,49 @@ pub async fn tasks(
     page("Tasks", &session, "/tasks", note(&params).as_deref(), body).into_response()
 }
 
-/// `GET /tasks/{id}`: the live record (Redis) and the indexed history.
+/// How often a page's live part is fetched again.
+const TASK_REFRESH_MS: u32 = 2_000;
+
+/// `GET /tasks/{id}`: the live record (Redis) and the indexed history;
+/// while the task is unfinished its part refreshes in place (status,
+/// attempt, progress, timeline).
 pub async fn task(
     State(board): State<Arc<Board>>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
+    let (body, final_) = match task_body(&board, &session, &id).await {
+        Ok(done) => done,
+        Err(response) => return response,
+    };
+    let live = html! {
+        @if final_ {
+            div #live { (body) }
+        } @else {
+            div #live data-refresh=(format!("/fragment/tasks/{}", encode(&id))) data-every=(TASK_REFRESH_MS) { (body) }
+        }
+    };
+    page("Task", &session, "/tasks", note(&params).as_deref(), live).into_response()
+}
+
+/// `GET /fragment/tasks/{id}`: a task page's live part alone; once the task
+/// has finished it carries `data-final`, and the page stops asking.
+pub async fn task_fragment(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    match task_body(&board, &session, &id).await {
+        Ok((body, final_)) => html! { @if final_ { span data-final hidden {} } (body) }.into_response(),
+        Err(response) => response,
+    }
+}
+
+/// A task's page body and whether the task has finished; an answer of its
+/// own when there is no such task or its sources failed.
+async fn task_body(board: &Board, session: &Session, id: &str) -> Result<(Markup, bool), Response> {
+    let id = id.to_owned();
     let (record, progress, indexed) = tokio::join!(
         within(board.producer.result(&id)),
         within(board.producer.progress(&id)),
@@ -167,12 +203,12 @@ pub async fn task(
     if record.is_none() && indexed.is_none() {
         if !failures.is_empty() {
             let body = html! { @for failure in &failures { (unavailable("The task", failure)) } };
-            let page = page("Task", &session, "/tasks", None, body);
-            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, page).into_response();
+            let page = page("Task", session, "/tasks", None, body);
+            return Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, page).into_response());
         }
-        return view::not_found(&format!(
+        return Err(view::not_found(&format!(
             "No task {id:?}: no live record (they last redis.result_ttl) and not in the task index."
-        ));
+        )));
     }
     let progress = progress.ok().flatten();
     let status =
@@ -221,18 +257,18 @@ pub async fn task(
         }
         div.actions {
             @if !final_ {
-                (post_button(&session, &format!("{path}/cancel"), "Cancel", "danger"))
+                (post_button(session, &format!("{path}/cancel"), "Cancel", "danger"))
             }
             @if final_ && indexed.is_some() {
                 @if secret {
                     p.muted { "Retry is off: this task has secret arguments, which the index does not keep." }
                 } @else {
-                    (post_button(&session, &format!("{path}/retry"), "Retry", "primary"))
+                    (post_button(session, &format!("{path}/retry"), "Retry", "primary"))
                 }
             }
         }
     };
-    page("Task", &session, "/tasks", note(&params).as_deref(), body).into_response()
+    Ok((body, final_))
 }
 
 /// `GET /dead-letters`.
@@ -290,12 +326,23 @@ pub async fn dead_letters(
     page("Dead letters", &session, "/dead-letters", note(&params).as_deref(), body)
 }
 
-/// `GET /campaigns`.
+/// `GET /campaigns`: the list, its progress bars refreshed in place.
 pub async fn campaigns(
     State(board): State<Arc<Board>>,
     Extension(session): Extension<Session>,
     Query(params): Params,
 ) -> Markup {
+    let body = campaigns_body(&board, &session).await;
+    let live = html! { div #live data-refresh="/fragment/campaigns" data-every="3000" { (body) } };
+    page("Campaigns", &session, "/campaigns", note(&params).as_deref(), live)
+}
+
+/// `GET /fragment/campaigns`: the campaigns page's live part alone.
+pub async fn campaigns_fragment(State(board): State<Arc<Board>>, Extension(session): Extension<Session>) -> Markup {
+    campaigns_body(&board, &session).await
+}
+
+async fn campaigns_body(board: &Board, session: &Session) -> Markup {
     let listed = within(async {
         let mut all = Vec::new();
         for id in board.campaigns.recent(50).await? {
@@ -304,7 +351,7 @@ pub async fn campaigns(
         Ok::<_, crate::campaign::CampaignError>(all)
     })
     .await;
-    let body = html! {
+    html! {
         @match &listed {
             Err(err) => (unavailable("campaigns", err)),
             Ok(all) if all.is_empty() => p { "No campaigns yet (producer broadcast start)." },
@@ -320,19 +367,20 @@ pub async fn campaigns(
                     tr id=(format!("campaign-{}", campaign.id)) {
                         td { (campaign.id) }
                         td { (campaign.task_name) }
-                        td.status class=(status) { (status) }
+                        // One class attribute (maud does not merge `.status` with `class=`).
+                        td class=(format!("status {status}")) { (status) }
                         td {
                             (bar(share, &format!(
-                                "{finished}/{} sent {} dead {} failed {}{}",
-                                counters.total, counters.get("sent"), counters.dead(), counters.get("failed"),
+                                "{finished}/{} done: sent {}, dead {}, failed {}, cancelled {}{}",
+                                counters.total, counters.get("sent"), counters.dead(), counters.get("failed"), counters.get("cancelled"),
                                 eta.map(|e| format!(" · eta {}", humantime::format_duration(Duration::from_secs(e as u64)))).unwrap_or_default()
                             )))
                         }
                         td {
-                            @if status == "running" { (post_button(&session, &format!("{base}/pause"), "Pause", "pause")) }
-                            @if status == "paused" { (post_button(&session, &format!("{base}/resume"), "Resume", "primary resume")) }
+                            @if status == "running" { (post_button(session, &format!("{base}/pause"), "Pause", "pause")) }
+                            @if status == "paused" { (post_button(session, &format!("{base}/resume"), "Resume", "primary resume")) }
                             @if status == "running" || status == "paused" || status == "draft" {
-                                (post_button(&session, &format!("{base}/cancel"), "Cancel", "danger"))
+                                (post_button(session, &format!("{base}/cancel"), "Cancel", "danger"))
                             }
                             a href=(format!("{base}/report.csv")) { "Report (CSV)" }
                         }
@@ -340,8 +388,7 @@ pub async fn campaigns(
                 }
             },
         }
-    };
-    page("Campaigns", &session, "/campaigns", note(&params).as_deref(), body)
+    }
 }
 
 /// `GET /schedules`.
