@@ -563,3 +563,62 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_tasks_are_found_by_status_task_and_label_from_their_records() {
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let producer = scope.producer().await;
+    // No worker: these stay queued, or scheduled.
+    let plain = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 1 }).await.unwrap().task_id;
+    let mut envelope = tasks::sleep::TASK.envelope(&tasks::sleep::Args { ms: 2 }).unwrap();
+    envelope.labels.insert("batch".into(), "b7".into());
+    producer.enqueue_envelope(&envelope, None).await.unwrap();
+    let labelled = envelope.task_id.clone();
+    let other = producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap().task_id;
+    let later = producer
+        .enqueue_in(tasks::sleep::TASK, &tasks::sleep::Args { ms: 3 }, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .task_id;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut board = start_board(board_env(&scope, &schema, &addr, None)).await;
+    let (cookie, _) = local_session(&addr).await;
+    let search = |query: &'static str| {
+        let (addr, cookie) = (addr.clone(), cookie.clone());
+        async move {
+            let page = request(&addr, "GET", &format!("/tasks?{query}"), Some(&cookie), None).await;
+            assert_eq!(page.status, 200, "{query}: {}", page.body);
+            page.body
+        }
+    };
+    let listed = |body: &str, id: &str| body.contains(&format!(">{id}</a>"));
+
+    let form = search("").await;
+    assert!(form.contains("<option value=\"queued\">") && form.contains("<option value=\"retrying\">"), "{form}");
+
+    let queued = search("status=queued").await;
+    assert!(queued.contains("id=\"scan-note\"") && queued.contains("Read all 4 task records"), "{queued}");
+    assert!(listed(&queued, &plain) && listed(&queued, &labelled) && listed(&queued, &other), "{queued}");
+    assert!(!listed(&queued, &later), "the delayed task is scheduled, not queued: {queued}");
+    let by_task = search("status=queued&name=noop").await;
+    assert!(listed(&by_task, &other) && !listed(&by_task, &plain), "{by_task}");
+    let by_label = search("status=queued&key=label.batch%3Db7").await;
+    assert!(listed(&by_label, &labelled) && !listed(&by_label, &plain), "{by_label}");
+    let scheduled = search("status=scheduled").await;
+    assert!(listed(&scheduled, &later) && !listed(&scheduled, &plain), "{scheduled}");
+    // Arguments are not in the records: said, not silently empty.
+    let by_argument = search("status=queued&key=chat_id%3D1").await;
+    assert!(by_argument.contains("found by task and label only"), "{by_argument}");
+    assert!(!by_argument.contains("id=\"results\""), "{by_argument}");
+    // A finished status still searches the index.
+    let finished = search("status=success&name=sleep").await;
+    assert!(finished.contains("No finished task matches") && !finished.contains("scan-note"), "{finished}");
+
+    // An unfinished task's page says what is known, and that its arguments are not.
+    let page = request(&addr, "GET", &format!("/tasks/{labelled}"), Some(&cookie), None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(">queued<") && page.body.contains("b7"), "status and labels: {}", page.body);
+    assert!(page.body.contains("Not known until it finishes"), "{}", page.body);
+    board.terminate(Duration::from_secs(5));
+}

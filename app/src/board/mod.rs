@@ -13,6 +13,7 @@ mod actions;
 mod auth;
 mod overview;
 mod pages;
+mod unfinished;
 mod view;
 
 use std::net::SocketAddr;

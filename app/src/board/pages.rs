@@ -83,17 +83,38 @@ pub async fn tasks(
         let (at, id) = a.split_once(':')?;
         Some((at.parse::<i64>().ok()?, id.to_owned()))
     });
-    let query = index::Query {
-        task_id: None,
-        task_name: get("name"),
-        status: get("status"),
-        key,
-        since,
-        before: until,
-        after,
-        limit: 100,
-    };
-    let found = if problems.is_empty() { Some(within(index::search(&board.pool, &query)).await) } else { None };
+    // Unfinished tasks are not indexed: their Redis records are walked.
+    let unfinished_status = get("status").filter(|s| super::unfinished::STATUSES.contains(&s.as_str()));
+    let mut label = None;
+    if unfinished_status.is_some()
+        && let Some((name, value)) = &key
+    {
+        match name.strip_prefix("label.") {
+            Some(label_name) => label = Some((label_name.to_owned(), value.clone())),
+            None => problems.push(format!(
+                "{name}: unfinished tasks are found by task and label only (their Redis record holds no \
+                 arguments; the index writes them when the task finishes)"
+            )),
+        }
+    }
+    let mut found = None;
+    let mut found_unfinished = None;
+    if let Some(status) = unfinished_status.filter(|_| problems.is_empty()) {
+        let filter = super::unfinished::Filter { status, task_name: get("name"), label, since, until };
+        found_unfinished = Some(within(super::unfinished::search(&board.producer, &filter, 100)).await);
+    } else if problems.is_empty() {
+        let query = index::Query {
+            task_id: None,
+            task_name: get("name"),
+            status: get("status"),
+            key,
+            since,
+            before: until,
+            after,
+            limit: 100,
+        };
+        found = Some(within(index::search(&board.pool, &query)).await);
+    }
     let mut names = board.registry.names();
     names.sort_unstable();
     let field = |name: &str| get(name).unwrap_or_default();
@@ -106,7 +127,12 @@ pub async fn tasks(
             } }
             label { "Status " select name="status" {
                 @for s in ["", "success", "failed", "cancelled"] {
-                    option value=(s) selected[field("status") == s] { (if s.is_empty() { "any" } else { s }) }
+                    option value=(s) selected[field("status") == s] { (if s.is_empty() { "any finished" } else { s }) }
+                }
+                optgroup label="unfinished (Redis records, by task and label)" {
+                    @for s in super::unfinished::STATUSES {
+                        option value=(s) selected[field("status") == s] { (s) }
+                    }
                 }
             } }
             label { "Argument or label " input #key name="key" value=(field("key")) placeholder="chat_id=42"; }
@@ -115,6 +141,38 @@ pub async fn tasks(
             button type="submit" #search-button { "Search" }
         }
         @for problem in &problems { p.error { (problem) } }
+        @match &found_unfinished {
+            None => {},
+            Some(Err(err)) => (unavailable("Redis (the records of unfinished tasks)", err)),
+            Some(Ok(unfinished)) => {
+                p #scan-note.muted {
+                    @if unfinished.complete {
+                        "Read all " (unfinished.scanned) " task records in Redis."
+                    } @else {
+                        "Read " (unfinished.scanned) " task records in Redis and stopped (at most "
+                        (super::unfinished::MAX_SCANNED) " records, " (super::unfinished::MAX_CALLS) " pages, "
+                        (super::unfinished::BUDGET.as_secs()) " s, or 100 matches): more may match; narrow by task or label."
+                    }
+                }
+                @if unfinished.rows.is_empty() {
+                    p #no-results { "No unfinished task matches." }
+                } @else {
+                    table #results {
+                        tr { th { "Record written" } th { "Task" } th { "Status" } th { "Attempt" } th { "Arguments" } th { "Id" } }
+                        @for (id, record) in &unfinished.rows {
+                            tr {
+                                td { (time_s(record.updated_at)) }
+                                td { (record.task_name) }
+                                td class=(record.status.name()) { (record.status.name()) }
+                                td { (record.attempt) }
+                                td.args.muted { "known when it finishes" }
+                                td { a.task-link href=(format!("/tasks/{}", encode(id))) { (id) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         @match &found {
             None => {},
             Some(Err(err)) => (unavailable("the task index", err)),
@@ -235,6 +293,11 @@ async fn task_body(board: &Board, session: &Session, id: &str) -> Result<(Markup
                 @if let Some(result) = &i.result { dt { "Result" } dd { code { (result) } } }
                 @if let Some(error) = &i.error { dt { "Error" } dd.error { (error) } }
             } @else if let Some(r) = &record {
+                @if !r.status.is_final() {
+                    dt { "Arguments" }
+                    dd #task-args.muted { "Not known until it finishes: its live record holds its status, attempt and labels; \
+                        the task index writes its arguments when it finishes." }
+                }
                 @if !r.return_value.is_nil() { dt { "Result" } dd { code { (r.return_value.to_string()) } } }
                 @if let Some(e) = &r.error { dt { "Error" } dd.error { (e.exc_type) ": " (e.exc_message.join("; ")) } }
             }
