@@ -1,6 +1,9 @@
 //! Courier Board over plain HTTP: who may do what (sessions, CSRF tokens,
-//! the password rule), the headers every answer carries, and the task index
-//! behind its search (secret fields masked, found by argument value).
+//! the login form's token, the password rule), the headers every answer
+//! carries, the task index behind its search (secret fields masked, found
+//! by argument value), each action (cancel, retry, replay all, discard,
+//! campaign cancel, report) with its audit line, the live parts, the 429s
+//! by lane, and that no page shows a setting's secret.
 
 use std::time::Duration;
 
@@ -465,6 +468,71 @@ async fn a_running_task_shows_its_progress_live_and_cancel_and_retry_work() {
     worker.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_by_filter_and_discarded_with_their_task_ids_audited() {
+    let mut scope = Scope::new();
+    let schema = PgSchema::create().await;
+    scope.settings.database.url = settings::SecretUrl::new(&schema.url);
+    let producer = scope.producer().await;
+    // Three dead letters: two whose cause is gone (alpha), one to throw away (beta).
+    let subject = scope.settings.nats.subject.clone();
+    let mut ids = Vec::new();
+    for reason in ["Fatal: alpha down", "Fatal: beta broken", "Fatal: alpha down"] {
+        let id = it::unique("board-dl");
+        let payload = di::Envelope::new(id.clone(), "noop", &tasks::noop::Args {}).unwrap().to_msgpack().unwrap();
+        producer.publisher().dead_letter(payload.into(), reason, Some(&id), 3, &id, &subject).await.unwrap();
+        ids.push(id);
+    }
+    let worker = scope.start_worker().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut board = start_board(board_env(&scope, &schema, &addr, None)).await;
+    let (cookie, csrf) = local_session(&addr).await;
+
+    // Replay all that match "alpha": both run and succeed, beta stays.
+    let replay =
+        request(&addr, "POST", "/dead-letters/replay", Some(&cookie), Some(&format!("csrf={csrf}&reason=alpha"))).await;
+    assert_eq!(
+        (replay.status, replay.header("location")),
+        (303, Some("/dead-letters?note=replayed-all&n=2")),
+        "{}",
+        replay.body
+    );
+    for id in [&ids[0], &ids[2]] {
+        assert_eq!(producer.wait(id, WAIT).await.unwrap().status, di::TaskStatus::Success, "{id}");
+    }
+    let left = scope.dead_letters().await;
+    assert_eq!(left.iter().map(|l| l.task_id.clone().unwrap_or_default()).collect::<Vec<_>>(), vec![ids[1].clone()]);
+
+    // Discard beta by its number.
+    let js = scope.jetstream().await;
+    let listed = courier::broker::dead_letters::list(&js, &scope.settings.nats, &Default::default(), 10).await.unwrap();
+    let sequence = listed.iter().find(|l| l.task_id.as_deref() == Some(ids[1].as_str())).unwrap().sequence;
+    let page = request(&addr, "GET", "/dead-letters", Some(&cookie), None).await;
+    assert!(page.body.contains(&format!("/dead-letters/{sequence}/discard")), "{}", page.body);
+    let discard = request(
+        &addr,
+        "POST",
+        &format!("/dead-letters/{sequence}/discard"),
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!((discard.status, discard.header("location")), (303, Some("/dead-letters?note=discarded")));
+    assert!(scope.dead_letters().await.is_empty(), "discarded");
+    let page = request(&addr, "GET", "/dead-letters", Some(&cookie), None).await;
+    assert!(page.body.contains("id=\"no-dead-letters\""), "{}", page.body);
+
+    // The audit lines name the tasks, not only the letters' numbers.
+    let audit = audit_lines(&board);
+    let replayed = audit.iter().find(|l| l.contains("replay dead letters")).expect("a replay-all audit line");
+    assert!(replayed.contains(&ids[0]) && replayed.contains(&ids[2]) && !replayed.contains(&ids[1]), "{replayed}");
+    assert!(replayed.contains("replayed 2"), "{replayed}");
+    let discarded = audit.iter().find(|l| l.contains("discard dead letter")).expect("a discard audit line");
+    assert!(discarded.contains(&format!("#{sequence}")) && discarded.contains(&ids[1]), "{discarded}");
+    board.terminate(Duration::from_secs(5));
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_campaign_is_shown_live_cancelled_and_its_report_downloaded() {
     let mut scope = Scope::new();
@@ -538,6 +606,70 @@ async fn a_campaign_is_shown_live_cancelled_and_its_report_downloaded() {
         audit.contains("cancel campaign") && audit.contains("download campaign report") && audit.contains(&id),
         "{audit}"
     );
+    board.terminate(Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn no_page_renders_the_telegram_token_or_the_database_password() {
+    const TOKEN: &str = "123456:TOKEN-never-SHOWN-9f3k";
+    const DB_PASSWORD: &str = "dbpass-never-SHOWN-q7";
+    let scope = Scope::new();
+    let schema = PgSchema::create().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = board_env(&scope, &schema, &addr, Some(PASSWORD));
+    // The local PostgreSQL trusts loopback: the password is carried, not checked.
+    let with_password = schema.url.replacen("postgres://postgres@", &format!("postgres://postgres:{DB_PASSWORD}@"), 1);
+    assert_ne!(with_password, schema.url);
+    env.retain(|(k, _)| k != "COURIER_DATABASE__URL");
+    env.push(("COURIER_DATABASE__URL".into(), with_password));
+    env.push(("COURIER_TELEGRAM__TOKEN".into(), TOKEN.into()));
+    // No Bot API there: the flood page's failure is rendered too.
+    env.push(("COURIER_TELEGRAM__API_URL".into(), format!("http://127.0.0.1:{}", free_port())));
+    let mut board = start_board(env).await;
+    // A queued task, so a task page has something to show.
+    let producer = scope.producer().await;
+    let queued = producer.enqueue(tasks::sleep::TASK, &tasks::sleep::Args { ms: 1 }).await.unwrap().task_id;
+    let (form_cookie, token) = login_form(&addr).await;
+    let login = request(
+        &addr,
+        "POST",
+        "/login",
+        Some(&form_cookie),
+        Some(&format!("csrf={token}&password={}", urlencode(PASSWORD))),
+    )
+    .await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    let cookie = login.cookie().unwrap();
+    let task_page = format!("/tasks/{queued}");
+    let pages = [
+        "/",
+        "/fragment/overview",
+        "/tasks",
+        "/tasks?key=chat_id%3D1",
+        task_page.as_str(),
+        "/tasks/no-such-task",
+        "/dead-letters",
+        "/campaigns",
+        "/schedules",
+        "/flood",
+        "/login",
+    ];
+    for path in pages {
+        let page = request(&addr, "GET", path, Some(&cookie), None).await;
+        assert!(matches!(page.status, 200 | 404), "{path}: {} {}", page.status, page.body);
+        for secret in [TOKEN, "TOKEN-never-SHOWN", DB_PASSWORD] {
+            assert!(!page.body.contains(secret), "{path} shows {secret}: {}", page.body);
+            assert!(!page.headers.iter().any(|(_, v)| v.contains(secret)), "{path}'s headers");
+        }
+    }
+    let flood = request(&addr, "GET", "/flood", Some(&cookie), None).await;
+    assert!(flood.body.contains("No flood-control state"), "the failure is rendered: {}", flood.body);
+    let task = request(&addr, "GET", &task_page, Some(&cookie), None).await;
+    assert!(task.body.contains(&queued), "{}", task.body);
+    let log = board.log();
+    for secret in ["TOKEN-never-SHOWN", DB_PASSWORD, PASSWORD] {
+        assert!(!log.contains(secret), "the log shows {secret}:\n{log}");
+    }
     board.terminate(Duration::from_secs(5));
 }
 
