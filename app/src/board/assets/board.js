@@ -3,16 +3,20 @@
 // before a button marked "danger" submits its form.
 "use strict";
 (function () {
-  // A part is not replaced while a form in it is under the pointer or has
-  // the focus (its button would move under the click); a fragment that
-  // says data-final (a finished task) is the last one fetched.
+  // A part is not replaced just after a press in it, nor while a form in it
+  // has the focus (its button would be swapped under the click); a fragment
+  // that says data-final (a finished task) is the last one fetched.
   function busy(element) {
     var active = document.activeElement;
-    return element.querySelector("form:hover") !== null ||
+    var pressed = Number(element.getAttribute("data-pressed") || 0);
+    return Date.now() - pressed < 1500 ||
       (active && active !== document.body && element.contains(active) && active.closest("form") !== null);
   }
   function refresh(element) {
     var every = parseInt(element.getAttribute("data-every") || "3000", 10);
+    element.addEventListener("pointerdown", function () {
+      element.setAttribute("data-pressed", String(Date.now()));
+    });
     var timer = setInterval(function () {
       if (document.hidden || busy(element)) return;
       fetch(element.getAttribute("data-refresh"), { credentials: "same-origin" })
