@@ -383,7 +383,7 @@ async fn the_flood_page_counts_429s_by_lane_over_the_workers_alive() {
         let row = format!("<tr data-lane=\"{lane}\"><td>{lane}</td><td class=\"n\">{n}</td></tr>");
         assert!(page.body.contains(&row), "{row} in {}", page.body);
     }
-    assert!(page.body.contains("to the 2 workers alive"), "{}", page.body);
+    assert!(page.body.contains("to the workers alive (2)"), "{}", page.body);
     board.terminate(Duration::from_secs(5));
 }
 

@@ -514,7 +514,7 @@ pub async fn flood(State(board): State<Arc<Board>>, Extension(session): Extensio
                         }
                     }
                 }
-                p.muted { "Telegram's 429 answers to the " (workers.len()) " workers alive, since each started \
+                p.muted { "Telegram's 429 answers to the workers alive (" (workers.len()) "), each since it started \
                     (a restarted worker starts again at 0; the worker's /metrics has courier_telegram_rate_limited_total)." }
             }
             Err(err) => (unavailable("Redis (the workers' presence)", err)),
