@@ -201,7 +201,7 @@ pub async fn tasks(
     page("Tasks", &session, "/tasks", note(&params).as_deref(), body).into_response()
 }
 
-/// How often a page's live part is fetched again.
+/// How often an unfinished task's live part is fetched again (ms).
 const TASK_REFRESH_MS: u32 = 2_000;
 
 /// `GET /tasks/{id}`: the live record (Redis) and the indexed history;
