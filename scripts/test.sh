@@ -78,6 +78,20 @@ fi
 if command -v chromedriver >/dev/null 2>&1; then chromedriver --version; fi
 
 echo "== tests"
+# The browser test saves a screenshot of each page it visits (the issue's
+# artefacts): say where, whatever the tests' outcome.
+screenshots="$target/board-screenshots"
+run_started=$(mktemp)
+show_screenshots() {
+  local shots
+  shots=$(find "$screenshots" -maxdepth 1 -name '*.png' -newer "$run_started" 2>/dev/null | sort)
+  if [ -n "$shots" ]; then
+    echo "== board screenshots (artefacts of the browser test): $screenshots"
+    echo "$shots" | sed 's|.*/|  |'
+  fi
+  rm -f "$run_started"
+}
+trap show_screenshots EXIT
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests (the typed-enqueue compile check is one).
   cargo test --workspace --doc --quiet

@@ -340,6 +340,7 @@ pub struct IndexSettings {
     /// Rows per insert.
     pub batch: usize,
     /// Finished tasks waiting to be written; past it new ones are not
-    /// indexed (counted in `/metrics`), so a slow database never slows tasks.
+    /// indexed (counted in the worker's `/metrics` as
+    /// `courier_task_index_dropped_total`), so a slow database never slows tasks.
     pub queue: usize,
 }

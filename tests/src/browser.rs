@@ -78,8 +78,15 @@ impl Browser {
     /// The text of the first element matching `css`, waiting up to 5 s for
     /// one to appear.
     pub async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
-        element.text().await.unwrap_or_else(|e| panic!("the text of {css:?}: {e}"))
+        // A part the board refreshes in place may be replaced between the
+        // find and the read: find it again.
+        for _ in 0..STALE_RETRIES {
+            match self.find(css).await.text().await {
+                Err(e) if is_stale(&e) => continue,
+                read => return read.unwrap_or_else(|e| panic!("the text of {css:?}: {e}")),
+            }
+        }
+        panic!("the text of {css:?}: replaced {STALE_RETRIES} times in a row");
     }
 
     /// Types `value` into the first element matching `css` (cleared first),
@@ -93,8 +100,13 @@ impl Browser {
     /// Clicks the first element matching `css`, waiting up to 5 s for it to
     /// appear.
     pub async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        element.click().await.unwrap_or_else(|e| panic!("click {css:?}: {e}"));
+        for _ in 0..STALE_RETRIES {
+            match self.find(css).await.click().await {
+                Err(e) if is_stale(&e) => continue,
+                clicked => return clicked.map(drop).unwrap_or_else(|e| panic!("click {css:?}: {e}")),
+            }
+        }
+        panic!("click {css:?}: replaced {STALE_RETRIES} times in a row");
     }
 
     /// Polls until the text of the first element matching `css` contains
@@ -295,6 +307,14 @@ fn on_path(program: &str) -> Option<PathBuf> {
 /// The cargo target folder: `CARGO_TARGET_DIR` if set (and absolute), else
 /// found from the test executable, `<target>/<profile>/deps/<exe>` (as
 /// `process::binary` finds the binaries).
+/// Finds of an element a refresh replaced, before giving up.
+const STALE_RETRIES: usize = 5;
+
+/// Whether WebDriver says the element was replaced (a live part refreshed).
+fn is_stale(err: &fantoccini::error::CmdError) -> bool {
+    err.to_string().to_ascii_lowercase().contains("stale element")
+}
+
 fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).filter(|dir| dir.is_absolute()) {
         return dir;

@@ -1,6 +1,7 @@
 //! Courier Board in a real headless Chromium (chromedriver + fantoccini):
 //! log in, find a task by `chat_id`, open it, replay a dead letter and see
-//! it succeed, pause and resume a running campaign. Every page is saved as a
+//! it succeed, watch a running campaign's progress move without a reload,
+//! pause and resume it. Every page is saved as a
 //! screenshot under `<target>/board-screenshots/`.
 //!
 //! Real parts throughout: the `worker` and `board` binaries as processes,
@@ -152,6 +153,10 @@ async fn the_board_in_a_real_browser() {
     let row = format!("#campaign-{campaign}");
     until_shown(&browser, &format!("{base}/campaigns"), &format!("{row} td.status"), "running").await;
     browser.screenshot("07-campaign-running").await;
+    // The progress bar moves on without a reload (the page refreshes it).
+    let caption = format!("{row} .bar span");
+    let before = browser.text(&caption).await;
+    browser.wait_until_text(&caption, &format!("a caption other than {before:?}"), WAIT, |now| now != before).await;
     browser.click(&format!("{row} button.pause")).await;
     until_shown(&browser, &format!("{base}/campaigns"), &format!("{row} td.status"), "paused").await;
     assert_eq!(campaign_status(&env, &campaign).await, "paused");

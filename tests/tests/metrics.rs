@@ -130,3 +130,56 @@ async fn a_taken_http_port_fails_startup_naming_it() {
     let err = courier::run_worker(scope.settings.clone(), std::future::pending()).await.unwrap_err().to_string();
     assert!(err.contains("worker.http_addr") && err.contains(&addr), "{err}");
 }
+
+/// While the task index cannot write (its tables locked), a queue of one
+/// fills and the rows past it are dropped, never the tasks: the worker's
+/// `/metrics` counts them (`courier_task_index_dropped_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_task_index_drops_are_counted_in_metrics() {
+    let mut scope = Scope::new();
+    let schema = it::PgSchema::create().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    scope.settings.worker.http_addr = addr.clone();
+    scope.settings.database.url = SecretUrl::new(&schema.url);
+    scope.settings.index.queue = 1;
+    scope.settings.index.batch = 1;
+    let worker = scope.start_worker().await;
+    // The HTTP server starts after the consumers the worker is ready with.
+    let before = scope
+        .eventually(WAIT, "the worker's /metrics", || async {
+            let (status, body) = it::http_get(&addr, "/metrics").await;
+            (status == 200).then_some(body)
+        })
+        .await;
+    assert_eq!(value(&before, "courier_task_index_dropped_total"), Some(0.0), "{before}");
+
+    // Hold the index's tables: the writer blocks on its first row.
+    let pool = di::sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    di::sqlx::query("LOCK TABLE courier_task_index, courier_task_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let producer = scope.producer().await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(producer.enqueue(tasks::noop::TASK, &tasks::noop::Args {}).await.unwrap().task_id);
+    }
+    for id in &ids {
+        assert_eq!(
+            producer.wait(id, WAIT).await.unwrap().status,
+            TaskStatus::Success,
+            "tasks never wait for the index"
+        );
+    }
+    // One row is in the writer's hands, one in the queue: the rest are dropped.
+    let dropped = scope
+        .eventually(WAIT, "4 rows counted as dropped", || async {
+            let (_, metrics) = get(&addr, "/metrics").await;
+            value(&metrics, "courier_task_index_dropped_total").filter(|n| *n >= 4.0)
+        })
+        .await;
+    assert!(dropped <= 6.0, "{dropped}");
+    lock.rollback().await.unwrap();
+    worker.stop().await.unwrap();
+}

@@ -16,6 +16,9 @@ use super::auth::{Session, audit, form_field};
 use super::pages::encode;
 use super::view;
 
+/// The most task ids one audit line of a replay-all names (then a count).
+const AUDIT_IDS: usize = 20;
+
 fn back(path: &str, note: &str) -> Response {
     Redirect::to(&format!("{path}?note={note}")).into_response()
 }
@@ -48,7 +51,9 @@ pub async fn cancel_task(
 }
 
 /// `POST /tasks/{id}/retry`: enqueues the indexed arguments again as a new
-/// task (`<id>.retry.<ms>`), refused for tasks with secret arguments.
+/// task (`<id>.retry.<window>`, the window being Unix seconds / 10: a
+/// second retry in the same ten seconds is the same task id, a duplicate),
+/// refused for tasks with secret arguments.
 pub async fn retry_task(
     State(board): State<Arc<Board>>,
     Extension(session): Extension<Session>,
@@ -140,9 +145,27 @@ pub async fn replay_matching(
         ..Default::default()
     };
     let target = format!("dead letters matching {filter:?}");
-    match crate::broker::dead_letters::replay_matching(&board.producer, &board.settings.nats, &filter).await {
+    // The audit line names the replayed tasks: the first few, then a count.
+    let mut named: Vec<String> = Vec::new();
+    let replayed =
+        crate::broker::dead_letters::replay_matching_each(&board.producer, &board.settings.nats, &filter, |letter| {
+            if named.len() < AUDIT_IDS {
+                named.push(letter.task_id.clone().unwrap_or_else(|| format!("#{} (no task id)", letter.sequence)));
+            }
+        })
+        .await;
+    match replayed {
         Ok(counts) => {
-            audit(&session.who(), "replay dead letters", &target, &format!("{counts:?}"));
+            let more = counts.replayed.saturating_sub(named.len() as u64);
+            let tasks = if more > 0 { format!("{} and {more} more", named.join(", ")) } else { named.join(", ") };
+            let outcome = format!(
+                "ok: matched {}, replayed {}, failed {}; tasks: {}",
+                counts.matched,
+                counts.replayed,
+                counts.failed,
+                if tasks.is_empty() { "none" } else { &tasks }
+            );
+            audit(&session.who(), "replay dead letters", &target, &outcome);
             back_n("/dead-letters", "replayed-all", counts.replayed)
         }
         Err(err) => {
@@ -161,8 +184,17 @@ pub async fn discard(
     let js = board.producer.publisher().jetstream().clone();
     let target = format!("dead letter #{sequence}");
     match crate::broker::dead_letters::discard(&js, &board.settings.nats, sequence).await {
-        Ok(found) => {
-            audit(&session.who(), "discard dead letter", &target, if found { "ok" } else { "not there" });
+        Ok(Some(letter)) => {
+            let task = match (&letter.task_id, &letter.task_name) {
+                (Some(id), Some(name)) => format!("task {id} ({name})"),
+                (Some(id), None) => format!("task {id}"),
+                (None, _) => "no task id".to_owned(),
+            };
+            audit(&session.who(), "discard dead letter", &format!("{target} ({task})"), "ok");
+            back("/dead-letters", "discarded")
+        }
+        Ok(None) => {
+            audit(&session.who(), "discard dead letter", &target, "not there");
             back("/dead-letters", "discarded")
         }
         Err(err) => {

@@ -10,6 +10,14 @@
 //! `Sec-Fetch-Site` must say the page is the board's own; the checks run
 //! before any handler, so no action can forget them. A board without a
 //! password also answers only to a loopback `Host` (DNS rebinding).
+//!
+//! The login form has a token of its own (there is no session yet): the
+//! login page sets a short-lived pre-session cookie (`courier_login`, the
+//! time it was issued and a random nonce; HttpOnly, SameSite=Strict, path
+//! `/login`) and puts that value's HMAC in the form; a login POST without
+//! both, or with a token that is not the cookie's, is refused before the
+//! password is looked at (double submit, signed: a page of another site can
+//! neither read the token nor make one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +39,10 @@ pub const SESSION_COOKIE: &str = "courier_board";
 const MAX_SESSIONS: usize = 10_000;
 /// The largest form a POST may carry.
 const MAX_FORM: usize = 64 * 1024;
+/// The login form's pre-session cookie.
+pub const LOGIN_COOKIE: &str = "courier_login";
+/// How long a login form stays good.
+const LOGIN_FORM_TTL: Duration = Duration::from_secs(600);
 
 /// Who is acting, for pages and the audit log.
 #[derive(Debug, Clone)]
@@ -92,6 +104,33 @@ impl Sessions {
         Session { user: "local", csrf, label: id.chars().take(8).collect(), expires: Instant::now() + self.ttl }
     }
 
+    /// A new login form's pre-session: the cookie's value (`<issued, Unix
+    /// seconds>.<random>`) and the form's token.
+    fn login_form(&self) -> (String, String) {
+        let value = format!("{}.{}", di::unix_now() as u64, random_hex());
+        let token = self.login_token(&value);
+        (value, token)
+    }
+
+    /// The login form's token for the pre-session cookie `value`: its HMAC
+    /// under this process' key (apart from the local sessions' tokens).
+    fn login_token(&self, value: &str) -> String {
+        let tag = ring::hmac::sign(&self.local_key, format!("login|{value}").as_bytes());
+        tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether a login POST carries a pre-session cookie this process issued
+    /// less than [`LOGIN_FORM_TTL`] ago and that cookie's token.
+    fn login_token_ok(&self, cookie: Option<&str>, token: &str) -> bool {
+        let Some(value) = cookie else { return false };
+        let Some(issued) = value.split_once('.').and_then(|(at, _)| at.parse::<u64>().ok()) else { return false };
+        let now = di::unix_now() as u64;
+        let fresh = issued <= now + 60 && now.saturating_sub(issued) <= LOGIN_FORM_TTL.as_secs();
+        // The token is checked whatever the age, so the time taken says nothing.
+        let matches = same(token.as_bytes(), self.login_token(value).as_bytes());
+        fresh && matches
+    }
+
     /// Opens a session; returns its id (the cookie's value) and itself.
     fn open(&self, user: &'static str) -> (String, Session) {
         let id = random_hex();
@@ -134,10 +173,34 @@ impl Sessions {
 
 /// The session cookie's value in a request, if any.
 fn cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, SESSION_COOKIE)
+}
+
+/// The value of the cookie `wanted` in a request, if any (at most 64 bytes).
+fn cookie_named(headers: &HeaderMap, wanted: &str) -> Option<String> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
-        (name == SESSION_COOKIE && !value.is_empty() && value.len() <= 64).then(|| value.to_owned())
+        (name == wanted && !value.is_empty() && value.len() <= 64).then(|| value.to_owned())
     })
+}
+
+/// The login form's pre-session cookie (`value` empty: deleted).
+fn login_cookie(headers: &HeaderMap, value: &str) -> HeaderValue {
+    let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let max_age = if value.is_empty() { 0 } else { LOGIN_FORM_TTL.as_secs() };
+    let value = format!(
+        "{LOGIN_COOKIE}={value}; Path=/login; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+/// The login form with a new pre-session (its cookie set on the answer).
+fn login_form(board: &Board, headers: &HeaderMap, status: StatusCode, error: Option<&str>) -> Response {
+    let (value, token) = board.sessions.login_form();
+    let mut response = (status, view::login(error, &token)).into_response();
+    response.headers_mut().append(header::SET_COOKIE, login_cookie(headers, &value));
+    response
 }
 
 fn set_cookie(headers: &HeaderMap, id: &str, ttl: Duration) -> HeaderValue {
@@ -259,15 +322,16 @@ pub async fn guard(State(board): State<Arc<Board>>, request: Request, next: Next
     response
 }
 
-/// `GET /login`.
-pub async fn login_page(State(board): State<Arc<Board>>) -> Response {
+/// `GET /login`: the form, with a new pre-session cookie and its token.
+pub async fn login_page(State(board): State<Arc<Board>>, headers: HeaderMap) -> Response {
     if !board.needs_login() {
         return Redirect::to("/").into_response();
     }
-    view::login(None).into_response()
+    login_form(&board, &headers, StatusCode::OK, None)
 }
 
-/// `POST /login`: the password in the form field `password`. Attempts are
+/// `POST /login`: the password in the form field `password`, the login
+/// form's token in `csrf` (refused without it and its cookie). Attempts are
 /// checked one at a time in a task of their own, which logs the outcome and
 /// holds the gate a second after a wrong password even if the client has
 /// gone: at most one wrong guess a second, each in the audit log.
@@ -278,6 +342,16 @@ pub async fn login(State(board): State<Arc<Board>>, headers: HeaderMap, body: ax
     if cross_site(&headers) {
         audit("-", "login", "-", "refused: the request came from another site");
         return refuse(StatusCode::FORBIDDEN, "Refused: the request came from another site.");
+    }
+    let token = form_field(&body, "csrf").unwrap_or_default();
+    if !board.sessions.login_token_ok(cookie_named(&headers, LOGIN_COOKIE).as_deref(), &token) {
+        audit("-", "login", "-", "refused: missing, expired or wrong login form token");
+        return login_form(
+            &board,
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some("This login form expired or is not this board's: log in again here."),
+        );
     }
     let given = form_field(&body, "password").unwrap_or_default();
     let checking = board.clone();
@@ -295,10 +369,11 @@ pub async fn login(State(board): State<Arc<Board>>, headers: HeaderMap, body: ax
         }
     });
     let Ok(Some((id, _))) = checked.await else {
-        return (StatusCode::UNAUTHORIZED, view::login(Some("Wrong password."))).into_response();
+        return login_form(&board, &headers, StatusCode::UNAUTHORIZED, Some("Wrong password."));
     };
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().append(header::SET_COOKIE, set_cookie(&headers, &id, board.settings.board.session_ttl));
+    response.headers_mut().append(header::SET_COOKIE, login_cookie(&headers, ""));
     response
 }
 
@@ -359,6 +434,21 @@ mod tests {
         assert_ne!(a.csrf, b.csrf);
         assert_ne!(Sessions::new(Duration::from_secs(60)).local("one").csrf, a.csrf, "a key per process");
         assert!(sessions.by_id.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn login_form_tokens_belong_to_their_cookie_and_expire() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (value, token) = sessions.login_form();
+        assert!(sessions.login_token_ok(Some(&value), &token));
+        assert!(!sessions.login_token_ok(None, &token), "no cookie");
+        assert!(!sessions.login_token_ok(Some(&value), ""), "no token");
+        let (other, _) = sessions.login_form();
+        assert!(!sessions.login_token_ok(Some(&other), &token), "another form's cookie");
+        assert!(!Sessions::new(Duration::from_secs(60)).login_token_ok(Some(&value), &token), "another process");
+        assert_ne!(token, sessions.local(&value).csrf, "not a local session's token");
+        let old = format!("{}.{}", di::unix_now() as u64 - LOGIN_FORM_TTL.as_secs() - 5, random_hex());
+        assert!(!sessions.login_token_ok(Some(&old), &sessions.login_token(&old)), "expired");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod actions;
 mod auth;
 mod overview;
 mod pages;
+mod unfinished;
 mod view;
 
 use std::net::SocketAddr;
@@ -156,6 +157,7 @@ pub fn router(board: Arc<Board>) -> Router {
         .route("/fragment/overview", get(overview::overview_fragment))
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{id}", get(pages::task))
+        .route("/fragment/tasks/{id}", get(pages::task_fragment))
         .route("/tasks/{id}/cancel", post(actions::cancel_task))
         .route("/tasks/{id}/retry", post(actions::retry_task))
         .route("/dead-letters", get(pages::dead_letters))
@@ -163,6 +165,7 @@ pub fn router(board: Arc<Board>) -> Router {
         .route("/dead-letters/{sequence}/replay", post(actions::replay_one))
         .route("/dead-letters/{sequence}/discard", post(actions::discard))
         .route("/campaigns", get(pages::campaigns))
+        .route("/fragment/campaigns", get(pages::campaigns_fragment))
         .route("/campaigns/{id}/report.csv", get(actions::campaign_report))
         .route("/campaigns/{id}/{action}", post(actions::campaign_action))
         .route("/schedules", get(pages::schedules))

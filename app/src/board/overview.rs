@@ -65,20 +65,9 @@ async fn overview_body(board: &Board) -> Markup {
         within(delayed),
         within(crate::broker::dead_letters::count(&js, nats)),
         within(index::counts_since(&board.pool, hour_ago)),
-        within(async {
-            let mut conn = board.redis_conn().await?;
-            crate::worker::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| {
-                board.redis_failed(&e);
-                e.to_string()
-            })
-        }),
+        within(workers_alive(board)),
     );
-    let mut by_lane: BTreeMap<&str, u64> = BTreeMap::new();
-    for worker in workers.iter().flatten() {
-        for (lane, n) in &worker.rate_limited {
-            *by_lane.entry(lane.as_str()).or_default() += n;
-        }
-    }
+    let by_lane = workers.as_ref().map(|w| rate_limited_by_lane(w)).unwrap_or_default();
     html! {
         section {
             h2 { "Queue" }
@@ -151,4 +140,25 @@ async fn overview_body(board: &Board) -> Markup {
             }
         }
     }
+}
+
+/// The workers alive now (their presence records in Redis).
+pub(super) async fn workers_alive(board: &Board) -> Result<Vec<crate::worker::presence::WorkerInfo>, String> {
+    let mut conn = board.redis_conn().await?;
+    crate::worker::presence::alive(&mut conn, &board.settings.redis.key_prefix).await.map_err(|e| {
+        board.redis_failed(&e);
+        e.to_string()
+    })
+}
+
+/// 429s the workers alive were answered since they started, summed by lane
+/// (lanes with none left out).
+pub(super) fn rate_limited_by_lane(workers: &[crate::worker::presence::WorkerInfo]) -> BTreeMap<String, u64> {
+    let mut by_lane: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in workers {
+        for (lane, n) in &worker.rate_limited {
+            *by_lane.entry(lane.clone()).or_default() += n;
+        }
+    }
+    by_lane
 }

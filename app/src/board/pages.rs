@@ -83,17 +83,38 @@ pub async fn tasks(
         let (at, id) = a.split_once(':')?;
         Some((at.parse::<i64>().ok()?, id.to_owned()))
     });
-    let query = index::Query {
-        task_id: None,
-        task_name: get("name"),
-        status: get("status"),
-        key,
-        since,
-        before: until,
-        after,
-        limit: 100,
-    };
-    let found = if problems.is_empty() { Some(within(index::search(&board.pool, &query)).await) } else { None };
+    // Unfinished tasks are not indexed: their Redis records are walked.
+    let unfinished_status = get("status").filter(|s| super::unfinished::STATUSES.contains(&s.as_str()));
+    let mut label = None;
+    if unfinished_status.is_some()
+        && let Some((name, value)) = &key
+    {
+        match name.strip_prefix("label.") {
+            Some(label_name) => label = Some((label_name.to_owned(), value.clone())),
+            None => problems.push(format!(
+                "{name}: unfinished tasks are found by task and label only (their Redis record holds no \
+                 arguments; the index writes them when the task finishes)"
+            )),
+        }
+    }
+    let mut found = None;
+    let mut found_unfinished = None;
+    if let Some(status) = unfinished_status.filter(|_| problems.is_empty()) {
+        let filter = super::unfinished::Filter { status, task_name: get("name"), label, since, until };
+        found_unfinished = Some(within(super::unfinished::search(&board.producer, &filter, 100)).await);
+    } else if problems.is_empty() {
+        let query = index::Query {
+            task_id: None,
+            task_name: get("name"),
+            status: get("status"),
+            key,
+            since,
+            before: until,
+            after,
+            limit: 100,
+        };
+        found = Some(within(index::search(&board.pool, &query)).await);
+    }
     let mut names = board.registry.names();
     names.sort_unstable();
     let field = |name: &str| get(name).unwrap_or_default();
@@ -106,7 +127,12 @@ pub async fn tasks(
             } }
             label { "Status " select name="status" {
                 @for s in ["", "success", "failed", "cancelled"] {
-                    option value=(s) selected[field("status") == s] { (if s.is_empty() { "any" } else { s }) }
+                    option value=(s) selected[field("status") == s] { (if s.is_empty() { "any finished" } else { s }) }
+                }
+                optgroup label="unfinished (Redis records, by task and label)" {
+                    @for s in super::unfinished::STATUSES {
+                        option value=(s) selected[field("status") == s] { (s) }
+                    }
                 }
             } }
             label { "Argument or label " input #key name="key" value=(field("key")) placeholder="chat_id=42"; }
@@ -115,6 +141,38 @@ pub async fn tasks(
             button type="submit" #search-button { "Search" }
         }
         @for problem in &problems { p.error { (problem) } }
+        @match &found_unfinished {
+            None => {},
+            Some(Err(err)) => (unavailable("Redis (the records of unfinished tasks)", err)),
+            Some(Ok(unfinished)) => {
+                p #scan-note.muted {
+                    @if unfinished.complete {
+                        "Read all " (unfinished.scanned) " task records in Redis."
+                    } @else {
+                        "Read " (unfinished.scanned) " task records in Redis and stopped (at most "
+                        (super::unfinished::MAX_SCANNED) " records, " (super::unfinished::MAX_CALLS) " pages, "
+                        (super::unfinished::BUDGET.as_secs()) " s, or 100 matches): more may match; narrow by task or label."
+                    }
+                }
+                @if unfinished.rows.is_empty() {
+                    p #no-results { "No unfinished task matches." }
+                } @else {
+                    table #results {
+                        tr { th { "Record written" } th { "Task" } th { "Status" } th { "Attempt" } th { "Arguments" } th { "Id" } }
+                        @for (id, record) in &unfinished.rows {
+                            tr {
+                                td { (time_s(record.updated_at)) }
+                                td { (record.task_name) }
+                                td class=(record.status.name()) { (record.status.name()) }
+                                td { (record.attempt) }
+                                td.args.muted { "known when it finishes" }
+                                td { a.task-link href=(format!("/tasks/{}", encode(id))) { (id) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         @match &found {
             None => {},
             Some(Err(err)) => (unavailable("the task index", err)),
@@ -143,13 +201,49 @@ pub async fn tasks(
     page("Tasks", &session, "/tasks", note(&params).as_deref(), body).into_response()
 }
 
-/// `GET /tasks/{id}`: the live record (Redis) and the indexed history.
+/// How often an unfinished task's live part is fetched again (ms).
+const TASK_REFRESH_MS: u32 = 2_000;
+
+/// `GET /tasks/{id}`: the live record (Redis) and the indexed history;
+/// while the task is unfinished its part refreshes in place (status,
+/// attempt, progress, timeline).
 pub async fn task(
     State(board): State<Arc<Board>>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
+    let (body, final_) = match task_body(&board, &session, &id).await {
+        Ok(done) => done,
+        Err(response) => return response,
+    };
+    let live = html! {
+        @if final_ {
+            div #live { (body) }
+        } @else {
+            div #live data-refresh=(format!("/fragment/tasks/{}", encode(&id))) data-every=(TASK_REFRESH_MS) { (body) }
+        }
+    };
+    page("Task", &session, "/tasks", note(&params).as_deref(), live).into_response()
+}
+
+/// `GET /fragment/tasks/{id}`: a task page's live part alone; once the task
+/// has finished it carries `data-final`, and the page stops asking.
+pub async fn task_fragment(
+    State(board): State<Arc<Board>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    match task_body(&board, &session, &id).await {
+        Ok((body, final_)) => html! { @if final_ { span data-final hidden {} } (body) }.into_response(),
+        Err(response) => response,
+    }
+}
+
+/// A task's page body and whether the task has finished; an answer of its
+/// own when there is no such task or its sources failed.
+async fn task_body(board: &Board, session: &Session, id: &str) -> Result<(Markup, bool), Response> {
+    let id = id.to_owned();
     let (record, progress, indexed) = tokio::join!(
         within(board.producer.result(&id)),
         within(board.producer.progress(&id)),
@@ -167,12 +261,12 @@ pub async fn task(
     if record.is_none() && indexed.is_none() {
         if !failures.is_empty() {
             let body = html! { @for failure in &failures { (unavailable("The task", failure)) } };
-            let page = page("Task", &session, "/tasks", None, body);
-            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, page).into_response();
+            let page = page("Task", session, "/tasks", None, body);
+            return Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, page).into_response());
         }
-        return view::not_found(&format!(
+        return Err(view::not_found(&format!(
             "No task {id:?}: no live record (they last redis.result_ttl) and not in the task index."
-        ));
+        )));
     }
     let progress = progress.ok().flatten();
     let status =
@@ -199,6 +293,11 @@ pub async fn task(
                 @if let Some(result) = &i.result { dt { "Result" } dd { code { (result) } } }
                 @if let Some(error) = &i.error { dt { "Error" } dd.error { (error) } }
             } @else if let Some(r) = &record {
+                @if !r.status.is_final() {
+                    dt { "Arguments" }
+                    dd #task-args.muted { "Not known until it finishes: its live record holds its status, attempt and labels; \
+                        the task index writes its arguments when it finishes." }
+                }
                 @if !r.return_value.is_nil() { dt { "Result" } dd { code { (r.return_value.to_string()) } } }
                 @if let Some(e) = &r.error { dt { "Error" } dd.error { (e.exc_type) ": " (e.exc_message.join("; ")) } }
             }
@@ -221,18 +320,18 @@ pub async fn task(
         }
         div.actions {
             @if !final_ {
-                (post_button(&session, &format!("{path}/cancel"), "Cancel", "danger"))
+                (post_button(session, &format!("{path}/cancel"), "Cancel", "danger"))
             }
             @if final_ && indexed.is_some() {
                 @if secret {
                     p.muted { "Retry is off: this task has secret arguments, which the index does not keep." }
                 } @else {
-                    (post_button(&session, &format!("{path}/retry"), "Retry", "primary"))
+                    (post_button(session, &format!("{path}/retry"), "Retry", "primary"))
                 }
             }
         }
     };
-    page("Task", &session, "/tasks", note(&params).as_deref(), body).into_response()
+    Ok((body, final_))
 }
 
 /// `GET /dead-letters`.
@@ -290,12 +389,23 @@ pub async fn dead_letters(
     page("Dead letters", &session, "/dead-letters", note(&params).as_deref(), body)
 }
 
-/// `GET /campaigns`.
+/// `GET /campaigns`: the list, its progress bars refreshed in place.
 pub async fn campaigns(
     State(board): State<Arc<Board>>,
     Extension(session): Extension<Session>,
     Query(params): Params,
 ) -> Markup {
+    let body = campaigns_body(&board, &session).await;
+    let live = html! { div #live data-refresh="/fragment/campaigns" data-every="3000" { (body) } };
+    page("Campaigns", &session, "/campaigns", note(&params).as_deref(), live)
+}
+
+/// `GET /fragment/campaigns`: the campaigns page's live part alone.
+pub async fn campaigns_fragment(State(board): State<Arc<Board>>, Extension(session): Extension<Session>) -> Markup {
+    campaigns_body(&board, &session).await
+}
+
+async fn campaigns_body(board: &Board, session: &Session) -> Markup {
     let listed = within(async {
         let mut all = Vec::new();
         for id in board.campaigns.recent(50).await? {
@@ -304,7 +414,7 @@ pub async fn campaigns(
         Ok::<_, crate::campaign::CampaignError>(all)
     })
     .await;
-    let body = html! {
+    html! {
         @match &listed {
             Err(err) => (unavailable("campaigns", err)),
             Ok(all) if all.is_empty() => p { "No campaigns yet (producer broadcast start)." },
@@ -320,19 +430,20 @@ pub async fn campaigns(
                     tr id=(format!("campaign-{}", campaign.id)) {
                         td { (campaign.id) }
                         td { (campaign.task_name) }
-                        td.status class=(status) { (status) }
+                        // One class attribute (maud does not merge `.status` with `class=`).
+                        td class=(format!("status {status}")) { (status) }
                         td {
                             (bar(share, &format!(
-                                "{finished}/{} sent {} dead {} failed {}{}",
-                                counters.total, counters.get("sent"), counters.dead(), counters.get("failed"),
+                                "{finished}/{} done: sent {}, dead {}, failed {}, cancelled {}{}",
+                                counters.total, counters.get("sent"), counters.dead(), counters.get("failed"), counters.get("cancelled"),
                                 eta.map(|e| format!(" · eta {}", humantime::format_duration(Duration::from_secs(e as u64)))).unwrap_or_default()
                             )))
                         }
                         td {
-                            @if status == "running" { (post_button(&session, &format!("{base}/pause"), "Pause", "pause")) }
-                            @if status == "paused" { (post_button(&session, &format!("{base}/resume"), "Resume", "primary resume")) }
+                            @if status == "running" { (post_button(session, &format!("{base}/pause"), "Pause", "pause")) }
+                            @if status == "paused" { (post_button(session, &format!("{base}/resume"), "Resume", "primary resume")) }
                             @if status == "running" || status == "paused" || status == "draft" {
-                                (post_button(&session, &format!("{base}/cancel"), "Cancel", "danger"))
+                                (post_button(session, &format!("{base}/cancel"), "Cancel", "danger"))
                             }
                             a href=(format!("{base}/report.csv")) { "Report (CSV)" }
                         }
@@ -340,8 +451,7 @@ pub async fn campaigns(
                 }
             },
         }
-    };
-    page("Campaigns", &session, "/campaigns", note(&params).as_deref(), body)
+    }
 }
 
 /// `GET /schedules`.
@@ -382,11 +492,32 @@ pub async fn schedules(
 
 /// `GET /flood`: the shared flood-control state.
 pub async fn flood(State(board): State<Arc<Board>>, Extension(session): Extension<Session>) -> Markup {
-    let state = within(crate::producer::flood_status::read(&board.settings)).await;
+    let (state, workers) = tokio::join!(
+        within(crate::producer::flood_status::read(&board.settings)),
+        within(super::overview::workers_alive(&board)),
+    );
     let body = html! {
         @match &state {
             Ok((bot, status)) => pre #flood { (crate::producer::flood_status::render(*bot, &board.settings.telegram.limits, status)) },
             Err(err) => p #flood { "No flood-control state: " (err) },
+        }
+        h2 { "429s by lane" }
+        @match &workers {
+            Ok(workers) => {
+                @let by_lane = super::overview::rate_limited_by_lane(workers);
+                table #rate-limited-by-lane {
+                    tr { th { "Lane" } th { "429s" } }
+                    @for lane in di::Lane::ALL {
+                        tr data-lane=(lane.name()) {
+                            td { (lane.name()) }
+                            td.n { (by_lane.get(lane.name()).copied().unwrap_or(0)) }
+                        }
+                    }
+                }
+                p.muted { "Telegram's 429 answers to the workers alive (" (workers.len()) "), each since it started \
+                    (a restarted worker starts again at 0; the worker's /metrics has courier_telegram_rate_limited_total)." }
+            }
+            Err(err) => (unavailable("Redis (the workers' presence)", err)),
         }
     };
     page("Flood control", &session, "/flood", None, body)

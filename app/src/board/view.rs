@@ -68,13 +68,14 @@ pub fn page_bare(title: &str, body: Markup) -> Markup {
     }
 }
 
-/// The login form.
-pub fn login(error: Option<&str>) -> Markup {
+/// The login form; `token` is its pre-session's (auth.rs).
+pub fn login(error: Option<&str>, token: &str) -> Markup {
     page_bare(
         "Log in",
         html! {
             @if let Some(error) = error { p.error id="login-error" { (error) } }
             form method="post" action="/login" {
+                input type="hidden" name="csrf" value=(token);
                 label { "Password " input type="password" name="password" id="password" autofocus required; }
                 button type="submit" id="login" { "Log in" }
             }

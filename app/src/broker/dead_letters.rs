@@ -190,6 +190,17 @@ pub async fn replay_matching(
     settings: &NatsSettings,
     filter: &Filter,
 ) -> Result<ReplayCounts, DeadLetterError> {
+    replay_matching_each(producer, settings, filter, |_| {}).await
+}
+
+/// [`replay_matching`], calling `replayed` with each letter put back (the
+/// board names them in its audit line).
+pub async fn replay_matching_each(
+    producer: &Producer,
+    settings: &NatsSettings,
+    filter: &Filter,
+    mut replayed: impl FnMut(&DeadLetter),
+) -> Result<ReplayCounts, DeadLetterError> {
     let js = producer.publisher().jetstream().clone();
     let mut counts = ReplayCounts::default();
     let Some((stream, first, last)) = open(&js, settings).await? else { return Ok(counts) };
@@ -201,7 +212,10 @@ pub async fn replay_matching(
         }
         counts.matched += 1;
         match put_back(producer, settings, &stream, &letter, raw).await {
-            Ok(()) => counts.replayed += 1,
+            Ok(()) => {
+                counts.replayed += 1;
+                replayed(&letter);
+            }
             Err(err) => {
                 tracing::warn!(sequence, %err, "dead letter not replayed");
                 counts.failed += 1;
@@ -238,14 +252,21 @@ async fn put_back(
     Ok(())
 }
 
-/// Deletes one dead letter for good (the board's "discard"); false if it
-/// was not there.
-pub async fn discard(js: &jetstream::Context, settings: &NatsSettings, sequence: u64) -> Result<bool, DeadLetterError> {
-    let Ok(stream) = js.get_stream(broker::dead_letter_stream(settings)).await else { return Ok(false) };
+/// Deletes one dead letter for good (the board's "discard"); returns what
+/// it was (its task id and name, for the audit line), `None` if it was not
+/// there.
+pub async fn discard(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+    sequence: u64,
+) -> Result<Option<DeadLetter>, DeadLetterError> {
+    let Ok(stream) = js.get_stream(broker::dead_letter_stream(settings)).await else { return Ok(None) };
+    let Ok(raw) = stream.get_raw_message(sequence).await else { return Ok(None) };
+    let (letter, _, _) = describe(&raw);
     match stream.delete_message(sequence).await {
-        Ok(deleted) => Ok(deleted),
+        Ok(deleted) => Ok(deleted.then_some(letter)),
         Err(err) if matches!(err.kind(), async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(ref e) if e.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND) => {
-            Ok(false)
+            Ok(None)
         }
         Err(err) => Err(topology(err)),
     }

@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics: tasks received, succeeded, failed,
 //! retried and dead-lettered by task name, execution time by task name,
-//! tasks in flight, and the consumer's pending count.
+//! tasks in flight, the consumer's pending count, and the rows the task
+//! index dropped.
 //!
 //! Label values come only from the task registry: a name the worker does
 //! not know (anyone can publish one) is counted as `unknown`, so the number
@@ -48,6 +49,10 @@ pub struct Metrics {
     known: BTreeSet<&'static str>,
     /// Flood control's counters (handed to the governor as its observer).
     pub flood: FloodMetrics,
+    /// Finished tasks the task index dropped (its queue was full), brought
+    /// up to the indexer's count at each scrape ([`Metrics::index_dropped`]).
+    index_dropped: Counter,
+    index_dropped_sync: std::sync::Mutex<()>,
 }
 
 /// Flood control's metrics by lane (four values) and 429 scope (two).
@@ -177,6 +182,8 @@ impl Metrics {
             registry: Registry::default(),
             known: task_names.iter().copied().collect(),
             flood: FloodMetrics::default(),
+            index_dropped: Counter::default(),
+            index_dropped_sync: std::sync::Mutex::new(()),
         };
         metrics.flood.register(&mut registry);
         registry.register("tasks_received", "Task messages received (every delivery)", metrics.received.clone());
@@ -187,6 +194,11 @@ impl Metrics {
         registry.register("task_duration_seconds", "Execution time of one attempt", metrics.duration.clone());
         registry.register("tasks_in_flight", "Tasks executing now", metrics.in_flight.clone());
         registry.register("consumer_pending", "Messages waiting in the queue", metrics.pending.clone());
+        registry.register(
+            "task_index_dropped",
+            "Finished tasks not written to the task index (its queue was full)",
+            metrics.index_dropped.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -206,6 +218,16 @@ impl Metrics {
                 self.failed.get_or_create(&labels).inc();
                 self.dead_lettered.get_or_create(&labels).inc();
             }
+        }
+    }
+
+    /// Brings `courier_task_index_dropped_total` up to `total`, the
+    /// indexer's count of dropped rows (it only grows).
+    pub fn index_dropped(&self, total: u64) {
+        let _one_at_a_time = self.index_dropped_sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counted = self.index_dropped.get();
+        if total > counted {
+            self.index_dropped.inc_by(total - counted);
         }
     }
 

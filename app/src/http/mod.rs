@@ -40,6 +40,8 @@ pub struct Health {
     pub db: Arc<dyn Db>,
     /// Whether the worker can pull from its consumer.
     pub pulling: Arc<crate::worker::pull::PullHealth>,
+    /// The task index's queue, for its count of dropped rows (if indexing).
+    pub index: Option<Arc<crate::index::Indexer>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -146,6 +148,9 @@ async fn metrics(State(health): State<Health>) -> ([(&'static str, &'static str)
         && let Ok(info) = consumer.info().await
     {
         health.metrics.pending.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+    }
+    if let Some(index) = &health.index {
+        health.metrics.index_dropped(index.dropped());
     }
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], health.metrics.render())
 }

@@ -276,6 +276,17 @@ impl Producer {
         }
     }
 
+    /// One page of the records of unfinished tasks (and of finished ones
+    /// whose records have not expired), as [`di::ResultStore::unfinished_page`]:
+    /// start with `ScanCursor::default()`, stop when the next cursor is `None`.
+    pub async fn unfinished_page(
+        &self,
+        cursor: di::components::result_store::ScanCursor,
+    ) -> Result<(Option<di::components::result_store::ScanCursor>, di::components::result_store::Page), ProducerError>
+    {
+        Ok(self.store.unfinished_page(cursor).await?)
+    }
+
     /// What `task_id` last said of its progress while running, if anything.
     pub async fn progress(&self, task_id: &str) -> Result<Option<di::TaskProgress>, ProducerError> {
         Ok(self.store.progress(task_id).await?)

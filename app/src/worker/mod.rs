@@ -219,6 +219,7 @@ async fn serve_container(
             store,
             db: module.resolve(),
             pulling: pulling.clone(),
+            index: index.as_ref().map(|(index, _)| index.clone()),
         };
         let bound = http::serve(addr, http::HttpLimits::from_settings(&settings.worker), health, token.clone())
             .await
