@@ -325,6 +325,76 @@ async fn index_round_trip(url: &str) {
     worker.stop().await.unwrap();
 }
 
+/// A task indexed again (a record written anew: a run by the same id
+/// after `reset_to_queued`) replaces its row: on PostgreSQL the writer's
+/// COPY meets the row already there and the batch is written again as
+/// upserts; its keys are kept once. A NUL in an error does not cost the
+/// batch.
+#[tokio::test]
+async fn a_task_indexed_again_replaces_its_row_on_postgres() {
+    let schema = PgSchema::create().await;
+    let mut settings = it::test_settings();
+    settings.database.url = settings::SecretUrl::new(&schema.url);
+    di::sqlx::any::install_default_drivers();
+    let pool = di::sqlx::AnyPool::connect(&schema.url).await.unwrap();
+    courier::campaign::migrator().run(&pool).await.unwrap();
+    let registry = di::Registry::from_inventory().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (indexer, writer) = courier::index::Indexer::start(
+        pool.clone(),
+        courier::index::writer_pool(&settings.database),
+        &registry,
+        &settings.index,
+        "test-worker".into(),
+        stop.clone(),
+    );
+    assert!(courier::index::writer_pool(&settings.database).is_some(), "the PostgreSQL path");
+    let args = with_secret::Args { chat_id: 777, token: "t".into() };
+    let envelope = with_secret::TASK.envelope(&args).unwrap();
+    let payload = bytes::Bytes::from(envelope.to_msgpack().unwrap());
+    let id = envelope.task_id.clone();
+    let status = |pool: di::sqlx::AnyPool, id: String| async move {
+        di::sqlx::query_as::<_, (String, String)>(
+            "SELECT status, COALESCE(error, '') FROM courier_task_index WHERE task_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    let mut failed = di::ResultRecord::failure(
+        "with_secret",
+        di::TaskStatus::Failed,
+        1,
+        di::TaskError::new("Boom", "a NUL \0 in the message"),
+    );
+    failed.labels.insert("batch".into(), "x".into());
+    indexer.add(id.clone(), &payload, failed);
+    let scope = Scope::new();
+    let first = scope.eventually(Duration::from_secs(10), "the first row", || status(pool.clone(), id.clone())).await;
+    assert_eq!(first.0, "failed");
+    assert!(first.1.contains("a NUL  in the message"), "{first:?}");
+    let mut succeeded = di::ResultRecord::new("with_secret", di::TaskStatus::Success, 2);
+    succeeded.labels.insert("batch".into(), "x".into());
+    succeeded.finished_at = Some(di::unix_now());
+    indexer.add(id.clone(), &payload, succeeded);
+    scope
+        .eventually(Duration::from_secs(10), "the row replaced", || async {
+            (status(pool.clone(), id.clone()).await?.0 == "success").then_some(())
+        })
+        .await;
+    let keys: Vec<(String, String)> =
+        di::sqlx::query_as("SELECT name, value FROM courier_task_keys WHERE task_id = $1 ORDER BY name")
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, vec![("chat_id".into(), "777".into()), ("label.batch".into(), "x".into())]);
+    stop.cancel();
+    writer.await.unwrap();
+    assert_eq!(indexer.dropped(), 0);
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
@@ -698,7 +768,12 @@ fn percent_decode(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_tasks_are_found_by_status_task_and_label_from_their_records() {
-    let scope = Scope::new();
+    // A Redis of its own: the walk reads every key (SCAN), and the shared
+    // one may hold hundreds of thousands from other tests and benchmarks,
+    // more than the walk's 2 s bound gets through.
+    let redis = it::servers::PrivateRedis::redis();
+    let mut scope = Scope::new();
+    scope.settings.redis.url = settings::SecretUrl::new(redis.url()).into();
     let schema = PgSchema::create().await;
     let producer = scope.producer().await;
     // No worker: these stay queued, or scheduled.

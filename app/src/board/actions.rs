@@ -214,7 +214,26 @@ pub async fn campaign_action(
     let target = format!("campaign {id}");
     let done = match action.as_str() {
         "pause" => board.campaigns.pause(&id).await.map(|()| ("paused", 0)),
-        "cancel" => board.campaigns.cancel(&id).await.map(|n| ("campaign-cancelled", n)),
+        "cancel" => {
+            let cancelled = board.campaigns.cancel(&id).await;
+            if cancelled.is_ok() {
+                // Its tasks already running are told to stop, as
+                // `producer cancel --campaign` does (a walk of the records:
+                // it runs on).
+                let board = board.clone();
+                let (who, target, id) = (who.clone(), target.clone(), id.clone());
+                tokio::spawn(async move {
+                    let filter = crate::producer::CancelFilter { campaign: Some(id), ..Default::default() };
+                    match board.producer.cancel_matching(&filter).await {
+                        Ok(n) => {
+                            audit(&who, "cancel campaign: running tasks", &target, &format!("ok: {n} told to stop"))
+                        }
+                        Err(err) => audit(&who, "cancel campaign: running tasks", &target, &format!("failed: {err}")),
+                    }
+                });
+            }
+            cancelled.map(|n| ("campaign-cancelled", n))
+        }
         "resume" => {
             // The republish of what is left may take a while: it runs on,
             // and the page shows its progress.
