@@ -345,6 +345,7 @@ async fn a_task_indexed_again_replaces_its_row_on_postgres() {
         courier::index::writer_pool(&settings.database),
         &registry,
         &settings.index,
+        di::DecodeLimits::from_settings(&settings),
         "test-worker".into(),
         stop.clone(),
     );

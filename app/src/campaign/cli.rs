@@ -171,6 +171,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
         }
         BroadcastCommand::Cancel { id } => {
             let cancelled = campaigns.cancel(&id).await.map_err(failed(Exit::Failed))?;
+            eprintln!("campaign {id} cancelled; {cancelled} recipients not reached");
             // Its tasks already running are told to stop, as a cancel by id
             // tells one; those still queued end `cancelled` when a worker
             // drops their messages.
@@ -178,9 +179,7 @@ pub async fn run(settings: &Settings, command: BroadcastCommand) -> Outcome {
             let producer = crate::producer::Producer::connect(settings).await.map_err(unavailable)?;
             let filter = crate::producer::CancelFilter { campaign: Some(id.clone()), ..Default::default() };
             let stopping = producer.cancel_matching(&filter).await.map_err(unavailable)?;
-            eprintln!(
-                "campaign {id} cancelled; {cancelled} recipients not reached, {stopping} running task(s) told to stop"
-            );
+            eprintln!("campaign {id}: {stopping} running task(s) told to stop");
         }
         BroadcastCommand::Report { id, csv, dead } => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

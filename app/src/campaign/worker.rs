@@ -95,7 +95,12 @@ impl CampaignGate {
             return Ok(if stale { Verdict::Dropped } else { Verdict::Run });
         }
         Ok(match (recipient.as_str(), status.as_str()) {
-            (_, "cancelled") | ("cancelled", _) => Verdict::Cancelled { task_id, task_name: row.try_get("task_name")? },
+            // Not reached when it was cancelled: its task ends `cancelled`.
+            ("cancelled" | "pending" | "queued" | "parked", "cancelled") | ("cancelled", _) => {
+                Verdict::Cancelled { task_id, task_name: row.try_get("task_name")? }
+            }
+            // Reached (sent, a dead chat, failed): a late copy, its outcome stands.
+            (_, "cancelled") => Verdict::Dropped,
             ("queued", "paused") => {
                 // Only while still paused: a resume that raced this must not
                 // lose the recipient.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use di::{Envelope, EnvelopeArguments, Registry, ResultRecord};
+use di::{DecodeLimits, Envelope, EnvelopeArguments, Registry, ResultRecord};
 use settings::IndexSettings;
 use sqlx::AnyPool;
 use tokio::sync::mpsc;
@@ -75,6 +75,7 @@ impl Indexer {
         postgres: Option<sqlx::PgPool>,
         registry: &Registry,
         settings: &IndexSettings,
+        limits: DecodeLimits,
         worker: String,
         stop: CancellationToken,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
@@ -88,6 +89,7 @@ impl Indexer {
             retention: settings.retention,
             worker,
             postgres,
+            limits,
         };
         let handle = tokio::spawn(writer.run(rows, stop));
         (Arc::new(Self { queue, dropped: Arc::new(AtomicU64::new(0)) }), handle)
@@ -125,6 +127,7 @@ struct Writer {
     retention: Duration,
     worker: String,
     postgres: Option<sqlx::PgPool>,
+    limits: DecodeLimits,
 }
 
 impl Writer {
@@ -170,9 +173,10 @@ impl Writer {
         if !record.status.is_final() {
             return None;
         }
-        // The worker decoded these bytes within its limits before running
-        // the task: the arguments alone are read again here.
-        let decoded = Envelope::arguments_from_msgpack(&pending.payload).ok();
+        // The arguments alone are read again, within the worker's decode
+        // limits (a message refused as too big or too deep is recorded as
+        // failed and comes here too: its arguments show as `{}`).
+        let decoded = Envelope::arguments_from_msgpack(&pending.payload, &self.limits).ok();
         let secret: &[&str] = self.secrets.get(record.task_name.as_str()).copied().unwrap_or_default();
         let (arguments, mut keys) = match &decoded {
             Some(decoded) => arguments(decoded, secret),
@@ -185,7 +189,7 @@ impl Writer {
             // The framework's own labels (the arguments' digest, the lane)
             // are on every task: searchable by task name and status instead.
             if let Some(value) = scalar(value).filter(|_| !name.starts_with("courier_") && name != "lane") {
-                keys.push((format!("label.{name}"), value));
+                keys.push((format!("label.{}", without_nul(name)), value));
             }
         }
         let labels: BTreeMap<&String, String> =
@@ -196,8 +200,9 @@ impl Writer {
         let finished = record.finished_at.unwrap_or(record.updated_at);
         let started = record.started_at.filter(|s| *s > 0.0);
         Some(Row {
-            task_id: pending.task_id,
-            task_name: record.task_name,
+            // Valid ids hold no NUL; a refused message's recovered one may.
+            task_id: without_nul(&pending.task_id),
+            task_name: without_nul(&record.task_name),
             status: record.status.name(),
             attempt: i64::from(record.attempt),
             labels: serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()),
@@ -569,7 +574,7 @@ fn arguments(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<(Stri
             if keys.len() < MAX_KEYS
                 && let Some(text) = scalar(value)
             {
-                keys.push((name.clone(), text));
+                keys.push((without_nul(name), text));
             }
             (name.as_str(), Shown::Value(Json(value)))
         })
@@ -589,12 +594,17 @@ fn arguments(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<(Stri
 fn scalar(value: &rmpv::Value) -> Option<String> {
     let text = match value {
         rmpv::Value::Integer(n) => n.to_string(),
-        rmpv::Value::String(s) => s.as_str()?.to_owned(),
+        rmpv::Value::String(s) => without_nul(s.as_str()?),
         rmpv::Value::Boolean(b) => b.to_string(),
         rmpv::Value::F64(f) => f.to_string(),
         _ => return None,
     };
     (text.len() <= MAX_KEY_VALUE).then_some(text)
+}
+
+/// `text` without NUL characters (PostgreSQL's text cannot hold them).
+fn without_nul(text: &str) -> String {
+    if text.contains('\0') { text.replace('\0', "") } else { text.to_owned() }
 }
 
 fn json(value: &rmpv::Value) -> String {
@@ -649,7 +659,8 @@ mod tests {
     fn positional_arguments_of_a_task_with_secrets_are_masked_and_odd_keys_do_not_panic() {
         let mut envelope = Envelope::new("t".into(), "send", &()).unwrap();
         envelope.args = vec![rmpv::Value::from("s3cr3t"), rmpv::Value::Map(vec![(rmpv::Value::Nil, 1.into())])];
-        let envelope = Envelope::arguments_from_msgpack(&envelope.to_msgpack().unwrap()).unwrap();
+        let envelope =
+            Envelope::arguments_from_msgpack(&envelope.to_msgpack().unwrap(), &DecodeLimits::DEFAULT).unwrap();
         let (json, _) = arguments(&envelope, &["token"]);
         assert!(!json.contains("s3cr3t"), "{json}");
         let (json, _) = arguments(&envelope, &[]);

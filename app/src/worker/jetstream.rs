@@ -473,7 +473,7 @@ async fn campaign_admits(runtime: &Runtime, message: &Message) -> bool {
 }
 
 /// Gives a task of a cancelled campaign a final `cancelled` record, unless
-/// it has a final one (a delivery that ran and died left `running`).
+/// it has a final one (a `queued` record in its place is replaced).
 async fn cancel_record(runtime: &Runtime, task_id: &str, task_name: String) -> Result<(), di::StoreError> {
     let record = di::ResultRecord::cancelled(task_name, 0);
     if runtime.store.put_if_absent(task_id, &record).await? {

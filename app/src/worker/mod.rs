@@ -177,6 +177,7 @@ async fn serve_container(
             postgres,
             &registry,
             &settings.index,
+            di::DecodeLimits::from_settings(settings),
             worker_name.clone(),
             index_stop.clone(),
         )
