@@ -327,7 +327,7 @@ async fn index_round_trip(url: &str) {
 
 /// A task indexed again (a record written anew: a run by the same id
 /// after `reset_to_queued`) replaces its row: on PostgreSQL the writer's
-/// COPY meets the row already there and the batch is written again as
+/// plain insert meets the row already there and the batch is written again as
 /// upserts; its keys are kept once. A NUL in an error does not cost the
 /// batch.
 #[tokio::test]

@@ -67,9 +67,8 @@ impl Indexer {
     /// Starts the writer (it ends with `stop`, after writing what is queued)
     /// and returns the queue's sending side.
     /// On PostgreSQL, `postgres` is a pool of the writer's own (one
-    /// connection is plenty): rows go in with `COPY` (a batch holding a
-    /// task indexed before, as arrays through one prepared upsert), where
-    /// the portable path binds every value of a batch.
+    /// connection is plenty): rows go in as arrays through one prepared
+    /// statement, where the portable path binds every value of a batch.
     pub fn start(
         pool: AnyPool,
         postgres: Option<sqlx::PgPool>,
@@ -343,10 +342,10 @@ pub fn writer_pool(settings: &settings::DatabaseSettings) -> Option<sqlx::PgPool
 /// statement is the same for every batch (prepared once, planned once) and
 /// costs a dozen bound values, not a dozen per row.
 async fn write_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Result<(), sqlx::Error> {
-    // A task id is indexed once, nearly always: a plain insert first (an
-    // upsert checks every row for a conflict first, which costs the server
-    // more than the insert); a batch holding a task indexed before (a
-    // record written again) is written again as upserts.
+    // A task id is indexed once, nearly always: a plain insert first (the
+    // upsert's conflict check cost the server about 15 % more CPU per row,
+    // BENCHMARKS.md); a batch holding a task indexed before (a record
+    // written again) is written again as upserts.
     match write_rows_pg_as(pool, rows, worker, false).await {
         Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
             write_rows_pg_as(pool, rows, worker, true).await
@@ -374,13 +373,7 @@ async fn write_rows_pg_as(pool: &sqlx::PgPool, rows: &[Row], worker: &str, upser
     let mut tx = pool.begin().await?;
     // History, not the source of truth: see `write_rows`.
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    if !upsert {
-        // COPY: the cheapest way in for the server (no statement per row,
-        // no arrays to take apart).
-        copy_rows(&mut tx, rows, worker).await?;
-        return tx.commit().await;
-    }
-    let sql = [INSERT_ROWS, UPSERT_ROWS].concat();
+    let sql = if upsert { [INSERT_ROWS, UPSERT_ROWS].concat() } else { INSERT_ROWS.to_owned() };
     // Constant text: every value is bound.
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(column(rows, |r| r.task_id.as_str()))
@@ -399,7 +392,7 @@ async fn write_rows_pg_as(pool: &sqlx::PgPool, rows: &[Row], worker: &str, upser
         .await?;
     let keys: Vec<(&Row, &(String, String))> = rows.iter().flat_map(|r| r.keys.iter().map(move |k| (r, k))).collect();
     if !keys.is_empty() {
-        let sql = [INSERT_KEYS, UPSERT_KEYS].concat();
+        let sql = if upsert { [INSERT_KEYS, UPSERT_KEYS].concat() } else { INSERT_KEYS.to_owned() };
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(keys.iter().map(|(_, (name, _))| name.as_str()).collect::<Vec<_>>())
             .bind(keys.iter().map(|(_, (_, value))| value.as_str()).collect::<Vec<_>>())
@@ -409,78 +402,6 @@ async fn write_rows_pg_as(pool: &sqlx::PgPool, rows: &[Row], worker: &str, upser
             .await?;
     }
     tx.commit().await
-}
-
-/// Writes rows and their keys with `COPY ... FROM STDIN` (text format).
-async fn copy_rows(conn: &mut sqlx::PgConnection, rows: &[Row], worker: &str) -> Result<(), sqlx::Error> {
-    let mut data = String::with_capacity(rows.len() * 192);
-    for row in rows {
-        let started = row.started_at.map(|n| n.to_string());
-        let fields = [
-            Some(row.task_id.as_str()),
-            Some(row.task_name.as_str()),
-            Some(row.status),
-            Some(&row.attempt.to_string()),
-            Some(row.labels.as_str()),
-            Some(row.arguments.as_str()),
-            row.result.as_deref(),
-            row.error.as_deref(),
-            started.as_deref(),
-            Some(&row.finished_at.to_string()),
-            Some(&row.elapsed_ms.to_string()),
-            Some(worker),
-        ];
-        copy_line(&mut data, &fields);
-    }
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY courier_task_index (task_id, task_name, status, attempt, labels, arguments, result, error, \
-             started_at, finished_at, elapsed_ms, worker) FROM STDIN",
-        )
-        .await?;
-    copy.send(data.into_bytes()).await?;
-    copy.finish().await?;
-    if rows.iter().any(|row| !row.keys.is_empty()) {
-        let mut data = String::new();
-        for row in rows {
-            let finished = row.finished_at.to_string();
-            for (name, value) in &row.keys {
-                copy_line(&mut data, &[Some(name), Some(value), Some(&row.task_id), Some(&finished)]);
-            }
-        }
-        let mut copy =
-            conn.copy_in_raw("COPY courier_task_keys (name, value, task_id, finished_at) FROM STDIN").await?;
-        copy.send(data.into_bytes()).await?;
-        copy.finish().await?;
-    }
-    Ok(())
-}
-
-/// One line of COPY's text format: fields apart by tabs, `\N` for NULL,
-/// backslash, tab, newline and carriage return escaped.
-fn copy_line(out: &mut String, fields: &[Option<&str>]) {
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push('\t');
-        }
-        match field {
-            None => out.push_str("\\N"),
-            Some(text) => {
-                for c in text.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '\t' => out.push_str("\\t"),
-                        '\n' => out.push_str("\\n"),
-                        '\r' => out.push_str("\\r"),
-                        // PostgreSQL's text cannot hold it (`cut` drops it too).
-                        '\0' => {}
-                        c => out.push(c),
-                    }
-                }
-            }
-        }
-    }
-    out.push('\n');
 }
 
 /// Deletes rows past the retention, a chunk at a time.
@@ -677,13 +598,6 @@ mod tests {
         let (json, keys) = arguments(&decoded, &[]);
         assert_eq!(json, r#"{"args":[],"kwargs":{"chat_id":42,"odd":{"nil":1,"7":"x"}}}"#);
         assert_eq!(keys, vec![("chat_id".to_owned(), "42".to_owned())]);
-    }
-
-    #[test]
-    fn copy_lines_escape_what_copy_reads_as_syntax() {
-        let mut out = String::new();
-        copy_line(&mut out, &[Some("a\tb"), None, Some("line\nnext\r"), Some("back\\slash \\N")]);
-        assert_eq!(out, "a\\tb\t\\N\tline\\nnext\\r\tback\\\\slash \\\\N\n");
     }
 
     #[test]
