@@ -327,3 +327,19 @@ impl Counter {
 pub async fn next_with_timeout<S: futures_util::Stream + Unpin>(stream: &mut S, timeout: Duration) -> Option<S::Item> {
     tokio::time::timeout(timeout, stream.next()).await.ok().flatten()
 }
+
+/// The ticks of cron schedule `schedule` whose record exists in the
+/// scope's Redis (task ids `cron:<schedule>:<Unix second>`), in order.
+pub async fn ticks_recorded(scope: &Scope, schedule: &str) -> Vec<i64> {
+    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{}cron:{schedule}:", scope.settings.redis.key_prefix);
+    let mut ticks: Vec<i64> = scan_keys(&mut conn, &prefix)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|key| key.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    ticks.sort_unstable();
+    ticks
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use it::PgSchema;
 use it::process::{ChildProcess, command};
-use it::scope::{Scope, scan_keys};
+use it::scope::Scope;
 use settings::{MissedTicks, ScheduleSettings};
 
 fn unix_secs() -> i64 {
@@ -112,21 +112,6 @@ fn pulse(missed: MissedTicks, cron: &str) -> ScheduleSettings {
     }
 }
 
-/// Ticks whose final record exists, by Unix second.
-async fn ticks_recorded(scope: &Scope, schedule: &str) -> Vec<i64> {
-    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let prefix = format!("{}cron:{schedule}:", scope.settings.redis.key_prefix);
-    let mut ticks: Vec<i64> = scan_keys(&mut conn, &prefix)
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|key| key.strip_prefix(&prefix)?.parse().ok())
-        .collect();
-    ticks.sort_unstable();
-    ticks
-}
-
 /// `producer schedules list/pause/resume`: the listing shows the next
 /// tick; a paused schedule publishes nothing until resumed; an unknown
 /// name is exit 4.
@@ -152,7 +137,7 @@ async fn schedules_are_listed_paused_and_resumed() {
     let worker = scope.start_worker().await;
     scope
         .eventually(Duration::from_secs(10), "a first tick", || async {
-            (!ticks_recorded(&scope, "pulse").await.is_empty()).then_some(())
+            (!it::scope::ticks_recorded(&scope, "pulse").await.is_empty()).then_some(())
         })
         .await;
 
@@ -168,7 +153,8 @@ async fn schedules_are_listed_paused_and_resumed() {
     assert_eq!(code, Some(0), "{err}");
     let paused_at = unix_secs();
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    let during: Vec<i64> = ticks_recorded(&scope, "pulse").await.into_iter().filter(|t| *t > paused_at + 1).collect();
+    let during: Vec<i64> =
+        it::scope::ticks_recorded(&scope, "pulse").await.into_iter().filter(|t| *t > paused_at + 1).collect();
     assert!(during.is_empty(), "ticks published while paused: {during:?}");
     let (_, out, _) = producer(&["schedules", "list"]);
     assert!(out.contains("pulse  paused"), "{out}");
@@ -178,7 +164,7 @@ async fn schedules_are_listed_paused_and_resumed() {
     let resumed_at = unix_secs();
     scope
         .eventually(Duration::from_secs(10), "a tick after the resume", || async {
-            ticks_recorded(&scope, "pulse").await.into_iter().any(|t| t > resumed_at).then_some(())
+            it::scope::ticks_recorded(&scope, "pulse").await.into_iter().any(|t| t > resumed_at).then_some(())
         })
         .await;
     let (code, _, err) = producer(&["schedules", "pause", "nope"]);
@@ -214,9 +200,9 @@ async fn the_latest_missed_tick_runs_once_when_asked() {
     let record = producer.wait(&format!("cron:minutely_once:{latest}"), Duration::from_secs(20)).await.unwrap();
     assert_eq!(record.status, di::TaskStatus::Success);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let older = ticks_recorded(&scope, "minutely_once").await;
+    let older = it::scope::ticks_recorded(&scope, "minutely_once").await;
     assert!(older.iter().all(|t| *t >= latest), "only the latest missed tick runs: {older:?}");
-    let skipped = ticks_recorded(&scope, "minutely_skip").await;
+    let skipped = it::scope::ticks_recorded(&scope, "minutely_skip").await;
     assert!(skipped.iter().all(|t| *t > now), "skip runs no missed tick: {skipped:?}");
     worker.stop().await.unwrap();
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use di::TaskStatus;
 use it::PgSchema;
-use it::scope::{Scope, scan_keys};
+use it::scope::Scope;
 
 /// Declares its own schedule: every second, read in Tokyo's time zone.
 mod pulse {
@@ -38,21 +38,12 @@ async fn a_schedule_declared_in_the_task_file_ticks_once_a_second() {
     assert!(declared.origin.contains("cron_declared.rs"), "declared where the task is: {}", declared.origin);
 
     let worker = scope.start_worker().await;
-    let first = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
+    let first = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap() + 1;
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     worker.stop().await.unwrap();
 
-    let client = redis::Client::open(scope.settings.redis.url.expose()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let prefix = format!("{}cron:{name}:", scope.settings.redis.key_prefix);
-    let mut ticks: Vec<u64> = scan_keys(&mut conn, &prefix)
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|key| key.strip_prefix(&prefix)?.parse().ok())
-        .collect();
-    ticks.sort_unstable();
-    let window: Vec<u64> = ticks.iter().copied().filter(|t| (first..first + 3).contains(t)).collect();
+    let ticks = it::scope::ticks_recorded(&scope, name).await;
+    let window: Vec<i64> = ticks.iter().copied().filter(|t| (first..first + 3).contains(t)).collect();
     assert_eq!(window, vec![first, first + 1, first + 2], "one run per second: {ticks:?}");
     let producer = scope.producer().await;
     for tick in &window {
