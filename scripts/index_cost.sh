@@ -49,6 +49,11 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 print(total)
 EOF
 }
+# CPU ticks the whole machine spent busy (every process and the kernel:
+# NATS, Redis, the bench reading results back), from /proc/stat.
+cpu_of_machine() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
 cpu_of_pid() {
   awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
@@ -66,8 +71,9 @@ drain() {
     kill -0 "$bench" 2>/dev/null || { cat "$log" >&2; exit 1; }
     sleep 0.1
   done
-  local pg_before worker_cpu pg_after
+  local pg_before worker_cpu pg_after all_before all_after
   pg_before=$(cpu_of_name postgres)
+  all_before=$(cpu_of_machine)
   "$bin/worker" >"$OUT/worker.log" 2>&1 &
   pid=$!
   wait "$bench" || { cat "$log" "$json" "$OUT/worker.log" >&2; exit 1; }
@@ -81,18 +87,36 @@ drain() {
   wait "$pid" || true
   pid=
   pg_after=$(cpu_of_name postgres)
-  python3 - "$json" "$worker_cpu" "$((pg_after - pg_before))" "$hz" "$N" <<'EOF'
+  all_after=$(cpu_of_machine)
+  python3 - "$json" "$worker_cpu" "$((pg_after - pg_before))" "$((all_after - all_before))" "$hz" "$N" <<'EOF'
 import json, sys
 rate = json.load(open(sys.argv[1]))["per_second"]
-worker, pg, hz, n = (int(x) for x in sys.argv[2:])
+worker, pg, machine, hz, n = (int(x) for x in sys.argv[2:])
 per = lambda ticks: ticks * 1000 / hz / n * 1000
-print(f"{rate:.0f} {per(worker):.1f} {per(pg):.1f}")
+print(f"{rate:.0f} {per(worker):.1f} {per(pg):.1f} {per(machine):.1f}")
 EOF
 }
 
-echo "round index rate/s worker_cpu_ms_per_1000 postgres_cpu_ms_per_1000"
+echo "round index rate/s worker_cpu_ms_per_1000 postgres_cpu_ms_per_1000 machine_cpu_ms_per_1000"
 for round in $(seq 1 "$RUNS"); do
   for index in false true; do
     echo "$round $index $(drain "$index")"
   done
-done
+done | tee "$OUT/rounds.txt"
+# Medians of each column, and the index's cost: how much lower the median
+# rate is with it on, and each round's pair (off, then on) as a range;
+# the same from the whole machine's CPU per task, which swings less.
+python3 - "$OUT/rounds.txt" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+col = lambda on, i: [float(r[i]) for r in rows if r[1] == on]
+for on in ("false", "true"):
+    print("median index=%s: %.0f tasks/s; CPU ms per 1,000: worker %.1f, postgres %.1f, machine %.1f" % (on, *(statistics.median(col(on, i)) for i in (2, 3, 4, 5))))
+def cost(off, on):
+    pairs = sorted(100 * (1 - b / a) for a, b in zip(off, on))
+    return 100 * (1 - statistics.median(on) / statistics.median(off)), pairs[0], pairs[-1]
+print("cost: %.1f %% lower median rate; per round %.1f to %.1f %%" % cost(col("false", 2), col("true", 2)))
+# CPU-bound, the rate is the inverse of the machine's CPU per task.
+inverse = lambda xs: [1 / x for x in xs]
+print("cost: %.1f %% lower rate by the machine's median CPU per task; per round %.1f to %.1f %%" % cost(inverse(col("false", 5)), inverse(col("true", 5))))
+EOF

@@ -371,9 +371,13 @@ impl<A: Serialize, O: DeserializeOwned> TaskRef<A, O> {
     }
 }
 
-/// A fresh task id: 32 hex digits, like taskiq's `uuid4().hex`.
+/// A fresh task id: 32 hex digits, like taskiq's `uuid4().hex`, but a UUID
+/// v7: its first 12 digits are the time in Unix ms, so ids made together sort
+/// together. The task index's primary key then grows at its end instead of
+/// at random pages: PostgreSQL inserted a row in about 60 % of the CPU time
+/// (BENCHMARKS.md). The other 74 bits are random.
 pub fn new_task_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// Registers a task; the last line of a task file.
@@ -474,10 +478,17 @@ mod tests {
     }
 
     #[test]
-    fn task_ids_are_unique_hex() {
+    fn task_ids_are_unique_hex_and_sort_by_time() {
         let (a, b) = (new_task_id(), new_task_id());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        // The first 12 digits are the Unix ms: an id made later sorts later.
+        let ms = |id: &str| u64::from_str_radix(&id[..12], 16).unwrap();
+        let now = (crate::unix_now() * 1000.0) as u64;
+        assert!(ms(&a).abs_diff(now) < 5_000, "{a} does not start with the time");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = new_task_id();
+        assert!(later > b, "{later} sorts before {b}");
     }
 }
