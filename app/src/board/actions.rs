@@ -204,6 +204,28 @@ pub async fn discard(
     }
 }
 
+/// A campaign action's background work while it runs: taken out of
+/// [`Board::running`] when dropped (the work ended, or panicked).
+struct Running {
+    board: Arc<Board>,
+    key: (&'static str, String),
+}
+
+impl Running {
+    /// `None` when the same work for the same campaign still runs.
+    fn start(board: &Arc<Board>, action: &'static str, id: &str) -> Option<Self> {
+        let key = (action, id.to_owned());
+        let fresh = board.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone());
+        fresh.then(|| Self { board: board.clone(), key })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.board.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+    }
+}
+
 /// `POST /campaigns/{id}/{pause|resume|cancel}`.
 pub async fn campaign_action(
     State(board): State<Arc<Board>>,
@@ -216,13 +238,16 @@ pub async fn campaign_action(
         "pause" => board.campaigns.pause(&id).await.map(|()| ("paused", 0)),
         "cancel" => {
             let cancelled = board.campaigns.cancel(&id).await;
-            if cancelled.is_ok() {
-                // Its tasks already running are told to stop, as
-                // `producer cancel --campaign` does (a walk of the records:
-                // it runs on).
+            // Its tasks already running are told to stop, as `producer
+            // cancel --campaign` does (a walk of the records: it runs on,
+            // one at a time per campaign).
+            if cancelled.is_ok()
+                && let Some(guard) = Running::start(&board, "cancel", &id)
+            {
                 let board = board.clone();
                 let (who, target, id) = (who.clone(), target.clone(), id.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let filter = crate::producer::CancelFilter { campaign: Some(id), ..Default::default() };
                     match board.producer.cancel_matching(&filter).await {
                         Ok(n) => {
@@ -235,12 +260,17 @@ pub async fn campaign_action(
             cancelled.map(|n| ("campaign-cancelled", n))
         }
         "resume" => {
-            // The republish of what is left may take a while: it runs on,
-            // and the page shows its progress.
+            // The republish of what is left may take a while: it runs on
+            // (one at a time per campaign), and the page shows its progress.
+            let Some(guard) = Running::start(&board, "resume", &id) else {
+                audit(&who, "resume campaign", &target, "ok: already republishing");
+                return back("/campaigns", "resumed");
+            };
             audit(&who, "resume campaign", &target, "started: republishing what is left");
             let board = board.clone();
             let (id, who, target) = (id.clone(), who.clone(), target.clone());
             tokio::spawn(async move {
+                let _guard = guard;
                 match board.campaigns.resume(&id, |_| {}).await {
                     Ok(fan_out) => audit(&who, "resume campaign: republished", &target, &format!("ok: {fan_out:?}")),
                     Err(err) => audit(&who, "resume campaign: republished", &target, &format!("failed: {err}")),
