@@ -5,9 +5,11 @@
 # `bench --drain`. For each drain it prints the rate (tasks/s by the
 # records) and the CPU time the worker and PostgreSQL used per 1,000 tasks
 # (from /proc, user + system, until the worker has stopped and written what
-# it had queued): rates swing by 20-30 % between runs on a shared machine,
-# CPU time per task much less.
-#   N=20000 RUNS=4 ./scripts/index_cost.sh
+# it had queued), and the whole machine's busy CPU time per 1,000 tasks:
+# rates swing by 20-30 % between runs on a shared machine, CPU time per
+# task much less. At the end: each column's median, and the index's cost
+# from the rates and from the machine's CPU per task.
+#   N=20000 RUNS=8 ./scripts/index_cost.sh
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -50,9 +52,11 @@ print(total)
 EOF
 }
 # CPU ticks the whole machine spent busy (every process and the kernel:
-# NATS, Redis, the bench reading results back), from /proc/stat.
+# NATS, Redis, the bench reading results back, and whatever else runs on
+# it), from /proc/stat: user, nice, system, irq, softirq (not steal, the
+# time other machines on the host had).
 cpu_of_machine() {
-  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
 }
 cpu_of_pid() {
   awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
@@ -76,7 +80,7 @@ drain() {
   all_before=$(cpu_of_machine)
   "$bin/worker" >"$OUT/worker.log" 2>&1 &
   pid=$!
-  wait "$bench" || { cat "$log" "$json" "$OUT/worker.log" >&2; exit 1; }
+  wait "$bench" || { cat "$log" "$json" "$OUT/worker.log" >&2; kill -TERM "$pid"; exit 1; }
   kill -TERM "$pid"
   # The worker's CPU just before it is reaped (its writer has flushed by then).
   while kill -0 "$pid" 2>/dev/null && [ "$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
@@ -86,8 +90,8 @@ drain() {
   worker_cpu=$(cpu_of_pid "$pid" 2>/dev/null || echo "${worker_cpu:-0}")
   wait "$pid" || true
   pid=
-  pg_after=$(cpu_of_name postgres)
   all_after=$(cpu_of_machine)
+  pg_after=$(cpu_of_name postgres)
   python3 - "$json" "$worker_cpu" "$((pg_after - pg_before))" "$((all_after - all_before))" "$hz" "$N" <<'EOF'
 import json, sys
 rate = json.load(open(sys.argv[1]))["per_second"]
@@ -100,7 +104,8 @@ EOF
 echo "round index rate/s worker_cpu_ms_per_1000 postgres_cpu_ms_per_1000 machine_cpu_ms_per_1000"
 for round in $(seq 1 "$RUNS"); do
   for index in false true; do
-    echo "$round $index $(drain "$index")"
+    row=$(drain "$index") || exit 1
+    echo "$round $index $row"
   done
 done | tee "$OUT/rounds.txt"
 # Medians of each column, and the index's cost: how much lower the median

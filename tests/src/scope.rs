@@ -237,15 +237,29 @@ impl Scope {
 }
 
 /// Every key that starts with `prefix`, found with `SCAN`, cursor by cursor
-/// (never `KEYS`, which blocks Redis while it walks the whole keyspace).
+/// (never `KEYS`, which blocks Redis while it walks the whole keyspace),
+/// 1,000 slots a call: the shared Redis may hold a million keys of other
+/// runs (a benchmark's records wait out their TTL), and SCAN's default of 10
+/// made that 100,000 round trips per test.
 /// The prefix is taken literally: it must hold no glob characters.
 pub async fn scan_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<Vec<String>> {
     let mut keys = Vec::new();
-    let mut cursor = conn.scan_match::<_, String>(format!("{prefix}*")).await?;
-    while let Some(key) = cursor.next_item().await {
-        keys.push(key?);
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(page);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
     }
-    Ok(keys)
 }
 
 impl Default for Scope {

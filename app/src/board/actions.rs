@@ -204,25 +204,24 @@ pub async fn discard(
     }
 }
 
-/// A campaign action's background work while it runs: taken out of
-/// [`Board::running`] when dropped (the work ended, or panicked).
-struct Running {
+/// A cancelled campaign's walk of the records while it runs: taken out of
+/// [`Board::walking`] when dropped (the walk ended, or panicked).
+struct Walking {
     board: Arc<Board>,
-    key: (&'static str, String),
+    id: String,
 }
 
-impl Running {
-    /// `None` when the same work for the same campaign still runs.
-    fn start(board: &Arc<Board>, action: &'static str, id: &str) -> Option<Self> {
-        let key = (action, id.to_owned());
-        let fresh = board.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone());
-        fresh.then(|| Self { board: board.clone(), key })
+impl Walking {
+    /// `None` when a walk for the same campaign still runs.
+    fn start(board: &Arc<Board>, id: &str) -> Option<Self> {
+        let fresh = board.walking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_owned());
+        fresh.then(|| Self { board: board.clone(), id: id.to_owned() })
     }
 }
 
-impl Drop for Running {
+impl Drop for Walking {
     fn drop(&mut self) {
-        self.board.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+        self.board.walking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
     }
 }
 
@@ -240,9 +239,12 @@ pub async fn campaign_action(
             let cancelled = board.campaigns.cancel(&id).await;
             // Its tasks already running are told to stop, as `producer
             // cancel --campaign` does (a walk of the records: it runs on,
-            // one at a time per campaign).
+            // one at a time per campaign in this board process; a worker
+            // checks the campaign before each of its tasks and runs none
+            // once it is cancelled, so a second walk would find little the
+            // first does not).
             if cancelled.is_ok()
-                && let Some(guard) = Running::start(&board, "cancel", &id)
+                && let Some(guard) = Walking::start(&board, &id)
             {
                 let board = board.clone();
                 let (who, target, id) = (who.clone(), target.clone(), id.clone());
@@ -256,21 +258,19 @@ pub async fn campaign_action(
                         Err(err) => audit(&who, "cancel campaign: running tasks", &target, &format!("failed: {err}")),
                     }
                 });
+            } else if cancelled.is_ok() {
+                audit(&who, "cancel campaign: running tasks", &target, "skipped: a walk of its records is under way");
             }
             cancelled.map(|n| ("campaign-cancelled", n))
         }
         "resume" => {
-            // The republish of what is left may take a while: it runs on
-            // (one at a time per campaign), and the page shows its progress.
-            let Some(guard) = Running::start(&board, "resume", &id) else {
-                audit(&who, "resume campaign", &target, "ok: already republishing");
-                return back("/campaigns", "resumed");
-            };
+            // The republish of what is left may take a while: it runs on,
+            // and the page shows its progress. A second resume supersedes
+            // the first one's walk (the campaign's generation).
             audit(&who, "resume campaign", &target, "started: republishing what is left");
             let board = board.clone();
             let (id, who, target) = (id.clone(), who.clone(), target.clone());
             tokio::spawn(async move {
-                let _guard = guard;
                 match board.campaigns.resume(&id, |_| {}).await {
                     Ok(fan_out) => audit(&who, "resume campaign: republished", &target, &format!("ok: {fan_out:?}")),
                     Err(err) => audit(&who, "resume campaign: republished", &target, &format!("failed: {err}")),

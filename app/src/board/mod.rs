@@ -85,10 +85,9 @@ pub struct Board {
     pub(crate) redis: di::redis_conn::SharedConn,
     pub(crate) registry: Registry,
     pub(crate) sessions: Sessions,
-    /// Background work a campaign action started and that still runs (the
-    /// walk of a cancelled campaign's records, a resume's republish), by
-    /// action and campaign: a second click starts none of its own.
-    pub(crate) running: std::sync::Mutex<std::collections::HashSet<(&'static str, String)>>,
+    /// Campaigns whose cancel's walk of the records still runs: a second
+    /// click starts no walk of its own.
+    pub(crate) walking: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Board {
@@ -112,8 +111,8 @@ impl Board {
         let registry = Registry::from_inventory().map_err(|e| BoardError::Registry(e.to_string()))?;
         let sessions = Sessions::new(settings.board.session_ttl);
         let redis = di::redis_conn::SharedConn::new(redis);
-        let running = std::sync::Mutex::default();
-        Ok(Arc::new(Self { settings, producer, pool, campaigns, redis, registry, sessions, running }))
+        let walking = std::sync::Mutex::default();
+        Ok(Arc::new(Self { settings, producer, pool, campaigns, redis, registry, sessions, walking }))
     }
 
     /// The database pool (the task index, campaigns, schedules).
