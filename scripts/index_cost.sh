@@ -28,7 +28,9 @@ export COURIER_NATS__DURABLE=courier-index-cost
 export COURIER_NATS__DEAD_LETTER_SUBJECT=courier_index_cost.dead
 export COURIER_NATS__DONE_SUBJECT=courier_index_cost.done
 export COURIER_REDIS__KEY_PREFIX=courier_index_cost:
-export COURIER_REDIS__RESULT_TTL=10m
+# Records live 2 minutes: each round is read back within seconds, and
+# hundreds of thousands of them would otherwise crowd the shared Redis.
+export COURIER_REDIS__RESULT_TTL=2m
 export COURIER_WORKER__CONCURRENCY=${CONCURRENCY:-43}
 export COURIER_WORKER__HTTP_ADDR=
 export RUST_LOG=${RUST_LOG:-warn}
