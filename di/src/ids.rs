@@ -1,4 +1,5 @@
-//! What a task id and a label may hold, checked before anything is written:
+//! Task ids: how Courier makes one, and what a task id and a label may
+//! hold, checked before anything is written:
 //! ids and labels become Redis keys, NATS headers and log fields, where a
 //! line break or a 1 MB id does harm.
 
@@ -63,6 +64,16 @@ pub enum IdError {
     },
 }
 
+/// A fresh task id: 32 hex digits, like taskiq's `uuid4().hex`, but a UUID
+/// v7: its first 12 digits are the time in Unix ms, then a counter (seeded at
+/// random each ms, so ids made in one process sort in the order made) and
+/// random bits. Ids made together sort together: the task index's primary
+/// key grows at its end instead of at random pages (in `psql`, a row with
+/// all three indexes took 5.5-6.2 µs instead of 8.3-11.2; BENCHMARKS.md).
+pub fn new_task_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
 /// Checks a task id: 1 to 128 bytes of ASCII letters, digits and `-_.:`
 /// (uuid-like ids, follow-ups `<id>.<n>`, replays `<id>:replay:<seq>`,
 /// `<campaign>:-100123`).
@@ -112,6 +123,21 @@ pub fn validate_labels(labels: &BTreeMap<String, rmpv::Value>) -> Result<(), IdE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_ids_are_unique_hex_and_sort_by_time() {
+        let (a, b) = (new_task_id(), new_task_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        // The first 12 digits are the Unix ms: an id made later sorts later.
+        let ms = |id: &str| u64::from_str_radix(&id[..12], 16).unwrap();
+        let now = (crate::unix_now() * 1000.0) as u64;
+        assert!(ms(&a).abs_diff(now) < 5_000, "{a} does not start with the time");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = new_task_id();
+        assert!(later > b, "{later} sorts before {b}");
+    }
 
     fn labels(pairs: &[(&str, rmpv::Value)]) -> BTreeMap<String, rmpv::Value> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()

@@ -39,13 +39,13 @@ pub use envelope::{ARGS_DIGEST_LABEL, CodecError, Envelope, EnvelopeArguments};
 pub use error::{Component, StartupError};
 pub use execute::{Delivery, Disposition, Execution, Executor, Outcome, ProcessError};
 pub use governor::{Admission, FloodObserver, FrozenKey, Governor, GovernorStatus, Lane};
-pub use ids::{IdError, validate_labels, validate_task_id};
+pub use ids::{IdError, new_task_id, validate_labels, validate_task_id};
 pub use progress::TaskProgress;
 pub use record::{ResultRecord, TaskError, TaskStatus, unix_now};
 pub use registry::{HookContext, HookKind, HookResult, Registry, RegistryError};
 pub use schema::{ArgsSchema, Field, Shape};
 pub use shape::{DecodeLimits, ShapeError};
-pub use task::{CronSpec, Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult, new_task_id};
+pub use task::{CronSpec, Failure, ResultExt, RetryPolicy, TaskOptions, TaskRef, TaskResult};
 
 // Re-exported so task crates use the very versions the runtime does.
 pub use {inventory, rmpv, shaku, sqlx};

@@ -356,7 +356,7 @@ impl<A, O> TaskRef<A, O> {
 impl<A: Serialize, O: DeserializeOwned> TaskRef<A, O> {
     /// A new envelope for these arguments, with a fresh task id.
     pub fn envelope(&self, args: &A) -> Result<Envelope, CodecError> {
-        self.envelope_with_id(new_task_id(), args)
+        self.envelope_with_id(crate::ids::new_task_id(), args)
     }
 
     /// An envelope with a task id of the caller's choosing (an idempotency
@@ -369,16 +369,6 @@ impl<A: Serialize, O: DeserializeOwned> TaskRef<A, O> {
     pub fn decode_output(&self, value: rmpv::Value) -> Result<O, CodecError> {
         crate::envelope::decode_value(value)
     }
-}
-
-/// A fresh task id: 32 hex digits, like taskiq's `uuid4().hex`, but a UUID
-/// v7: its first 12 digits are the time in Unix ms, then a counter (seeded at
-/// random each ms, so ids made in one process sort in the order made) and
-/// random bits. Ids made together sort together: the task index's primary
-/// key grows at its end instead of at random pages (in `psql`, a row with
-/// all three indexes took 5.5-6.2 µs instead of 8.3-11.2; BENCHMARKS.md).
-pub fn new_task_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// Registers a task; the last line of a task file.
@@ -476,20 +466,5 @@ mod tests {
         assert_eq!(task.name(), "noop");
         let named: TaskRef<(), ()> = TaskRef::new("tasks::noop", TaskOptions::new().name("other"));
         assert_eq!(named.name(), "other");
-    }
-
-    #[test]
-    fn task_ids_are_unique_hex_and_sort_by_time() {
-        let (a, b) = (new_task_id(), new_task_id());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        // The first 12 digits are the Unix ms: an id made later sorts later.
-        let ms = |id: &str| u64::from_str_radix(&id[..12], 16).unwrap();
-        let now = (crate::unix_now() * 1000.0) as u64;
-        assert!(ms(&a).abs_diff(now) < 5_000, "{a} does not start with the time");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let later = new_task_id();
-        assert!(later > b, "{later} sorts before {b}");
     }
 }
