@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::container::Container;
 use crate::context::TaskContext;
 use crate::enqueue::Enqueuer;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, EnvelopeArguments};
 pub use crate::outcome::{Delivery, Disposition, Execution, Outcome, ProcessError};
 use crate::record::{ResultRecord, TaskError, TaskStatus};
 use crate::registry::{Registry, RunError, TaskDef};
@@ -101,6 +101,7 @@ impl Executor {
             if let Some(record) = &mut execution.record {
                 record.labels = envelope.labels;
             }
+            execution.arguments = Some(EnvelopeArguments { args: envelope.args, kwargs: envelope.kwargs });
             return self.saved(execution).await;
         }
         if attempt != running.attempt {
@@ -163,6 +164,7 @@ impl Executor {
             record.labels = envelope.labels;
             record.started_at = running.started_at;
         }
+        execution.arguments = Some(EnvelopeArguments { args: envelope.args, kwargs: envelope.kwargs });
         self.saved(execution).await
     }
 
@@ -345,7 +347,7 @@ impl Executor {
                 record
             }
         });
-        Execution { task_id, task_name, attempt, outcome, disposition, record, elapsed }
+        Execution { task_id, task_name, attempt, outcome, disposition, record, elapsed, arguments: None }
     }
 
     /// Writes the execution's record (nothing for a task that had already
@@ -379,6 +381,7 @@ fn already_finished(task_id: String, task_name: String, record: ResultRecord, st
         disposition,
         record: Some(record),
         elapsed: started.elapsed(),
+        arguments: None,
     }
 }
 

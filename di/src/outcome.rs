@@ -161,4 +161,8 @@ pub struct Execution {
     pub record: Option<ResultRecord>,
     /// How long the task ran.
     pub elapsed: Duration,
+    /// The message's arguments, when the executor decoded it for this
+    /// outcome (for the task index, which would otherwise decode the
+    /// message again); `None` otherwise.
+    pub arguments: Option<crate::EnvelopeArguments>,
 }

@@ -329,7 +329,8 @@ async fn index_round_trip(url: &str) {
 /// after `reset_to_queued`) replaces its row: on PostgreSQL the writer's
 /// plain insert meets the row already there and the batch is written again as
 /// upserts; its keys are kept once. A NUL in an error does not cost the
-/// batch.
+/// batch, and what COPY reads as syntax (tab, newline, backslash, `\N`)
+/// comes back as written.
 #[tokio::test]
 async fn a_task_indexed_again_replaces_its_row_on_postgres() {
     let schema = PgSchema::create().await;
@@ -367,18 +368,30 @@ async fn a_task_indexed_again_replaces_its_row_on_postgres() {
         "with_secret",
         di::TaskStatus::Failed,
         1,
-        di::TaskError::new("Boom", "a NUL \0 in the message"),
+        di::TaskError::new("Boom", "a NUL \0 in the message;\ta tab\r\na line\\N"),
     );
     failed.labels.insert("batch".into(), "x".into());
-    indexer.add(id.clone(), &payload, failed);
+    failed.labels.insert("odd".into(), "\\N\t\\".into());
+    // Without the arguments (a message the executor did not decode): read from the payload.
+    indexer.add(id.clone(), &payload, failed, None);
     let scope = Scope::new();
     let first = scope.eventually(Duration::from_secs(10), "the first row", || status(pool.clone(), id.clone())).await;
     assert_eq!(first.0, "failed");
-    assert!(first.1.contains("a NUL  in the message"), "{first:?}");
+    assert_eq!(first.1, "Boom: a NUL  in the message;\ta tab\r\na line\\N", "{first:?}");
+    let odd: Vec<(String,)> =
+        di::sqlx::query_as("SELECT value FROM courier_task_keys WHERE task_id = $1 AND name = 'label.odd'")
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(odd, vec![("\\N\t\\".to_owned(),)], "a key's value as written");
     let mut succeeded = di::ResultRecord::new("with_secret", di::TaskStatus::Success, 2);
     succeeded.labels.insert("batch".into(), "x".into());
+    succeeded.labels.insert("odd".into(), "\\N\t\\".into());
     succeeded.finished_at = Some(di::unix_now());
-    indexer.add(id.clone(), &payload, succeeded);
+    // With the arguments the executor decoded.
+    let arguments = di::Envelope::arguments_from_msgpack(&payload, &di::DecodeLimits::DEFAULT).unwrap();
+    indexer.add(id.clone(), &payload, succeeded, Some(arguments));
     scope
         .eventually(Duration::from_secs(10), "the row replaced", || async {
             (status(pool.clone(), id.clone()).await?.0 == "success").then_some(())
@@ -390,7 +403,14 @@ async fn a_task_indexed_again_replaces_its_row_on_postgres() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(keys, vec![("chat_id".into(), "777".into()), ("label.batch".into(), "x".into())]);
+    assert_eq!(
+        keys,
+        vec![
+            ("chat_id".into(), "777".into()),
+            ("label.batch".into(), "x".into()),
+            ("label.odd".into(), "\\N\t\\".into())
+        ]
+    );
     stop.cancel();
     writer.await.unwrap();
     assert_eq!(indexer.dropped(), 0);

@@ -3,13 +3,16 @@
 //! so the board can search history by task, status, label or argument value
 //! long after the result records' TTL has ended them in Redis.
 //!
-//! Off the hot path: a finished task costs the worker one `try_send` into a
-//! bounded queue (the payload's bytes are shared, not copied). A background
-//! writer decodes the arguments, masks the fields a task marks secret, and
-//! inserts up to `index.batch` rows in one statement. When the queue is full
-//! (a slow or unreachable database), new rows are dropped and counted, and
-//! tasks never wait for the index: it is history, not the source of truth
-//! (the result record is). Rows older than `index.retention` are deleted.
+//! Off the hot path: after a task is settled and its producer told, the
+//! worker turns it into its row (the arguments the executor decoded, as
+//! JSON with the fields a task marks secret masked, cut to a few KiB) and
+//! hands it to a bounded queue with `try_reserve`; a background writer
+//! inserts up to `index.batch` rows at once. When the queue is full (a slow
+//! or unreachable database), new rows are dropped, before being built, and
+//! counted, and tasks never wait for the index: it is history, not the
+//! source of truth (the result record is). A queued row holds no payload,
+//! so the queue's memory is bounded by its length times a row's few KiB.
+//! Rows older than `index.retention` are deleted.
 
 mod search;
 mod write;
@@ -24,7 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use di::{DecodeLimits, Envelope, EnvelopeArguments, Registry, ResultRecord};
 use settings::IndexSettings;
 use sqlx::AnyPool;
@@ -46,17 +48,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// What a secret field's value becomes.
 pub const MASK: &str = "•••";
 
-/// One finished task waiting to be written.
-struct Pending {
-    payload: Bytes,
-    record: ResultRecord,
-    task_id: String,
-}
-
-/// The worker's side: a bounded queue in front of the writer.
+/// The worker's side: what builds rows, and a bounded queue in front of
+/// the writer.
 pub struct Indexer {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Row>,
     dropped: Arc<AtomicU64>,
+    secrets: HashMap<&'static str, &'static [&'static str]>,
+    limits: DecodeLimits,
 }
 
 impl std::fmt::Debug for Indexer {
@@ -69,8 +67,8 @@ impl Indexer {
     /// Starts the writer (it ends with `stop`, after writing what is queued)
     /// and returns the queue's sending side.
     /// On PostgreSQL, `postgres` is a pool of the writer's own (one
-    /// connection is plenty): rows go in as arrays through one prepared
-    /// statement, where the portable path binds every value of a batch.
+    /// connection is plenty): rows go in by `COPY`, where the portable
+    /// path binds every value of a batch.
     pub fn start(
         pool: AnyPool,
         postgres: Option<sqlx::PgPool>,
@@ -81,34 +79,33 @@ impl Indexer {
         stop: CancellationToken,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (queue, rows) = mpsc::channel(settings.queue.max(1));
-        let secrets: HashMap<&'static str, &'static [&'static str]> =
-            registry.tasks().map(|def| (def.name(), def.options.secret_fields)).collect();
-        let writer = Writer {
-            pool,
-            secrets,
-            batch: settings.batch.clamp(1, 2_000),
-            retention: settings.retention,
-            worker,
-            postgres,
-            limits,
-        };
+        let secrets = registry.tasks().map(|def| (def.name(), def.options.secret_fields)).collect();
+        let writer =
+            Writer { pool, batch: settings.batch.clamp(1, 2_000), retention: settings.retention, worker, postgres };
         let handle = tokio::spawn(writer.run(rows, stop));
-        (Arc::new(Self { queue, dropped: Arc::new(AtomicU64::new(0)) }), handle)
+        (Arc::new(Self { queue, dropped: Arc::new(AtomicU64::new(0)), secrets, limits }), handle)
     }
 
-    /// Queues a finished task; never waits (a full queue drops it).
-    pub fn add(&self, task_id: String, payload: &Bytes, record: ResultRecord) {
-        let pending = Pending { payload: payload.clone(), record, task_id };
-        if let Err(err) = self.queue.try_send(pending) {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                match err {
-                    mpsc::error::TrySendError::Full(_) => tracing::warn!(
-                        dropped,
-                        "task index: the queue is full (the database is slow or away); rows dropped"
-                    ),
-                    mpsc::error::TrySendError::Closed(_) => {
-                        tracing::error!(dropped, "task index: the writer stopped; rows dropped (a bug: report it)")
+    /// Queues a finished task's row; never waits (a full queue drops it).
+    /// `arguments` are the ones the executor decoded; without them, they
+    /// are read from `payload` (within the worker's decode limits).
+    pub fn add(&self, task_id: String, payload: &[u8], record: ResultRecord, arguments: Option<EnvelopeArguments>) {
+        if !record.status.is_final() {
+            return;
+        }
+        match self.queue.try_reserve() {
+            Ok(slot) => slot.send(self.build(task_id, payload, record, arguments)),
+            Err(err) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    match err {
+                        mpsc::error::TrySendError::Full(()) => tracing::warn!(
+                            dropped,
+                            "task index: the queue is full (the database is slow or away); rows dropped"
+                        ),
+                        mpsc::error::TrySendError::Closed(()) => {
+                            tracing::error!(dropped, "task index: the writer stopped; rows dropped (a bug: report it)")
+                        }
                     }
                 }
             }
@@ -119,20 +116,69 @@ impl Indexer {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Turns a finished task into its row.
+    fn build(
+        &self,
+        task_id: String,
+        payload: &[u8],
+        record: ResultRecord,
+        arguments: Option<EnvelopeArguments>,
+    ) -> Row {
+        // A message refused as too big or too deep is recorded as failed
+        // and comes here too: its arguments show as `{}`.
+        let decoded = arguments.or_else(|| Envelope::arguments_from_msgpack(payload, &self.limits).ok());
+        let secret: &[&str] = self.secrets.get(record.task_name.as_str()).copied().unwrap_or_default();
+        let (arguments, mut keys) = match &decoded {
+            Some(decoded) => arguments_json(decoded, secret),
+            None => ("{}".to_owned(), Vec::new()),
+        };
+        for (name, value) in &record.labels {
+            if keys.len() >= MAX_KEYS {
+                break;
+            }
+            // The framework's own labels (the arguments' digest, the lane)
+            // are on every task: searchable by task name and status instead.
+            if name.starts_with("courier_") || name == "lane" {
+                continue;
+            }
+            if let Some(value) = scalar(value) {
+                keys.push((format!("label.{}", without_nul(name)), value));
+            }
+        }
+        let result = (!record.return_value.is_nil()).then(|| cut(&json(&record.return_value), MAX_JSON));
+        let error =
+            record.error.as_ref().map(|e| cut(&format!("{}: {}", e.exc_type, e.exc_message.join("; ")), MAX_ERROR));
+        let finished = record.finished_at.unwrap_or(record.updated_at);
+        let started = record.started_at.filter(|s| *s > 0.0);
+        Row {
+            // Valid ids hold no NUL; a refused message's recovered one may.
+            task_id: without_nul(&task_id),
+            task_name: without_nul(&record.task_name),
+            status: record.status.name(),
+            attempt: i64::from(record.attempt),
+            labels: serde_json::to_string(&Labels(&record.labels)).unwrap_or_else(|_| "{}".into()),
+            arguments,
+            result,
+            error,
+            started_at: started.map(ms),
+            finished_at: ms(finished),
+            elapsed_ms: (record.execution_time * 1000.0) as i64,
+            keys,
+        }
+    }
 }
 
 struct Writer {
     pool: AnyPool,
-    secrets: HashMap<&'static str, &'static [&'static str]>,
     batch: usize,
     retention: Duration,
     worker: String,
     postgres: Option<sqlx::PgPool>,
-    limits: DecodeLimits,
 }
 
 impl Writer {
-    async fn run(self, mut rows: mpsc::Receiver<Pending>, stop: CancellationToken) {
+    async fn run(self, mut rows: mpsc::Receiver<Row>, stop: CancellationToken) {
         // A random first prune, so a fleet started together does not prune together.
         let mut next_prune = tokio::time::Instant::now() + Duration::from_secs(fastrand::u64(60..600));
         let mut buffer = Vec::with_capacity(self.batch);
@@ -157,64 +203,16 @@ impl Writer {
             // One row per task id in a batch (a statement may not update a
             // row twice): the last one queued wins.
             let mut seen = std::collections::HashSet::with_capacity(buffer.len());
-            let mut built: Vec<Row> = buffer.drain(..).rev().filter_map(|p| self.build(p)).collect();
-            built.retain(|row| seen.insert(row.task_id.clone()));
-            built.reverse();
-            self.write(&built).await;
+            let keep: Vec<bool> = buffer.iter().rev().map(|row| seen.insert(row.task_id.as_str())).collect();
+            let mut keep = keep.into_iter().rev();
+            buffer.retain(|_| keep.next().unwrap_or(true));
+            self.write(&buffer).await;
+            buffer.clear();
             if tokio::time::Instant::now() >= next_prune {
                 next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
                 prune(&self.pool, self.retention).await;
             }
         }
-    }
-
-    /// Turns a finished task into its row; None for what is not final.
-    fn build(&self, pending: Pending) -> Option<Row> {
-        let record = pending.record;
-        if !record.status.is_final() {
-            return None;
-        }
-        // The arguments alone are read again, within the worker's decode
-        // limits (a message refused as too big or too deep is recorded as
-        // failed and comes here too: its arguments show as `{}`).
-        let decoded = Envelope::arguments_from_msgpack(&pending.payload, &self.limits).ok();
-        let secret: &[&str] = self.secrets.get(record.task_name.as_str()).copied().unwrap_or_default();
-        let (arguments, mut keys) = match &decoded {
-            Some(decoded) => arguments(decoded, secret),
-            None => ("{}".to_owned(), Vec::new()),
-        };
-        for (name, value) in &record.labels {
-            if keys.len() >= MAX_KEYS {
-                break;
-            }
-            // The framework's own labels (the arguments' digest, the lane)
-            // are on every task: searchable by task name and status instead.
-            if let Some(value) = scalar(value).filter(|_| !name.starts_with("courier_") && name != "lane") {
-                keys.push((format!("label.{}", without_nul(name)), value));
-            }
-        }
-        let labels: BTreeMap<&String, String> =
-            record.labels.iter().map(|(k, v)| (k, cut(&json(v), MAX_KEY_VALUE * 2))).collect();
-        let result = (!record.return_value.is_nil()).then(|| cut(&json(&record.return_value), MAX_JSON));
-        let error =
-            record.error.as_ref().map(|e| cut(&format!("{}: {}", e.exc_type, e.exc_message.join("; ")), MAX_ERROR));
-        let finished = record.finished_at.unwrap_or(record.updated_at);
-        let started = record.started_at.filter(|s| *s > 0.0);
-        Some(Row {
-            // Valid ids hold no NUL; a refused message's recovered one may.
-            task_id: without_nul(&pending.task_id),
-            task_name: without_nul(&record.task_name),
-            status: record.status.name(),
-            attempt: i64::from(record.attempt),
-            labels: serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()),
-            arguments,
-            result,
-            error,
-            started_at: started.map(ms),
-            finished_at: ms(finished),
-            elapsed_ms: (record.execution_time * 1000.0) as i64,
-            keys,
-        })
     }
 
     /// Writes rows in one transaction (rows, then their keys); on failure
@@ -281,40 +279,83 @@ impl serde::Serialize for Json<'_> {
     }
 }
 
-/// The stored arguments' JSON shape.
-#[derive(serde::Serialize)]
+/// The labels as stored: each value as text, cut.
+struct Labels<'a>(&'a BTreeMap<String, rmpv::Value>);
+
+impl serde::Serialize for Labels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(name, value)| (name, Label(value))))
+    }
+}
+
+struct Label<'a>(&'a rmpv::Value);
+
+impl serde::Serialize for Label<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_str() {
+            // Most labels: short text, written as it is.
+            Some(text) if text.len() <= MAX_KEY_VALUE * 2 && !text.contains('\0') => s.serialize_str(text),
+            _ => s.serialize_str(&cut(&json(self.0), MAX_KEY_VALUE * 2)),
+        }
+    }
+}
+
+/// The stored arguments' JSON shape, `{"args": [...], "kwargs": {...}}`,
+/// secret fields masked.
 struct Stored<'a> {
-    args: Vec<Shown<'a>>,
-    kwargs: BTreeMap<&'a str, Shown<'a>>,
+    decoded: &'a EnvelopeArguments,
+    secret: &'a [&'a str],
+}
+
+impl<'a> Stored<'a> {
+    /// A positional argument (Python producers send the fields in order: a
+    /// task with secret fields has them all masked, having no names to match).
+    fn positional(&self, value: &'a rmpv::Value) -> Shown<'a> {
+        if self.secret.is_empty() { Shown::Value(Json(value)) } else { Shown::Masked(MASK) }
+    }
+
+    fn named(&self, name: &str, value: &'a rmpv::Value) -> Shown<'a> {
+        if self.secret.contains(&name) { Shown::Masked(MASK) } else { Shown::Value(Json(value)) }
+    }
+}
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut stored = s.serialize_struct("Stored", 2)?;
+        stored.serialize_field("args", &Args(self))?;
+        stored.serialize_field("kwargs", &Kwargs(self))?;
+        stored.end()
+    }
+}
+
+struct Args<'s, 'a>(&'s Stored<'a>);
+
+impl serde::Serialize for Args<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.decoded.args.iter().map(|value| self.0.positional(value)))
+    }
+}
+
+struct Kwargs<'s, 'a>(&'s Stored<'a>);
+
+impl serde::Serialize for Kwargs<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.decoded.kwargs.iter().map(|(name, value)| (name.as_str(), self.0.named(name, value))))
+    }
 }
 
 /// The arguments as stored (JSON, secret fields masked, cut) and the
 /// searchable keyword values. Serialized straight from the decoded values.
-fn arguments(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<(String, String)>) {
-    let mut keys = Vec::new();
-    let kwargs = decoded
+fn arguments_json(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<(String, String)>) {
+    let keys = decoded
         .kwargs
         .iter()
-        .map(|(name, value)| {
-            if secret.contains(&name.as_str()) {
-                return (name.as_str(), Shown::Masked(MASK));
-            }
-            if keys.len() < MAX_KEYS
-                && let Some(text) = scalar(value)
-            {
-                keys.push((without_nul(name), text));
-            }
-            (name.as_str(), Shown::Value(Json(value)))
-        })
+        .filter(|(name, _)| !secret.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((without_nul(name), scalar(value)?)))
+        .take(MAX_KEYS)
         .collect();
-    // Positional arguments (Python producers) are the fields in order: a
-    // task with secret fields has them all masked, having no names to match.
-    let args = decoded
-        .args
-        .iter()
-        .map(|value| if secret.is_empty() { Shown::Value(Json(value)) } else { Shown::Masked(MASK) })
-        .collect();
-    let json = serde_json::to_string(&Stored { args, kwargs }).unwrap_or_else(|_| "{}".to_owned());
+    let json = serde_json::to_string(&Stored { decoded, secret }).unwrap_or_else(|_| "{}".to_owned());
     (cut(&json, MAX_JSON), keys)
 }
 
@@ -377,7 +418,7 @@ mod tests {
                 ("text".into(), rmpv::Value::from("x".repeat(500))),
             ]),
         };
-        let (json, keys) = arguments(&envelope, &["token"]);
+        let (json, keys) = arguments_json(&envelope, &["token"]);
         assert!(!json.contains("s3cr3t"), "{json}");
         assert!(json.contains(MASK), "{json}");
         assert_eq!(keys, vec![("chat_id".to_owned(), "42".to_owned())], "long values and secrets are not keys");
@@ -389,9 +430,9 @@ mod tests {
         envelope.args = vec![rmpv::Value::from("s3cr3t"), rmpv::Value::Map(vec![(rmpv::Value::Nil, 1.into())])];
         let envelope =
             Envelope::arguments_from_msgpack(&envelope.to_msgpack().unwrap(), &DecodeLimits::DEFAULT).unwrap();
-        let (json, _) = arguments(&envelope, &["token"]);
+        let (json, _) = arguments_json(&envelope, &["token"]);
         assert!(!json.contains("s3cr3t"), "{json}");
-        let (json, _) = arguments(&envelope, &[]);
+        let (json, _) = arguments_json(&envelope, &[]);
         assert!(json.contains("s3cr3t"), "no secrets declared: shown as sent: {json}");
     }
 
@@ -402,7 +443,7 @@ mod tests {
             args: vec![],
             kwargs: BTreeMap::from([("odd".into(), odd), ("chat_id".into(), rmpv::Value::from(42))]),
         };
-        let (json, keys) = arguments(&decoded, &[]);
+        let (json, keys) = arguments_json(&decoded, &[]);
         assert_eq!(json, r#"{"args":[],"kwargs":{"chat_id":42,"odd":{"nil":1,"7":"x"}}}"#);
         assert_eq!(keys, vec![("chat_id".to_owned(), "42".to_owned())]);
     }

@@ -78,7 +78,7 @@ async fn run_in_process(
     let mut attempt = 1;
     loop {
         let delivery = Delivery { count: attempt, interrupt: hard_stop.clone() };
-        let execution = match runtime.execute(&message.payload, &delivery).await {
+        let mut execution = match runtime.execute(&message.payload, &delivery).await {
             Ok(execution) => execution,
             Err(ProcessError::NotStarted(err)) => {
                 // Nothing ran: waiting is safe, until shutdown.
@@ -98,7 +98,9 @@ async fn run_in_process(
                 *execution
             }
         };
-        runtime.finished(&message.payload, execution.clone()).await;
+        // The arguments go to the task index; the rest stays to settle the message.
+        let arguments = execution.arguments.take();
+        runtime.finished(&message.payload, di::Execution { arguments, ..execution.clone() }).await;
         match &execution.disposition {
             Disposition::Ack => return,
             Disposition::HandBack => {

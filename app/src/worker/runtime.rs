@@ -124,7 +124,7 @@ impl Runtime {
         {
             self.publisher.notify_done(&id).await;
             if let Some(index) = self.index.as_ref().filter(|_| !already) {
-                index.add(id, payload, record);
+                index.add(id, payload, record, execution.arguments);
             }
         }
     }
