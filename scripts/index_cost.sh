@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the task index costs: rounds of a pre-filled queue of N no-op tasks
 # drained by one release worker, alternating the index off and on (the
-# development profile's PostgreSQL), every result read back and checked by
+# development profile's PostgreSQL; off-on in odd rounds, on-off in even
+# ones), every result read back and checked by
 # `bench --drain`. For each drain it prints the rate (tasks/s by the
 # records) and the CPU time the worker and PostgreSQL used per 1,000 tasks
 # (from /proc, user + system, until the worker has stopped and written what
@@ -105,7 +106,11 @@ EOF
 
 echo "round index rate/s worker_cpu_ms_per_1000 postgres_cpu_ms_per_1000 machine_cpu_ms_per_1000"
 for round in $(seq 1 "$RUNS"); do
-  for index in false true; do
+  # Off then on in odd rounds, on then off in even ones: a machine that
+  # speeds up or slows down during a sitting favours neither.
+  order="false true"
+  if [ $((round % 2)) -eq 0 ]; then order="true false"; fi
+  for index in $order; do
     row=$(drain "$index") || exit 1
     echo "$round $index $row"
   done

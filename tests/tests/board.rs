@@ -397,6 +397,19 @@ async fn a_task_indexed_again_replaces_its_row_on_postgres() {
             (status(pool.clone(), id.clone()).await?.0 == "success").then_some(())
         })
         .await;
+    // Two records of one task queued together land in one batch: the last wins.
+    let mut again =
+        di::ResultRecord::failure("with_secret", di::TaskStatus::Failed, 3, di::TaskError::new("Boom", "3"));
+    again.labels.insert("batch".into(), "x".into());
+    indexer.add(id.clone(), &payload, again, None);
+    let mut last = di::ResultRecord::new("with_secret", di::TaskStatus::Cancelled, 4);
+    last.finished_at = Some(di::unix_now());
+    indexer.add(id.clone(), &payload, last, None);
+    scope
+        .eventually(Duration::from_secs(10), "the last record of the batch", || async {
+            (status(pool.clone(), id.clone()).await?.0 == "cancelled").then_some(())
+        })
+        .await;
     let keys: Vec<(String, String)> =
         di::sqlx::query_as("SELECT name, value FROM courier_task_keys WHERE task_id = $1 ORDER BY name")
             .bind(&id)
