@@ -16,6 +16,11 @@ use settings::Settings;
 // Links the task plug-ins; without a name the linker drops their registrations.
 use tasks as _;
 
+/// A task makes about a hundred small allocations; with glibc's allocator
+/// they were a fifth of the worker's instructions (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs Courier tasks until SIGINT or SIGTERM.
 ///
 /// Settings: settings/settings.toml (in $COURIER_SETTINGS_DIR), COURIER_ENV=<profile>,
