@@ -144,8 +144,10 @@ pub enum ProcessError {
     },
 }
 
-/// Everything known about one processed message.
-#[derive(Debug, Clone)]
+/// Everything known about one processed message. Its `Debug` shows how
+/// many arguments there were, never their values (a task's secret fields
+/// are among them).
+#[derive(Clone)]
 pub struct Execution {
     /// The task id, if one could be read.
     pub task_id: Option<String>,
@@ -165,4 +167,44 @@ pub struct Execution {
     /// outcome (for the task index, which would otherwise decode the
     /// message again); `None` otherwise.
     pub arguments: Option<crate::EnvelopeArguments>,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution")
+            .field("task_id", &self.task_id)
+            .field("task_name", &self.task_name)
+            .field("attempt", &self.attempt)
+            .field("outcome", &self.outcome)
+            .field("disposition", &self.disposition)
+            .field("record", &self.record)
+            .field("elapsed", &self.elapsed)
+            .field("arguments", &self.arguments.as_ref().map(|a| (a.args.len(), a.kwargs.len())))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_execution_debug_shows_no_argument_value() {
+        let execution = Execution {
+            task_id: Some("t1".into()),
+            task_name: Some("send".into()),
+            attempt: 1,
+            outcome: Outcome::Cancelled,
+            disposition: Disposition::Ack,
+            record: None,
+            elapsed: Duration::ZERO,
+            arguments: Some(crate::EnvelopeArguments {
+                args: vec![rmpv::Value::from("positional-s3cr3t")],
+                kwargs: [("token".to_owned(), rmpv::Value::from("named-s3cr3t"))].into(),
+            }),
+        };
+        let shown = format!("{execution:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("Some((1, 1))"), "the counts: {shown}");
+    }
 }

@@ -11,7 +11,8 @@
 //! or unreachable database), new rows are dropped, before being built, and
 //! counted, and tasks never wait for the index: it is history, not the
 //! source of truth (the result record is). A queued row holds no payload,
-//! so the queue's memory is bounded by its length times a row's few KiB.
+//! and every text in it is cut (arguments, result and labels to 4 KiB), so
+//! the queue's memory is bounded by its length times about 16 KiB.
 //! Rows older than `index.retention` are deleted.
 
 mod search;
@@ -37,7 +38,10 @@ use tokio_util::sync::CancellationToken;
 const MAX_JSON: usize = 4096;
 /// The longest error text kept.
 const MAX_ERROR: usize = 2048;
-/// The longest value a key (argument or label) may have to be searchable.
+/// The longest task id or task name kept (longer ones are refused
+/// messages' recovered ones; valid ids have at most 128 bytes).
+const MAX_ID: usize = 256;
+/// The longest name and value a key (argument or label) may have to be searchable.
 const MAX_KEY_VALUE: usize = 64;
 /// Searchable values per task, at most.
 const MAX_KEYS: usize = 16;
@@ -137,6 +141,9 @@ impl Indexer {
             if keys.len() >= MAX_KEYS {
                 break;
             }
+            if name.len() > MAX_KEY_VALUE {
+                continue;
+            }
             // The framework's own labels (the arguments' digest, the lane)
             // are on every task: searchable by task name and status instead.
             if name.starts_with("courier_") || name == "lane" {
@@ -146,18 +153,23 @@ impl Indexer {
                 keys.push((format!("label.{}", without_nul(name)), value));
             }
         }
+        // A keyword argument `label.x` and a label `x` of the same value
+        // would be one key twice, which would cost the whole batch.
+        keys.sort_unstable();
+        keys.dedup();
         let result = (!record.return_value.is_nil()).then(|| cut(&json(&record.return_value), MAX_JSON));
         let error =
             record.error.as_ref().map(|e| cut(&format!("{}: {}", e.exc_type, e.exc_message.join("; ")), MAX_ERROR));
         let finished = record.finished_at.unwrap_or(record.updated_at);
         let started = record.started_at.filter(|s| *s > 0.0);
         Row {
-            // Valid ids hold no NUL; a refused message's recovered one may.
-            task_id: without_nul(&task_id),
-            task_name: without_nul(&record.task_name),
+            // Valid ids hold no NUL and have at most 128 bytes; a refused
+            // message's recovered one may not.
+            task_id: cut(&task_id, MAX_ID),
+            task_name: cut(&record.task_name, MAX_ID),
             status: record.status.name(),
             attempt: i64::from(record.attempt),
-            labels: serde_json::to_string(&Labels(&record.labels)).unwrap_or_else(|_| "{}".into()),
+            labels: cut(&serde_json::to_string(&Labels(&record.labels)).unwrap_or_else(|_| "{}".into()), MAX_JSON),
             arguments,
             result,
             error,
@@ -351,7 +363,7 @@ fn arguments_json(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<
     let keys = decoded
         .kwargs
         .iter()
-        .filter(|(name, _)| !secret.contains(&name.as_str()))
+        .filter(|(name, _)| !secret.contains(&name.as_str()) && name.len() <= MAX_KEY_VALUE)
         .filter_map(|(name, value)| Some((without_nul(name), scalar(value)?)))
         .take(MAX_KEYS)
         .collect();
@@ -446,6 +458,27 @@ mod tests {
         let (json, keys) = arguments_json(&decoded, &[]);
         assert_eq!(json, r#"{"args":[],"kwargs":{"chat_id":42,"odd":{"nil":1,"7":"x"}}}"#);
         assert_eq!(keys, vec![("chat_id".to_owned(), "42".to_owned())]);
+    }
+
+    #[test]
+    fn a_row_is_bounded_and_holds_each_key_once() {
+        let (queue, _rows) = mpsc::channel(1);
+        let indexer =
+            Indexer { queue, dropped: Arc::default(), secrets: HashMap::new(), limits: DecodeLimits::DEFAULT };
+        let arguments = EnvelopeArguments {
+            args: vec![],
+            kwargs: BTreeMap::from([("label.x".into(), rmpv::Value::from("1")), ("y".repeat(65), 2.into())]),
+        };
+        let mut record = ResultRecord::new("t", di::TaskStatus::Success, 1);
+        record.labels.insert("x".into(), "1".into());
+        for i in 0..200 {
+            record.labels.insert(format!("many{i}"), "v".repeat(100).into());
+        }
+        let row = indexer.build("i".repeat(1_000), &[], record, Some(arguments));
+        assert_eq!(row.keys.iter().filter(|(name, _)| name == "label.x").count(), 1, "{:?}", row.keys);
+        assert!(row.keys.iter().all(|(name, _)| name.len() <= MAX_KEY_VALUE + "label.".len()));
+        assert!(row.labels.len() <= MAX_JSON + '…'.len_utf8(), "{}", row.labels.len());
+        assert!(row.task_id.len() <= MAX_ID + '…'.len_utf8());
     }
 
     #[test]

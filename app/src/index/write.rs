@@ -1,6 +1,6 @@
 //! The task index's writes: a batch of rows in one transaction (on
-//! PostgreSQL each column bound as one array, on SQLite every value), and
-//! the hourly deletion of rows past the retention.
+//! PostgreSQL by `COPY`, on SQLite every value bound), and the hourly
+//! deletion of rows past the retention.
 
 use std::time::Duration;
 
@@ -120,8 +120,8 @@ pub fn writer_pool(settings: &settings::DatabaseSettings) -> Option<sqlx::PgPool
 
 /// [`write_rows`] on PostgreSQL: the batch as `COPY ... FROM STDIN` text,
 /// PostgreSQL's bulk-load path (no statement to plan, no arrays to unpack:
-/// about 30 % less of the server's CPU per row than one `INSERT` of a dozen
-/// arrays, BENCHMARKS.md).
+/// about a fifth less of the server's CPU per row than one `INSERT` of a
+/// dozen arrays, BENCHMARKS.md).
 pub(super) async fn write_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Result<(), sqlx::Error> {
     // A task id is indexed once, nearly always: copied in first; a batch
     // holding a task indexed before (a record written again) meets its
