@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::AnyPool;
 
-use super::ms;
+use super::row::ms;
 
 /// Rows deleted per statement when pruning.
 const PRUNE_CHUNK: i64 = 10_000;
