@@ -73,10 +73,13 @@ async fn run(cli: &Cli, settings: Settings) -> Result<(), String> {
     let addr = courier::board::serve(board, stop.clone()).await.map_err(|e| e.to_string())?.to_string();
     let cookie = get(&addr, "/", None).await?.1.ok_or("the board set no session cookie")?;
     let chat = |i: usize| (i as i64 * 7_919) % cli.chats;
-    let pages: [(&str, PathOf<'_>); 4] = [
+    let pages: [(&str, PathOf<'_>); 6] = [
         ("overview /", Box::new(|_| "/".to_owned())),
         ("search by chat_id", Box::new(move |i| format!("/tasks?key=chat_id%3D{}", chat(i)))),
         ("search by task name", Box::new(|_| "/tasks?name=send_message".to_owned())),
+        // The slow cases: 2 % of rows match, and none does (every row read).
+        ("failed tasks", Box::new(|_| "/tasks?status=failed".to_owned())),
+        ("a name no task has", Box::new(|_| "/tasks?name=absent".to_owned())),
         ("task page", Box::new(|i| format!("/tasks/bench-{}", 1 + (i as i64 * 104_729) % 1_000_000))),
     ];
     println!("board pages over {} indexed tasks ({} timed requests each, one at a time):", cli.rows, cli.requests);

@@ -66,7 +66,11 @@ pub async fn search(pool: &AnyPool, query: &Query) -> Result<Vec<Found>, sqlx::E
     let mut binds: Vec<Bind> = Vec::new();
     let mut clauses: Vec<String> = Vec::new();
     let (time, id) = if let Some((name, value)) = &query.key {
-        sql.push_str("courier_task_keys k JOIN courier_task_index i ON i.task_id = k.task_id");
+        // A key row left by an earlier indexing of the task (another finish
+        // time) is not its task's row now: not joined.
+        sql.push_str(
+            "courier_task_keys k JOIN courier_task_index i ON i.task_id = k.task_id AND i.finished_at = k.finished_at",
+        );
         binds.push(Bind::Text(name.clone()));
         clauses.push(format!("k.name = ${}", binds.len()));
         binds.push(Bind::Text(value.clone()));

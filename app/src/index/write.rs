@@ -90,7 +90,10 @@ pub(super) async fn write_rows(pool: &AnyPool, rows: &[Row], worker: &str) -> Re
             let n = i * 4;
             sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
         }
-        sql.push_str(" ON CONFLICT (name, value, task_id) DO UPDATE SET finished_at = excluded.finished_at");
+        // A task indexed again with the same finish time has these rows
+        // already; with another, its old ones stay, and are not found
+        // (a search joins a key row to the task row of its finish time).
+        sql.push_str(" ON CONFLICT (name, value, finished_at, task_id) DO NOTHING");
         // Placeholders only: every value is bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (row, (name, value)) in chunk {
@@ -136,55 +139,91 @@ const ROW_COLUMNS: &str = "task_id, task_name, status, attempt, labels, argument
      finished_at, elapsed_ms, worker";
 const KEY_COLUMNS: &str = "name, value, task_id, finished_at";
 
+/// COPY data sent at once, at most: a batch is sent in parts, never held
+/// whole (2,000 rows of up to 16 KiB would be 32 MiB).
+const COPY_PART: usize = 1 << 20;
+
 async fn copy_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Result<(), sqlx::Error> {
-    use Field::{Int, Text};
-    let mut data = Vec::with_capacity(rows.len() * 256);
-    let mut keys = Vec::new();
-    for row in rows {
-        copy_row(
-            &mut data,
-            &[
-                Text(Some(&row.task_id)),
-                Text(Some(&row.task_name)),
-                Text(Some(row.status)),
-                Int(Some(row.attempt)),
-                Text(Some(&row.labels)),
-                Text(Some(&row.arguments)),
-                Text(row.result.as_deref()),
-                Text(row.error.as_deref()),
-                Int(row.started_at),
-                Int(Some(row.finished_at)),
-                Int(Some(row.elapsed_ms)),
-                Text(Some(worker)),
-            ],
-        );
-        for (name, value) in &row.keys {
-            copy_row(
-                &mut keys,
-                &[Text(Some(name)), Text(Some(value)), Text(Some(&row.task_id)), Int(Some(row.finished_at))],
-            );
-        }
-    }
     let mut tx = pool.begin().await?;
     // History, not the source of truth: see `write_rows`.
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    copy_in(&mut tx, &format!("COPY courier_task_index ({ROW_COLUMNS}) FROM STDIN"), data).await?;
-    if !keys.is_empty() {
-        copy_in(&mut tx, &format!("COPY courier_task_keys ({KEY_COLUMNS}) FROM STDIN"), keys).await?;
+    copy_in(&mut tx, &format!("COPY courier_task_index ({ROW_COLUMNS}) FROM STDIN"), Lines::Rows(rows, worker)).await?;
+    if rows.iter().any(|row| !row.keys.is_empty()) {
+        copy_in(&mut tx, &format!("COPY courier_task_keys ({KEY_COLUMNS}) FROM STDIN"), Lines::Keys(rows)).await?;
     }
     tx.commit().await
 }
 
-/// Streams `data` (COPY text) into `statement`, ending the copy either way.
-async fn copy_in(tx: &mut sqlx::PgConnection, statement: &str, data: Vec<u8>) -> Result<(), sqlx::Error> {
+/// Streams `lines` into `statement` in parts of about [`COPY_PART`] bytes,
+/// ending the copy either way.
+async fn copy_in(tx: &mut sqlx::PgConnection, statement: &str, lines: Lines<'_>) -> Result<(), sqlx::Error> {
     let mut copy = tx.copy_in_raw(statement).await?;
-    if let Err(err) = copy.send(data).await {
-        // Ends the copy (or finds the connection gone): the error that
-        // matters is the send's.
-        let _ = copy.abort("the task index's data was not sent").await;
-        return Err(err);
+    let mut at = (0, 0);
+    loop {
+        let mut part = Vec::with_capacity(64 * 1024);
+        lines.fill(&mut at, &mut part);
+        if part.is_empty() {
+            break;
+        }
+        if let Err(err) = copy.send(part).await {
+            // Ends the copy (or finds the connection gone): the error that
+            // matters is the send's.
+            let _ = copy.abort("the task index's data was not sent").await;
+            return Err(err);
+        }
     }
     copy.finish().await.map(drop)
+}
+
+/// What a COPY sends: a batch's rows (and the worker that wrote them), or
+/// their keys.
+#[derive(Clone, Copy)]
+enum Lines<'a> {
+    Rows(&'a [Row], &'a str),
+    Keys(&'a [Row]),
+}
+
+impl Lines<'_> {
+    /// Writes COPY lines from `at` (a row, and a key of it) on, until
+    /// `part` holds [`COPY_PART`] bytes or none is left.
+    fn fill(self, at: &mut (usize, usize), part: &mut Vec<u8>) {
+        use Field::{Int, Text};
+        let (Lines::Rows(rows, _) | Lines::Keys(rows)) = self;
+        while part.len() < COPY_PART {
+            let Some(row) = rows.get(at.0) else { return };
+            match self {
+                Lines::Rows(_, worker) => {
+                    copy_row(
+                        part,
+                        &[
+                            Text(Some(&row.task_id)),
+                            Text(Some(&row.task_name)),
+                            Text(Some(row.status)),
+                            Int(Some(row.attempt)),
+                            Text(Some(&row.labels)),
+                            Text(Some(&row.arguments)),
+                            Text(row.result.as_deref()),
+                            Text(row.error.as_deref()),
+                            Int(row.started_at),
+                            Int(Some(row.finished_at)),
+                            Int(Some(row.elapsed_ms)),
+                            Text(Some(worker)),
+                        ],
+                    );
+                    at.0 += 1;
+                }
+                Lines::Keys(_) => match row.keys.get(at.1) {
+                    Some((name, value)) => {
+                        let fields =
+                            [Text(Some(name)), Text(Some(value)), Text(Some(&row.task_id)), Int(Some(row.finished_at))];
+                        copy_row(part, &fields);
+                        at.1 += 1;
+                    }
+                    None => *at = (at.0 + 1, 0),
+                },
+            }
+        }
+    }
 }
 
 /// A value of a COPY line.
@@ -281,7 +320,7 @@ async fn upsert_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Resu
          worker = excluded.worker";
     const UPSERT_KEYS: &str = "INSERT INTO courier_task_keys (name, value, task_id, finished_at) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) \
-         ON CONFLICT (name, value, task_id) DO UPDATE SET finished_at = excluded.finished_at";
+         ON CONFLICT (name, value, finished_at, task_id) DO NOTHING";
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     sqlx::query(UPSERT_ROWS)
@@ -317,7 +356,8 @@ pub(super) async fn prune(pool: &AnyPool, retention: Duration) {
     let before = ms(di::unix_now()) - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
     for table in ["courier_task_keys", "courier_task_index"] {
         loop {
-            let key = if table == "courier_task_keys" { "name, value, task_id" } else { "task_id" };
+            // Each table's unique index, so every deletion is found by it.
+            let key = if table == "courier_task_keys" { "name, value, finished_at, task_id" } else { "task_id" };
             let sql = format!(
                 "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE finished_at < $1 LIMIT {PRUNE_CHUNK})"
             );
@@ -360,5 +400,40 @@ mod tests {
             assert!(needs_escape(&text), "a control character at {at}");
         }
         assert!(!needs_escape("a long value with no special byte, é and all".as_bytes()));
+    }
+
+    #[test]
+    fn a_batch_is_sent_in_parts_of_whole_lines() {
+        let row = |i: usize| Row {
+            task_id: format!("t{i}"),
+            task_name: "noop".into(),
+            status: "success",
+            attempt: 1,
+            labels: "x".repeat(4_000),
+            arguments: "{}".into(),
+            result: None,
+            error: None,
+            started_at: None,
+            finished_at: 1,
+            elapsed_ms: 0,
+            keys: (0..i % 3).map(|k| (format!("k{k}"), "v".into())).collect(),
+        };
+        let rows: Vec<Row> = (0..700).map(row).collect();
+        for (lines, expected) in [(Lines::Rows(&rows, "w"), 700), (Lines::Keys(&rows), 699)] {
+            let (mut at, mut parts, mut seen) = ((0, 0), 0, 0);
+            loop {
+                let mut part = Vec::new();
+                lines.fill(&mut at, &mut part);
+                if part.is_empty() {
+                    break;
+                }
+                parts += 1;
+                assert_eq!(part.last(), Some(&b'\n'), "a part ends with a whole line");
+                assert!(part.len() < COPY_PART + 4_200, "{}", part.len());
+                seen += part.iter().filter(|&&b| b == b'\n').count();
+            }
+            assert_eq!(seen, expected, "every line once");
+            assert!(parts > 1 || expected < 700, "2.8 MB of rows in more than one part");
+        }
     }
 }
