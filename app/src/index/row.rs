@@ -26,7 +26,7 @@ pub(super) fn build(
     task_id: String,
     decoded: Option<&EnvelopeArguments>,
     secret: &[&str],
-    record: ResultRecord,
+    mut record: ResultRecord,
 ) -> Row {
     let (arguments, mut keys) = match decoded {
         Some(decoded) => arguments_json(decoded, secret),
@@ -52,18 +52,18 @@ pub(super) fn build(
     // would be one key twice, which would cost the whole batch.
     keys.sort_unstable();
     keys.dedup();
-    let result = (!record.return_value.is_nil()).then(|| cut(&json(&record.return_value), MAX_JSON));
-    let error = record.error.as_ref().map(|e| cut(&format!("{}: {}", e.exc_type, e.exc_message.join("; ")), MAX_ERROR));
+    let result = (!record.return_value.is_nil()).then(|| cut(json(&record.return_value), MAX_JSON));
+    let error = record.error.as_ref().map(|e| cut(format!("{}: {}", e.exc_type, e.exc_message.join("; ")), MAX_ERROR));
     let finished = record.finished_at.unwrap_or(record.updated_at);
     let started = record.started_at.filter(|s| *s > 0.0);
     Row {
         // Valid ids hold no NUL and have at most 128 bytes; a refused
         // message's recovered one may not.
-        task_id: cut(&task_id, MAX_ID),
-        task_name: cut(&record.task_name, MAX_ID),
+        task_id: cut(task_id, MAX_ID),
+        task_name: cut(std::mem::take(&mut record.task_name), MAX_ID),
         status: record.status.name(),
         attempt: i64::from(record.attempt),
-        labels: cut(&serde_json::to_string(&Labels(&record.labels)).unwrap_or_else(|_| "{}".into()), MAX_JSON),
+        labels: cut(serde_json::to_string(&Labels(&record.labels)).unwrap_or_else(|_| "{}".into()), MAX_JSON),
         arguments,
         result,
         error,
@@ -138,7 +138,7 @@ impl serde::Serialize for Label<'_> {
         match self.0.as_str() {
             // Most labels: short text, written as it is.
             Some(text) if text.len() <= MAX_KEY_VALUE * 2 && !text.contains('\0') => s.serialize_str(text),
-            _ => s.serialize_str(&cut(&json(self.0), MAX_KEY_VALUE * 2)),
+            _ => s.serialize_str(&cut(json(self.0), MAX_KEY_VALUE * 2)),
         }
     }
 }
@@ -199,7 +199,7 @@ fn arguments_json(decoded: &EnvelopeArguments, secret: &[&str]) -> (String, Vec<
         .take(MAX_KEYS)
         .collect();
     let json = serde_json::to_string(&Stored { decoded, secret }).unwrap_or_else(|_| "{}".to_owned());
-    (cut(&json, MAX_JSON), keys)
+    (cut(json, MAX_JSON), keys)
 }
 
 /// A short scalar as searchable text (numbers, strings, booleans).
@@ -229,12 +229,12 @@ fn json(value: &rmpv::Value) -> String {
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
 /// NUL characters are dropped: PostgreSQL's text cannot hold them, and one
 /// in an error message would cost its whole batch.
-fn cut(text: &str, max: usize) -> String {
+fn cut(text: String, max: usize) -> String {
     if text.contains('\0') {
-        return cut(&text.replace('\0', ""), max);
+        return cut(text.replace('\0', ""), max);
     }
     if text.len() <= max {
-        return text.to_owned();
+        return text;
     }
     let mut end = max.saturating_sub(3);
     while !text.is_char_boundary(end) {
@@ -314,10 +314,10 @@ mod tests {
     #[test]
     fn cut_keeps_characters_whole() {
         let text = "é".repeat(100);
-        let short = cut(&text, 11);
+        let short = cut(text, 11);
         assert!(short.len() <= 11 + '…'.len_utf8(), "{short}");
         assert!(short.ends_with('…'));
-        assert_eq!(cut("abc", 10), "abc");
-        assert_eq!(cut("a\0b", 10), "ab", "no NUL reaches PostgreSQL");
+        assert_eq!(cut("abc".into(), 10), "abc");
+        assert_eq!(cut("a\0b".into(), 10), "ab", "no NUL reaches PostgreSQL");
     }
 }
