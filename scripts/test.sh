@@ -84,7 +84,7 @@ screenshots="$target/board-screenshots"
 run_started=$(mktemp)
 show_screenshots() {
   local shots
-  shots=$(find "$screenshots" -maxdepth 1 -name '*.png' -newer "$run_started" 2>/dev/null | sort)
+  shots=$(find "$screenshots" -maxdepth 1 -name '*.png' -newer "$run_started" 2>/dev/null | sort || true)
   if [ -n "$shots" ]; then
     echo "== board screenshots (artefacts of the browser test): $screenshots"
     echo "$shots" | sed 's|.*/|  |'
