@@ -323,12 +323,25 @@ async fn index_round_trip(url: &str) {
         di::sqlx::query_as("SELECT value FROM courier_task_keys").fetch_all(&pool).await.unwrap();
     assert!(dump.iter().all(|(v,)| !v.contains("SECRET")), "no secret among the searchable values");
     worker.stop().await.unwrap();
+    // Retention: an hour keeps the three tasks and their keys; none deletes them.
+    let counts = || async {
+        let rows: (i64,) =
+            di::sqlx::query_as("SELECT COUNT(*) FROM courier_task_index").fetch_one(&pool).await.unwrap();
+        let keys: (i64,) = di::sqlx::query_as("SELECT COUNT(*) FROM courier_task_keys").fetch_one(&pool).await.unwrap();
+        (rows.0, keys.0)
+    };
+    courier::index::prune(&pool, Duration::from_secs(3600)).await;
+    assert_eq!(counts().await, (3, 3));
+    courier::index::prune(&pool, Duration::ZERO).await;
+    assert_eq!(counts().await, (0, 0));
 }
 
 /// A task indexed again (a record written anew: a run by the same id
 /// after `reset_to_queued`) replaces its row: on PostgreSQL the writer's
 /// plain insert meets the row already there and the batch is written again as
-/// upserts; its keys are kept once. A NUL in an error does not cost the
+/// upserts; a search finds it once, by the keys of its last row only (key
+/// rows of an earlier finish time stay until the retention, unjoined), and
+/// pruning deletes its rows and every key row. A NUL in an error does not cost the
 /// batch, and what COPY reads as syntax (tab, newline, backslash, `\N`)
 /// comes back as written.
 #[tokio::test]
@@ -435,6 +448,22 @@ async fn a_task_indexed_again_replaces_its_row_on_postgres() {
     );
     let found = courier::index::search(&pool, &search(("label.batch", "x"))).await.unwrap();
     assert!(found.is_empty(), "{found:?}");
+    // Pruning by each table's unique index: a retention of an hour keeps
+    // everything, none deletes the row and every key row, stale ones too.
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            di::sqlx::query_as::<_, (i64,)>(di::sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap().0
+        }
+    };
+    let before = (count("courier_task_index").await, count("courier_task_keys").await);
+    assert_eq!(before.0, 1);
+    assert!(before.1 >= 3, "the stale key rows are there to prune: {before:?}");
+    courier::index::prune(&pool, Duration::from_secs(3600)).await;
+    assert_eq!((count("courier_task_index").await, count("courier_task_keys").await), before);
+    courier::index::prune(&pool, Duration::ZERO).await;
+    assert_eq!((count("courier_task_index").await, count("courier_task_keys").await), (0, 0));
     stop.cancel();
     writer.await.unwrap();
     assert_eq!(indexer.dropped(), 0);

@@ -20,9 +20,9 @@ mod search;
 mod write;
 
 pub use search::{Found, Query, counts_since, get, search};
-pub use write::{Row, writer_pool};
+pub use write::{Row, prune, writer_pool};
 
-use write::{prune, write_rows, write_rows_pg};
+use write::{write_rows, write_rows_pg};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,7 +153,11 @@ impl Writer {
             let Some(first) = first else { break };
             buffer.push(first);
             let deadline = tokio::time::Instant::now() + LINGER;
+            // Queued rows wait in the queue while the writer gathers: it
+            // stops gathering when half the queue is taken (an
+            // `index.queue` smaller than `index.batch` never fills a batch).
             while 1 + rows.len() < self.batch
+                && rows.len() * 2 < rows.max_capacity()
                 && tokio::time::Instant::now() < deadline
                 && !stop.is_cancelled()
                 && !rows.is_closed()

@@ -159,13 +159,18 @@ async fn copy_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Result
 async fn copy_in(tx: &mut sqlx::PgConnection, statement: &str, lines: Lines<'_>) -> Result<(), sqlx::Error> {
     let mut copy = tx.copy_in_raw(statement).await?;
     let mut at = (0, 0);
+    // One buffer for every part, sized for the batch's usual rows (a few
+    // hundred bytes each) up to a full part: a part ends at the first line
+    // past COPY_PART, and a line holds at most about 16 KiB.
+    let (Lines::Rows(rows, _) | Lines::Keys(rows)) = lines;
+    let mut part = Vec::with_capacity((rows.len() * 512).min(COPY_PART + 64 * 1024));
     loop {
-        let mut part = Vec::with_capacity(64 * 1024);
+        part.clear();
         lines.fill(&mut at, &mut part);
         if part.is_empty() {
             break;
         }
-        if let Err(err) = copy.send(part).await {
+        if let Err(err) = copy.send(&part[..]).await {
             // Ends the copy (or finds the connection gone): the error that
             // matters is the send's.
             let _ = copy.abort("the task index's data was not sent").await;
@@ -352,7 +357,7 @@ async fn upsert_rows_pg(pool: &sqlx::PgPool, rows: &[Row], worker: &str) -> Resu
 }
 
 /// Deletes rows past the retention, a chunk at a time.
-pub(super) async fn prune(pool: &AnyPool, retention: Duration) {
+pub async fn prune(pool: &AnyPool, retention: Duration) {
     let before = ms(di::unix_now()) - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
     for table in ["courier_task_keys", "courier_task_index"] {
         loop {
