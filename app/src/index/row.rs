@@ -127,7 +127,10 @@ struct Labels<'a>(&'a BTreeMap<String, rmpv::Value>);
 
 impl serde::Serialize for Labels<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(name, value)| (name, Label(value))))
+        // The arguments' digest (the producer's check of a reused id, read
+        // from the result record) says nothing in history: not stored.
+        let shown = self.0.iter().filter(|(name, _)| name.as_str() != di::ARGS_DIGEST_LABEL);
+        s.collect_map(shown.map(|(name, value)| (name, Label(value))))
     }
 }
 
@@ -309,6 +312,16 @@ mod tests {
         assert!(row.keys.iter().all(|(name, _)| name.len() <= MAX_KEY_VALUE + "label.".len()));
         assert!(row.labels.len() <= MAX_JSON + '…'.len_utf8(), "{}", row.labels.len());
         assert!(row.task_id.len() <= MAX_ID + '…'.len_utf8());
+    }
+
+    #[test]
+    fn the_arguments_digest_is_not_stored_the_lane_is() {
+        let mut record = ResultRecord::new("t", di::TaskStatus::Success, 1);
+        record.labels.insert(di::ARGS_DIGEST_LABEL.into(), "c80b581b36bdccad".into());
+        record.labels.insert("lane".into(), "transactional".into());
+        let row = build("i".into(), None, &[], record);
+        assert_eq!(row.labels, r#"{"lane":"transactional"}"#);
+        assert!(row.keys.is_empty(), "the framework's labels are not searchable: {:?}", row.keys);
     }
 
     #[test]
