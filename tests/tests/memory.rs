@@ -10,7 +10,9 @@ use di::TaskStatus;
 use it::process::ChildProcess;
 use it::scope::Scope;
 
-const WAIT: Duration = Duration::from_secs(120);
+/// A liveness bound, not a speed: a debug worker on a slow two-core machine
+/// took up to about 2 minutes to refuse the whole flood.
+const WAIT: Duration = Duration::from_secs(240);
 /// Each envelope's size: under NATS' default max_payload (1 MB) with room
 /// for the headers.
 const SIZE: usize = 1_000_000;
