@@ -238,7 +238,7 @@ pub struct PrivateNatsCluster {
 }
 
 impl PrivateNatsCluster {
-    /// Starts three nodes and waits (up to 30 s) until each says JetStream is ready.
+    /// Starts three nodes and waits (up to 60 s) until each says JetStream is ready.
     pub fn start() -> Self {
         let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -340,7 +340,7 @@ pub struct PrivateRedisCluster {
 }
 
 impl PrivateRedisCluster {
-    /// Starts six nodes, forms the cluster, and waits (up to 30 s) until
+    /// Starts six nodes, forms the cluster, and waits (up to 60 s) until
     /// every node says `cluster_state:ok` and every replica is in sync.
     pub fn start() -> Self {
         let mut nodes = Vec::new();
