@@ -15,6 +15,7 @@
 //! the queue's memory is bounded by its length times about 16 KiB.
 //! Rows older than `index.retention` are deleted.
 
+mod copy;
 mod row;
 mod search;
 mod write;
