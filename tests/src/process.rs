@@ -191,6 +191,18 @@ impl Drop for ChildProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if std::thread::panicking() {
+            // A failed test keeps what its processes said: the log's path
+            // and its last lines go to the test's output.
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(TAIL_LINES).collect();
+            eprintln!("--- {} (last {} lines):", self.log.display(), tail.len());
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
+            return;
+        }
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// How many of its last log lines a process prints when its test fails.
+const TAIL_LINES: usize = 60;

@@ -254,7 +254,11 @@ async fn killing_a_worker_and_the_fan_out_mid_campaign_loses_nothing() {
             .unwrap()
         }
     };
-    scope.eventually(WAIT, "part published", || async { (count("queued").await >= 1_000).then_some(()) }).await;
+    // A page (1,000 rows) is marked `queued` before it is published, so
+    // 1,000 queued rows may all still be unpublished: 2,000 means the first
+    // page went out whole and the second is on its way when the kill lands.
+    let part = || async { (count("queued").await >= 2_000).then_some(()) };
+    scope.eventually(WAIT, "the first page published", part).await;
     fan_out.signal("KILL");
     assert!(count("pending").await > 0, "the fan-out had finished before it was killed: the test proves nothing");
     scope.eventually(WAIT, "300 sent", || async { (received(&fake).len() >= 300).then_some(()) }).await;
