@@ -1,5 +1,7 @@
 //! Tracing set-up for the binaries (libraries only emit events).
 
+mod line;
+
 use settings::{LogFormat, LogSettings};
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +14,10 @@ pub fn init(log: &LogSettings) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match log.format {
-        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // A terminal gets tracing-subscriber's colours; files and pipes
+        // the same text from the cheaper `line::Line`.
+        LogFormat::Text if ansi => builder.try_init(),
+        LogFormat::Text => builder.event_format(line::Line).fmt_fields(line::Fields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
 }
