@@ -291,7 +291,13 @@ impl Default for TaskOptions {
 
 /// The last segment of a module path: a task's default name is its file's.
 pub fn name_from_module_path(module_path: &'static str) -> &'static str {
-    module_path.rsplit("::").next().unwrap_or(module_path)
+    // What follows the last `::`, found by a byte scan: this runs several
+    // times per task, and a `"::"` pattern builds a substring searcher each time.
+    let bytes = module_path.as_bytes();
+    (1..bytes.len())
+        .rev()
+        .find(|&i| bytes[i - 1] == b':' && bytes[i] == b':')
+        .map_or(module_path, |i| &module_path[i + 1..])
 }
 
 /// A typed handle to one task: its name plus its argument and output types,
@@ -432,6 +438,13 @@ macro_rules! register_hook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_is_named_after_the_last_segment_of_its_module_path() {
+        for path in ["tasks::notify", "a::b::send_report", "plain", "a::", "::x", "a:b::c", ""] {
+            assert_eq!(name_from_module_path(path), path.rsplit("::").next().unwrap(), "{path}");
+        }
+    }
 
     #[test]
     fn delays_grow_capped_and_jittered() {
