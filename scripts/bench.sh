@@ -6,6 +6,7 @@
 # NATS, Redis and PostgreSQL). Exits with bench's code: 1 if any result was
 # failed, wrong or missing.
 #   N=10000 RUNS=3 ROUND_TRIPS=1000 WARMUP=1000 ./scripts/bench.sh [--json]
+#   WORKER=/path/to/another/worker ./scripts/bench.sh   # to compare builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
@@ -25,14 +26,15 @@ export COURIER_NATS__DONE_SUBJECT=${COURIER_NATS__DONE_SUBJECT:-courier_bench.do
 export COURIER_REDIS__KEY_PREFIX=${COURIER_REDIS__KEY_PREFIX:-courier_bench:}
 export COURIER_REDIS__RESULT_TTL=${COURIER_REDIS__RESULT_TTL:-10m}
 export COURIER_WORKER__HTTP_ADDR=${COURIER_WORKER__HTTP_ADDR:-}
-# One log line per task costs throughput; the benchmark runs at warn.
+# Everything at warn but the worker's own lines: one per task outcome, as a
+# worker at the default `log.level = "info"` writes them.
 export RUST_LOG=${RUST_LOG:-warn,courier::worker=info}
 
 log=$(mktemp)
 # Stops only the worker this script started (never `kill 0`: the process group).
 trap 'if [ -n "${pid:-}" ]; then kill -TERM "$pid" 2>/dev/null || true; fi; rm -f "$log"' EXIT
 started=$(date +%s%N)
-"$bin/worker" >"$log" 2>&1 &
+"${WORKER:-$bin/worker}" >"$log" 2>&1 &
 pid=$!
 until grep -q "worker ready" "$log"; do
   kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
