@@ -175,9 +175,17 @@ impl fmt::Write for Escaping<'_, '_> {
 
 /// `2026-12-07T22:10:00.123456Z ` (UTC, microseconds, then a space).
 fn timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let Some((since, (year, month, day))) = now
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|since| (since, civil(since.as_secs() / 86_400)))
+        .filter(|(_, (year, ..))| *year <= 9999)
+    else {
+        // A clock before 1970 or past 9999: written as tracing-subscriber
+        // writes it (a sign before years of more than four digits).
+        return write!(writer, "{} ", chrono::DateTime::<chrono::Utc>::from(now).format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+    };
     let secs = since.as_secs();
-    let (year, month, day) = civil(secs / 86_400);
     let of_day = secs % 86_400;
     let mut text = [0_u8; 28];
     let mut put = |at: usize, value: u64, width: usize| {
@@ -201,8 +209,7 @@ fn timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
     writer.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
 }
 
-/// The proleptic Gregorian date of `days` since 1970-01-01 (years up to
-/// 9999: the four digits written).
+/// The proleptic Gregorian date of `days` since 1970-01-01.
 fn civil(days: u64) -> (u64, u64, u64) {
     // Howard Hinnant's days-to-civil, counted from 0000-03-01.
     let z = days + 719_468;
@@ -214,7 +221,7 @@ fn civil(days: u64) -> (u64, u64, u64) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    (year.min(9999), month, day)
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -332,5 +339,10 @@ mod tests {
         assert_eq!(at(1_709_251_199, 999_999_999), "2024-02-29T23:59:59.999999Z ");
         assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z ");
         assert_eq!(at(253_402_300_799, 0), "9999-12-31T23:59:59.000000Z ");
+        assert_eq!(at(253_402_300_800, 5_000), "+10000-01-01T00:00:00.000005Z ");
+        let before = UNIX_EPOCH - Duration::from_millis(500);
+        let mut text = String::new();
+        timestamp(&mut Writer::new(&mut text), before).unwrap();
+        assert_eq!(text, "1969-12-31T23:59:59.500000Z ");
     }
 }
