@@ -378,11 +378,11 @@ async fn handle(
         settle(&runtime, &message, &execution, sequence).await;
         runtime.finished(&message.payload, execution).await;
     });
+    // A sleep per period, not an `Interval`: most tasks end before the
+    // first, and an interval's immediate first tick re-registers its timer.
     let heartbeat = async {
-        let mut every = tokio::time::interval(runtime.progress_every);
-        every.tick().await;
         loop {
-            every.tick().await;
+            tokio::time::sleep(runtime.progress_every).await;
             if let Err(err) = message.ack_with(AckKind::Progress).await {
                 tracing::warn!(%err, "progress ack failed");
             }
